@@ -1,0 +1,68 @@
+# wgoverlay build.  `make` builds the Lua module build/wgoverlay/core.so,
+# the pure-protocol library for C tests and the C test binaries.
+# Targets: all check demo bench fuzz soak deps clean.  SANITIZE=1 builds
+# everything with AddressSanitizer + UBSan into build-san/.
+
+CC      ?= cc
+LUA_INC ?= /usr/include/lua5.4
+WARN    := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
+           -Wpointer-arith -Wcast-align -Wwrite-strings -Wundef \
+           -Wformat=2 -Wno-unused-parameter -Werror=implicit-function-declaration
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) -I$(LUA_INC) -Icsrc
+LDLIBS  := -lsodium -lmnl -lpthread
+
+ifeq ($(SANITIZE),1)
+BUILD   := build-san
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+else
+BUILD   := build
+endif
+
+SRC      := $(wildcard csrc/*.c)
+LUA_SRC  := $(filter csrc/lua_%.c,$(SRC))
+CORE_SRC := $(filter-out $(LUA_SRC),$(SRC))
+CORE_OBJ := $(CORE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
+LUA_OBJ  := $(LUA_SRC:csrc/%.c=$(BUILD)/obj/%.o)
+TESTS    := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
+MODULE   := $(BUILD)/wgoverlay/core.so
+
+.PHONY: all deps check demo bench fuzz soak clean
+all: $(MODULE) $(TESTS)
+
+$(BUILD)/obj/%.o: csrc/%.c $(wildcard csrc/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libwgproto.a: $(CORE_OBJ)
+	$(AR) rcs $@ $^
+
+$(MODULE): $(LUA_OBJ) $(BUILD)/libwgproto.a | $(BUILD)/wgoverlay
+	$(CC) -shared $(LDFLAGS) -o $@ $(LUA_OBJ) $(BUILD)/libwgproto.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/c/%.c tests/c/testlib.h $(BUILD)/libwgproto.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Itests/c $(LDFLAGS) -o $@ $< $(BUILD)/libwgproto.a $(LDLIBS)
+
+$(BUILD)/obj $(BUILD)/wgoverlay $(BUILD)/tests:
+	mkdir -p $@
+
+deps:
+	@scripts/deps.sh
+
+check: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/check.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/bench.sh
+
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+clean:
+	rm -rf build build-san build-fuzz
