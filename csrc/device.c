@@ -1,0 +1,907 @@
+/* One interface's engine: TUN device, UDP sockets, worker threads, UAPI
+ * server, configuration and events.
+ *
+ * Threads (all created with signals blocked, so the owner's thread gets
+ * SIGINT/SIGTERM):
+ *   tun    reads IP packets in batches, encrypts, sends with sendmmsg;
+ *   udp    receives datagrams with recvmmsg, decrypts transport data inline,
+ *          queues handshakes, hands other datagrams to Lua as events;
+ *   hs     does the Diffie-Hellman work of handshakes from a bounded queue,
+ *          whose fill level is the "under load" signal for cookies;
+ *   timer  sleeps until the earliest protocol timer (or a kick);
+ *   uapi   serves /var/run/wireguard/<ifname>.sock. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "device.h"
+#include "netlink.h"
+#include "udp.h"
+#include "uapi_server.h"
+
+#define TUN_BATCH 32
+#define TUN_BUF (WG_HEADROOM + 65535 + WG_TAILROOM)
+
+/* The send batch of the current worker thread, if it batches. */
+static __thread struct wg_send_batch *tls_batch;
+
+/* ---- proto callbacks ---- */
+
+static void dev_clock(void *ctx, uint64_t *mono, uint64_t *real)
+{
+	struct timespec ts;
+
+	/* Boot time keeps counting across suspend, like the kernel's timers. */
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	*mono = (uint64_t)ts.tv_sec * WG_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	*real = (uint64_t)ts.tv_sec * WG_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t mono_now(void)
+{
+	uint64_t m, r;
+
+	dev_clock(NULL, &m, &r);
+	return m;
+}
+
+static uint64_t real_now(void)
+{
+	uint64_t m, r;
+
+	dev_clock(NULL, &m, &r);
+	return r;
+}
+
+static void dev_send_udp(void *ctx, const struct wg_endpoint *to, const uint8_t *buf, size_t len)
+{
+	struct wg_device *dev = ctx;
+	unsigned failed;
+
+	pthread_rwlock_rdlock(&dev->sock_lock);
+	if (tls_batch)
+		failed = wg_send_batch_add(tls_batch, dev->udp4, dev->udp6, to, buf, len);
+	else
+		failed = wg_udp_send(dev->udp4, dev->udp6, to, buf, len) < 0;
+	pthread_rwlock_unlock(&dev->sock_lock);
+	if (failed)
+		atomic_fetch_add(&dev->stats.udp_send_errors, failed);
+	atomic_fetch_add_explicit(&dev->stats.tx_packets, 1, memory_order_relaxed);
+}
+
+static void flush_batch(struct wg_device *dev, struct wg_send_batch *b)
+{
+	unsigned failed;
+
+	if (!b->n)
+		return;
+	pthread_rwlock_rdlock(&dev->sock_lock);
+	failed = wg_send_batch_flush(b, dev->udp4, dev->udp6);
+	pthread_rwlock_unlock(&dev->sock_lock);
+	if (failed)
+		atomic_fetch_add(&dev->stats.udp_send_errors, failed);
+}
+
+static void dev_deliver(void *ctx, const uint8_t *ip, size_t len)
+{
+	struct wg_device *dev = ctx;
+
+	if (write(dev->tun_fd, ip, len) < 0)
+		atomic_fetch_add(&dev->stats.tun_write_errors, 1);
+	else
+		atomic_fetch_add_explicit(&dev->stats.rx_packets, 1, memory_order_relaxed);
+}
+
+static void kick(int fd)
+{
+	uint64_t one = 1;
+
+	if (write(fd, &one, sizeof(one)) < 0) {
+		/* the counter is saturated: the reader is woken anyway */
+	}
+}
+
+static void dev_timer_kick(void *ctx)
+{
+	struct wg_device *dev = ctx;
+
+	kick(dev->kick_fd);
+}
+
+static void push_event(struct wg_device *dev, struct wg_dev_event *ev)
+{
+	pthread_mutex_lock(&dev->ev_lock);
+	if (dev->ev_count >= WG_EVENT_QUEUE_MAX) {
+		pthread_mutex_unlock(&dev->ev_lock);
+		atomic_fetch_add(&dev->stats.events_dropped, 1);
+		free(ev);
+		return;
+	}
+	ev->next = NULL;
+	if (dev->ev_tail)
+		dev->ev_tail->next = ev;
+	else
+		dev->ev_head = ev;
+	dev->ev_tail = ev;
+	dev->ev_count++;
+	pthread_mutex_unlock(&dev->ev_lock);
+	kick(dev->ev_fd);
+}
+
+static void dev_event(void *ctx, enum wg_event_type type, const uint8_t pub[32], const struct wg_endpoint *ep)
+{
+	struct wg_device *dev = ctx;
+	struct wg_dev_event *ev = calloc(1, sizeof(*ev));
+
+	if (!ev)
+		return;
+	ev->type = type == WG_EVENT_HANDSHAKE_COMPLETE ? WG_DEV_EVENT_HANDSHAKE
+		 : type == WG_EVENT_ENDPOINT_CHANGED ? WG_DEV_EVENT_ENDPOINT : WG_DEV_EVENT_STALE;
+	memcpy(ev->public_key, pub, 32);
+	if (ep)
+		ev->ep = *ep;
+	ev->time_real = real_now();
+	push_event(dev, ev);
+}
+
+static const struct wg_proto_ops dev_ops = {
+	.clock = dev_clock,
+	.send_udp = dev_send_udp,
+	.deliver = dev_deliver,
+	.timer_kick = dev_timer_kick,
+	.event = dev_event,
+};
+
+struct wg_dev_event *wg_device_pop_event(struct wg_device *dev)
+{
+	struct wg_dev_event *ev;
+	uint64_t v;
+
+	atomic_store(&dev->control_enabled, true);
+	pthread_mutex_lock(&dev->ev_lock);
+	ev = dev->ev_head;
+	if (ev) {
+		dev->ev_head = ev->next;
+		if (!dev->ev_head)
+			dev->ev_tail = NULL;
+		dev->ev_count--;
+	}
+	if (!dev->ev_head) {
+		/* Drain the eventfd so poll() sleeps until the next event. */
+		if (read(dev->ev_fd, &v, sizeof(v)) < 0) {
+			/* EAGAIN: already drained */
+		}
+	}
+	pthread_mutex_unlock(&dev->ev_lock);
+	return ev;
+}
+
+/* ---- threads ---- */
+
+static bool wait_readable(int fd, int stop_fd, int timeout_ms)
+{
+	struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = stop_fd, .events = POLLIN } };
+
+	while (poll(pfd, fd >= 0 ? 2 : 1, timeout_ms) < 0 && errno == EINTR)
+		;
+	if (fd < 0)
+		return !(pfd[0].revents & POLLIN);
+	return !(pfd[1].revents & POLLIN);
+}
+
+static bool stopping(int stop_fd)
+{
+	struct pollfd pfd = { .fd = stop_fd, .events = POLLIN };
+
+	return poll(&pfd, 1, 0) > 0;
+}
+
+static void *tun_thread(void *arg)
+{
+	struct wg_device *dev = arg;
+	struct wg_send_batch batch;
+	uint8_t *bufs = malloc((size_t)TUN_BATCH * TUN_BUF);
+	size_t lens[TUN_BATCH];
+
+	if (!bufs || wg_send_batch_init(&batch) < 0) {
+		free(bufs);
+		return NULL;
+	}
+	batch.borrow_lo = bufs;
+	batch.borrow_hi = bufs + (size_t)TUN_BATCH * TUN_BUF;
+	tls_batch = &batch;
+	while (wait_readable(dev->tun_fd, dev->stop_fd, -1)) {
+		int n = 0;
+		unsigned mtu = atomic_load(&dev->mtu);
+
+		while (n < TUN_BATCH) {
+			ssize_t r = read(dev->tun_fd, bufs + (size_t)n * TUN_BUF + WG_HEADROOM, 65535);
+
+			if (r <= 0)
+				break;
+			lens[n++] = (size_t)r;
+		}
+		for (int i = 0; i < n; i++)
+			wg_proto_send_ip(&dev->proto, bufs + (size_t)i * TUN_BUF + WG_HEADROOM, lens[i], mtu);
+		flush_batch(dev, &batch);
+	}
+	tls_batch = NULL;
+	wg_send_batch_free(&batch);
+	free(bufs);
+	return NULL;
+}
+
+static void queue_handshake(struct wg_device *dev, const struct wg_endpoint *src, const uint8_t *buf, size_t len)
+{
+	struct wg_hs_item *it;
+
+	pthread_mutex_lock(&dev->hs_lock);
+	if (dev->hs_count >= WG_HANDSHAKE_QUEUE_MAX) {
+		pthread_mutex_unlock(&dev->hs_lock);
+		atomic_fetch_add(&dev->stats.handshake_queue_dropped, 1);
+		return;
+	}
+	it = &dev->hs_ring[(dev->hs_head + dev->hs_count) % WG_HANDSHAKE_QUEUE_MAX];
+	it->src = *src;
+	it->len = len;
+	memcpy(it->data, buf, len);
+	dev->hs_count++;
+	pthread_cond_signal(&dev->hs_cond);
+	pthread_mutex_unlock(&dev->hs_lock);
+}
+
+static void control_datagram(struct wg_device *dev, const struct wg_endpoint *src, const uint8_t *buf, size_t len)
+{
+	struct wg_dev_event *ev;
+
+	atomic_fetch_add(&dev->proto.stats.rx_junk, 1);
+	if (!atomic_load(&dev->control_enabled) || len > WG_CONTROL_MAX)
+		return;
+	ev = calloc(1, sizeof(*ev) + len);
+	if (!ev)
+		return;
+	ev->type = WG_DEV_EVENT_DATAGRAM;
+	ev->ep = *src;
+	ev->len = len;
+	ev->time_real = real_now();
+	memcpy(ev->data, buf, len);
+	push_event(dev, ev);
+}
+
+static void *udp_thread(void *arg)
+{
+	struct wg_device *dev = arg;
+	struct wg_recv_batch rb;
+	struct wg_send_batch sb;
+	struct pollfd pfd[4];
+
+	if (wg_recv_batch_init(&rb) < 0)
+		return NULL;
+	if (wg_send_batch_init(&sb) < 0) {
+		wg_recv_batch_free(&rb);
+		return NULL;
+	}
+	tls_batch = &sb;
+	pfd[0] = (struct pollfd){ .fd = dev->stop_fd, .events = POLLIN };
+	pfd[1] = (struct pollfd){ .fd = dev->udp_stop_fd, .events = POLLIN };
+	pfd[2] = (struct pollfd){ .fd = dev->udp4, .events = POLLIN };
+	pfd[3] = (struct pollfd){ .fd = dev->udp6, .events = POLLIN };
+	for (;;) {
+		if (poll(pfd, 4, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pfd[0].revents || pfd[1].revents)
+			break;
+		for (int s = 2; s < 4; s++) {
+			int n;
+
+			if (!(pfd[s].revents & POLLIN))
+				continue;
+			n = wg_recv_batch_read(&rb, pfd[s].fd);
+			for (int i = 0; i < n; i++) {
+				uint8_t *buf = rb.bufs + (size_t)i * WG_UDP_MAX_DATAGRAM;
+				size_t len = rb.msgs[i].msg_len;
+				struct wg_endpoint ep;
+				int type;
+
+				if (rb.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+					atomic_fetch_add(&dev->proto.stats.rx_junk, 1);
+					continue;
+				}
+				wg_recv_batch_endpoint(&rb, i, &ep);
+				type = wg_proto_message_type(buf, len);
+				if (type == MESSAGE_DATA) {
+					wg_proto_receive_data(&dev->proto, &ep, buf, len);
+				} else if (type) {
+					/* mac1 before queueing: spoofed junk never reaches
+					 * the DH worker or fills its queue. */
+					if (wg_proto_check_mac1(&dev->proto, buf, len))
+						queue_handshake(dev, &ep, buf, len);
+					else
+						atomic_fetch_add(&dev->proto.stats.rx_bad_mac1, 1);
+				} else {
+					control_datagram(dev, &ep, buf, len);
+				}
+			}
+		}
+		flush_batch(dev, &sb);
+	}
+	tls_batch = NULL;
+	wg_send_batch_free(&sb);
+	wg_recv_batch_free(&rb);
+	return NULL;
+}
+
+static void *hs_thread(void *arg)
+{
+	struct wg_device *dev = arg;
+	struct wg_hs_item it;
+	bool under_load;
+	uint64_t now;
+
+	for (;;) {
+		pthread_mutex_lock(&dev->hs_lock);
+		while (!dev->hs_count && !stopping(dev->stop_fd)) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1; /* re-check the stop flag now and then */
+			pthread_cond_timedwait(&dev->hs_cond, &dev->hs_lock, &ts);
+		}
+		if (!dev->hs_count) {
+			pthread_mutex_unlock(&dev->hs_lock);
+			break;
+		}
+		it = dev->hs_ring[dev->hs_head];
+		dev->hs_head = (dev->hs_head + 1) % WG_HANDSHAKE_QUEUE_MAX;
+		/* Under load while the queue is an eighth full, and for a second
+		 * after (as the kernel), so a flood cannot toggle it cheaply. */
+		now = mono_now();
+		if (dev->hs_count >= WG_HANDSHAKE_QUEUE_MAX / 8)
+			dev->last_under_load = now;
+		under_load = dev->last_under_load && now - dev->last_under_load < UNDER_LOAD_AFTER_TIME;
+		dev->hs_count--;
+		pthread_mutex_unlock(&dev->hs_lock);
+		wg_proto_receive_handshake(&dev->proto, &it.src, it.data, it.len, under_load);
+	}
+	return NULL;
+}
+
+static void *timer_thread(void *arg)
+{
+	struct wg_device *dev = arg;
+	struct pollfd pfd[2] = { { .fd = dev->stop_fd, .events = POLLIN }, { .fd = dev->kick_fd, .events = POLLIN } };
+
+	for (;;) {
+		uint64_t next = wg_proto_tick(&dev->proto), now = mono_now(), v;
+		int timeout = -1;
+
+		if (next)
+			timeout = next <= now ? 0 : (int)((next - now) / WG_NS_PER_MS + 1);
+		if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
+			break;
+		if (pfd[0].revents)
+			break;
+		if (pfd[1].revents && read(dev->kick_fd, &v, sizeof(v)) < 0) {
+			/* spurious */
+		}
+	}
+	return NULL;
+}
+
+static int start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	int r;
+
+	/* Workers never take the owner's signals (SIGINT/SIGTERM/SIGPIPE). */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	r = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return -r;
+}
+
+/* The UDP receiver is restarted when the listen port changes: it polls the
+ * sockets it saw at start, so it is stopped, the sockets are swapped, and a
+ * new one starts on the new sockets. */
+static int udp_thread_start(struct wg_device *dev)
+{
+	int r = start_thread(&dev->udp_thread, udp_thread, dev);
+
+	dev->udp_running = r == 0;
+	return r;
+}
+
+static void udp_thread_stop(struct wg_device *dev)
+{
+	uint64_t v;
+
+	if (!dev->udp_running)
+		return;
+	kick(dev->udp_stop_fd);
+	pthread_join(dev->udp_thread, NULL);
+	dev->udp_running = false;
+	if (read(dev->udp_stop_fd, &v, sizeof(v)) < 0) {
+		/* already drained */
+	}
+}
+
+/* ---- TUN ---- */
+
+static int tun_open(const char *ifname, char *msg, size_t msglen)
+{
+	struct ifreq ifr;
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0) {
+		int e = errno;
+
+		snprintf(msg, msglen, "cannot open /dev/net/tun: %s%s", strerror(e),
+			 e == EPERM || e == EACCES ? " (needs CAP_NET_ADMIN)" : "");
+		return -e;
+	}
+	memset(&ifr, 0, sizeof(ifr));
+	ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+		int e = errno;
+
+		if (e == EPERM)
+			snprintf(msg, msglen, "cannot create interface \"%s\": permission denied: needs CAP_NET_ADMIN", ifname);
+		else if (e == EBUSY)
+			snprintf(msg, msglen, "cannot create interface \"%s\": it exists and is in use by another process", ifname);
+		else if (e == EINVAL)
+			snprintf(msg, msglen, "cannot create interface \"%s\": a link of another type has that name", ifname);
+		else
+			snprintf(msg, msglen, "cannot create interface \"%s\": %s", ifname, strerror(e));
+		close(fd);
+		return -e;
+	}
+	if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
+		int e = errno;
+
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+/* ---- lifecycle ---- */
+
+struct wg_device *wg_device_create(const char *ifname, const struct wg_device_opts *opts, int *err,
+				   char *msg, size_t msglen)
+{
+	struct wg_device *dev;
+	unsigned mtu = opts && opts->mtu ? opts->mtu : WG_DEFAULT_MTU;
+	int r;
+
+	msg[0] = '\0';
+	if (!ifname || !*ifname || strlen(ifname) >= IFNAMSIZ || strchr(ifname, '/') ||
+	    !strcmp(ifname, ".") || !strcmp(ifname, "..")) {
+		*err = -EINVAL;
+		snprintf(msg, msglen, "interface name \"%s\" invalid: 1 to %d bytes, no '/'", ifname ? ifname : "",
+			 IFNAMSIZ - 1);
+		return NULL;
+	}
+	dev = calloc(1, sizeof(*dev));
+	if (!dev) {
+		*err = -ENOMEM;
+		snprintf(msg, msglen, "out of memory");
+		return NULL;
+	}
+	snprintf(dev->ifname, sizeof(dev->ifname), "%s", ifname);
+	dev->tun_fd = dev->udp4 = dev->udp6 = dev->stop_fd = dev->kick_fd = dev->udp_stop_fd = dev->ev_fd = dev->uapi_fd = -1;
+	pthread_rwlock_init(&dev->sock_lock, NULL);
+	pthread_mutex_init(&dev->cfg_mutex, NULL);
+	pthread_mutex_init(&dev->hs_lock, NULL);
+	pthread_cond_init(&dev->hs_cond, NULL);
+	pthread_mutex_init(&dev->ev_lock, NULL);
+	atomic_init(&dev->mtu, mtu);
+
+	r = wg_proto_init(&dev->proto, &dev_ops, dev);
+	if (r < 0) {
+		snprintf(msg, msglen, "cannot initialise the protocol state: %s", strerror(-r));
+		goto fail_early;
+	}
+	dev->hs_ring = calloc(WG_HANDSHAKE_QUEUE_MAX, sizeof(*dev->hs_ring));
+	dev->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	dev->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	dev->udp_stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	dev->ev_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (!dev->hs_ring || dev->stop_fd < 0 || dev->kick_fd < 0 || dev->udp_stop_fd < 0 || dev->ev_fd < 0) {
+		r = -ENOMEM;
+		snprintf(msg, msglen, "cannot allocate engine resources");
+		goto fail;
+	}
+	/* The UAPI socket first: it tells whether another live engine already
+	 * serves this name (then we must not touch anything). */
+	if (opts && opts->uapi) {
+		r = wg_uapi_server_listen(dev, msg, msglen);
+		if (r < 0)
+			goto fail;
+	}
+	r = tun_open(ifname, msg, msglen);
+	if (r < 0)
+		goto fail;
+	dev->tun_fd = r;
+	dev->ifindex = wg_nl_ifindex(ifname);
+	if (dev->ifindex > 0)
+		wg_nl_link_set_mtu(dev->ifindex, mtu);
+	r = wg_udp_open(&dev->listen_port, 0, &dev->udp4, &dev->udp6);
+	if (r < 0) {
+		snprintf(msg, msglen, "cannot open UDP sockets: %s", strerror(-r));
+		goto fail;
+	}
+	if ((r = start_thread(&dev->tun_thread, tun_thread, dev)) < 0 ||
+	    (r = start_thread(&dev->hs_thread, hs_thread, dev)) < 0 ||
+	    (r = start_thread(&dev->timer_thread, timer_thread, dev)) < 0) {
+		snprintf(msg, msglen, "cannot start threads: %s", strerror(-r));
+		goto fail;
+	}
+	dev->threads_running = true;
+	if ((r = udp_thread_start(dev)) < 0) {
+		snprintf(msg, msglen, "cannot start threads: %s", strerror(-r));
+		goto fail;
+	}
+	if (dev->uapi_fd >= 0 && (r = wg_uapi_server_start(dev)) < 0) {
+		snprintf(msg, msglen, "cannot start the UAPI server: %s", strerror(-r));
+		goto fail;
+	}
+	return dev;
+
+fail:
+	*err = r;
+	wg_device_destroy(dev);
+	return NULL;
+fail_early:
+	*err = r;
+	free(dev);
+	return NULL;
+}
+
+static void stop_all_threads(struct wg_device *dev)
+{
+	kick(dev->stop_fd);
+	pthread_mutex_lock(&dev->hs_lock);
+	pthread_cond_broadcast(&dev->hs_cond);
+	pthread_mutex_unlock(&dev->hs_lock);
+	if (dev->uapi_running)
+		pthread_join(dev->uapi_thread, NULL);
+	if (dev->udp_running)
+		pthread_join(dev->udp_thread, NULL);
+	if (dev->threads_running) {
+		pthread_join(dev->tun_thread, NULL);
+		pthread_join(dev->hs_thread, NULL);
+		pthread_join(dev->timer_thread, NULL);
+	}
+	dev->uapi_running = dev->udp_running = dev->threads_running = false;
+}
+
+void wg_device_destroy(struct wg_device *dev)
+{
+	struct wg_dev_event *ev;
+
+	if (!dev)
+		return;
+	stop_all_threads(dev);
+	wg_uapi_server_close(dev);
+	if (dev->tun_fd >= 0)
+		close(dev->tun_fd); /* a non-persistent TUN goes away with its fd */
+	wg_udp_close(&dev->udp4, &dev->udp6);
+	wg_proto_destroy(&dev->proto);
+	while ((ev = dev->ev_head)) {
+		dev->ev_head = ev->next;
+		free(ev);
+	}
+	if (dev->hs_ring) {
+		sodium_memzero(dev->hs_ring, WG_HANDSHAKE_QUEUE_MAX * sizeof(*dev->hs_ring));
+		free(dev->hs_ring);
+	}
+	if (dev->stop_fd >= 0)
+		close(dev->stop_fd);
+	if (dev->kick_fd >= 0)
+		close(dev->kick_fd);
+	if (dev->udp_stop_fd >= 0)
+		close(dev->udp_stop_fd);
+	if (dev->ev_fd >= 0)
+		close(dev->ev_fd);
+	pthread_rwlock_destroy(&dev->sock_lock);
+	pthread_mutex_destroy(&dev->cfg_mutex);
+	pthread_mutex_destroy(&dev->hs_lock);
+	pthread_cond_destroy(&dev->hs_cond);
+	pthread_mutex_destroy(&dev->ev_lock);
+	sodium_memzero(dev, sizeof(*dev));
+	free(dev);
+}
+
+/* ---- configuration ---- */
+
+static int rebind(struct wg_device *dev, uint16_t port, uint32_t fwmark, char *msg, size_t msglen)
+{
+	int fd4 = -1, fd6 = -1, old4, old6, r;
+	uint16_t p = port;
+
+	/* Open the new sockets before touching the old ones, so a port in use
+	 * leaves everything as it was. */
+	r = wg_udp_open(&p, fwmark, &fd4, &fd6);
+	if (r < 0) {
+		snprintf(msg, msglen, "cannot listen on UDP port %u: %s", port, strerror(-r));
+		return r;
+	}
+	udp_thread_stop(dev);
+	pthread_rwlock_wrlock(&dev->sock_lock);
+	old4 = dev->udp4;
+	old6 = dev->udp6;
+	dev->udp4 = fd4;
+	dev->udp6 = fd6;
+	dev->listen_port = p;
+	dev->fwmark = fwmark;
+	pthread_rwlock_unlock(&dev->sock_lock);
+	wg_udp_close(&old4, &old6);
+	r = udp_thread_start(dev);
+	if (r < 0)
+		snprintf(msg, msglen, "cannot restart the UDP receiver: %s", strerror(-r));
+	return r;
+}
+
+int wg_device_apply(struct wg_device *dev, const struct wg_uapi_set *set, char *msg, size_t msglen)
+{
+	struct wg_proto *p = &dev->proto;
+	int r = 0;
+
+	msg[0] = '\0';
+	pthread_mutex_lock(&dev->cfg_mutex);
+	/* Things that can fail for reasons outside the message come first, so
+	 * that a failure leaves the configuration as it was. */
+	if ((set->has_listen_port && set->listen_port != dev->listen_port) ||
+	    (set->has_listen_port && set->listen_port == 0)) {
+		r = rebind(dev, set->listen_port, set->has_fwmark ? set->fwmark : dev->fwmark, msg, msglen);
+		if (r < 0)
+			goto out;
+	} else if (set->has_fwmark && set->fwmark != dev->fwmark) {
+		pthread_rwlock_rdlock(&dev->sock_lock);
+		r = wg_udp_set_fwmark(dev->udp4, dev->udp6, set->fwmark);
+		pthread_rwlock_unlock(&dev->sock_lock);
+		if (r < 0) {
+			snprintf(msg, msglen, "cannot set fwmark %u: %s", set->fwmark, strerror(-r));
+			goto out;
+		}
+		dev->fwmark = set->fwmark;
+	}
+
+	wg_proto_cfg_wrlock(p);
+	if (set->has_private_key)
+		wg_proto_set_private_key_locked(p, set->private_key);
+	if (set->replace_peers)
+		wg_peer_remove_all_locked(p);
+	for (size_t i = 0; i < set->n_peers; i++) {
+		const struct wg_uapi_peer *op = &set->peers[i];
+		struct wg_peer *peer = wg_peer_lookup_locked(p, op->public_key);
+		int err;
+
+		if (op->remove) {
+			if (peer)
+				wg_peer_remove_locked(p, peer);
+			continue;
+		}
+		if (!peer) {
+			if (op->update_only)
+				continue;
+			peer = wg_peer_create_locked(p, op->public_key, &err);
+			if (!peer) {
+				if (err == -EINVAL)
+					continue; /* our own public key: ignored, as wg(8) expects */
+				r = err;
+				snprintf(msg, msglen, "cannot add peer: %s", strerror(-err));
+				break;
+			}
+		}
+		if (op->has_preshared_key)
+			wg_peer_set_preshared_key(peer, op->preshared_key);
+		if (op->has_endpoint)
+			wg_peer_set_endpoint(peer, &op->endpoint.sa);
+		if (op->replace_allowed_ips)
+			wg_peer_aip_clear_locked(p, peer);
+		for (size_t k = 0; k < op->n_aips; k++) {
+			const struct wg_uapi_aip *a = &op->aips[k];
+
+			if (a->remove) {
+				wg_peer_aip_remove_locked(p, peer, a->family, a->addr, a->cidr);
+			} else if ((err = wg_peer_aip_insert_locked(p, peer, a->family, a->addr, a->cidr)) < 0) {
+				r = err;
+				snprintf(msg, msglen, "cannot add allowed ip: %s", strerror(-err));
+				break;
+			}
+		}
+		/* Last, so that a keepalive sent by enabling it finds the
+		 * endpoint and keys set above. */
+		if (op->has_keepalive)
+			wg_peer_set_keepalive(peer, op->keepalive);
+		if (r < 0)
+			break;
+	}
+	wg_proto_cfg_unlock(p);
+out:
+	pthread_mutex_unlock(&dev->cfg_mutex);
+	return r;
+}
+
+struct strbuf {
+	char *s;
+	size_t len, cap;
+	bool oom;
+};
+
+static void __attribute__((format(printf, 2, 3))) sb_printf(struct strbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (b->oom)
+		return;
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->oom = true;
+			return;
+		}
+		if (b->s && b->len + (size_t)n < b->cap) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t ncap = b->cap ? b->cap * 2 : 4096;
+		while (ncap < b->len + (size_t)n + 1)
+			ncap *= 2;
+		char *ns = malloc(ncap);
+		if (!ns) {
+			b->oom = true;
+			return;
+		}
+		if (b->s) {
+			memcpy(ns, b->s, b->len);
+			/* The old buffer may hold a private key: wipe before free. */
+			sodium_memzero(b->s, b->cap);
+			free(b->s);
+		}
+		b->s = ns;
+		b->cap = ncap;
+	}
+}
+
+static void aip_cb(void *arg, int family, const uint8_t *addr, uint8_t cidr)
+{
+	struct strbuf *b = arg;
+	char ip[INET6_ADDRSTRLEN];
+
+	inet_ntop(family, addr, ip, sizeof(ip));
+	sb_printf(b, "allowed_ip=%s/%u\n", ip, cidr);
+}
+
+int wg_device_get_uapi(struct wg_device *dev, char **out, size_t *outlen)
+{
+	struct wg_proto *p = &dev->proto;
+	struct strbuf b = { 0 };
+	char hex[65];
+	struct wg_peer *peer;
+
+	pthread_mutex_lock(&dev->cfg_mutex);
+	wg_proto_cfg_rdlock(p);
+	if (p->has_identity) {
+		wg_key_to_hex(hex, p->static_private);
+		sb_printf(&b, "private_key=%s\n", hex);
+	}
+	sb_printf(&b, "listen_port=%u\n", dev->listen_port);
+	if (dev->fwmark)
+		sb_printf(&b, "fwmark=%u\n", dev->fwmark);
+	for (peer = p->peers_head; peer; peer = peer->next) {
+		struct wg_peer_info info;
+		char ep[128];
+
+		wg_peer_info(peer, &info);
+		wg_key_to_hex(hex, info.public_key);
+		sb_printf(&b, "public_key=%s\n", hex);
+		wg_key_to_hex(hex, info.preshared_key);
+		sb_printf(&b, "preshared_key=%s\n", hex);
+		sb_printf(&b, "protocol_version=1\n");
+		if (info.has_endpoint && wg_format_endpoint(ep, sizeof(ep), &info.endpoint.addr.sa))
+			sb_printf(&b, "endpoint=%s\n", ep);
+		sb_printf(&b, "last_handshake_time_sec=%llu\nlast_handshake_time_nsec=%llu\n",
+			  (unsigned long long)(info.last_handshake_real / WG_NS_PER_SEC),
+			  (unsigned long long)(info.last_handshake_real % WG_NS_PER_SEC));
+		sb_printf(&b, "tx_bytes=%llu\nrx_bytes=%llu\n", (unsigned long long)info.tx_bytes,
+			  (unsigned long long)info.rx_bytes);
+		sb_printf(&b, "persistent_keepalive_interval=%u\n", info.persistent_keepalive);
+		wg_allowedips_foreach(&peer->aips, aip_cb, &b);
+		sodium_memzero(&info, sizeof(info));
+	}
+	wg_proto_cfg_unlock(p);
+	pthread_mutex_unlock(&dev->cfg_mutex);
+	sodium_memzero(hex, sizeof(hex));
+	if (b.oom) {
+		if (b.s) {
+			sodium_memzero(b.s, b.cap);
+			free(b.s);
+		}
+		return -ENOMEM;
+	}
+	if (!b.s) {
+		b.s = calloc(1, 1);
+		if (!b.s)
+			return -ENOMEM;
+	}
+	*out = b.s;
+	*outlen = b.len;
+	return 0;
+}
+
+void wg_device_foreach_peer(struct wg_device *dev,
+			    void (*cb)(void *arg, const struct wg_peer_info *info, struct wg_peer *peer), void *arg)
+{
+	struct wg_peer *peer;
+
+	wg_proto_cfg_rdlock(&dev->proto);
+	for (peer = dev->proto.peers_head; peer; peer = peer->next) {
+		struct wg_peer_info info;
+
+		wg_peer_info(peer, &info);
+		sodium_memzero(info.preshared_key, sizeof(info.preshared_key));
+		cb(arg, &info, peer);
+	}
+	wg_proto_cfg_unlock(&dev->proto);
+}
+
+int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, const uint8_t *buf, size_t len)
+{
+	struct wg_endpoint ep;
+	int r;
+
+	memset(&ep, 0, sizeof(ep));
+	if (to->sa_family == AF_INET)
+		memcpy(&ep.addr.in4, to, sizeof(struct sockaddr_in));
+	else if (to->sa_family == AF_INET6)
+		memcpy(&ep.addr.in6, to, sizeof(struct sockaddr_in6));
+	else
+		return -EAFNOSUPPORT;
+	pthread_rwlock_rdlock(&dev->sock_lock);
+	r = wg_udp_send(dev->udp4, dev->udp6, &ep, buf, len);
+	pthread_rwlock_unlock(&dev->sock_lock);
+	return r;
+}
+
+int wg_device_initiate(struct wg_device *dev, const uint8_t public_key[32])
+{
+	struct wg_peer *peer;
+
+	wg_proto_cfg_rdlock(&dev->proto);
+	peer = wg_peer_lookup_locked(&dev->proto, public_key);
+	if (peer)
+		wg_peer_get(peer);
+	wg_proto_cfg_unlock(&dev->proto);
+	if (!peer)
+		return -ENOENT;
+	wg_peer_initiate_handshake(peer, false);
+	wg_peer_put(peer);
+	return 0;
+}

@@ -1,0 +1,117 @@
+/* The engine of one interface: TUN device, UDP sockets, worker threads, the
+ * UAPI server and the event queue to Lua.  It owns its threads; the
+ * datapath never calls into Lua.  Lua (lua_core.c) and the UAPI server reach
+ * the same configuration functions: wg_device_apply() and wg_device_get(). */
+#ifndef WG_DEVICE_H
+#define WG_DEVICE_H
+#include <net/if.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "proto.h"
+#include "uapi.h"
+
+#define WG_DEFAULT_MTU 1420
+#define WG_EVENT_QUEUE_MAX 1024
+#define WG_CONTROL_MAX 2048           /* largest control datagram handed to Lua */
+#define WG_HANDSHAKE_QUEUE_MAX 4096   /* as MAX_QUEUED_INCOMING_HANDSHAKES */
+#define WG_UAPI_DIR "/var/run/wireguard"
+
+enum wg_dev_event_type {
+	WG_DEV_EVENT_HANDSHAKE = 1,
+	WG_DEV_EVENT_ENDPOINT,
+	WG_DEV_EVENT_STALE,
+	WG_DEV_EVENT_DATAGRAM,
+};
+
+struct wg_dev_event {
+	struct wg_dev_event *next;
+	enum wg_dev_event_type type;
+	uint8_t public_key[32];
+	struct wg_endpoint ep;
+	uint64_t time_real;  /* epoch ns */
+	size_t len;
+	uint8_t data[];      /* datagram bytes for WG_DEV_EVENT_DATAGRAM */
+};
+
+struct wg_hs_item {
+	struct wg_endpoint src;
+	size_t len;
+	uint8_t data[MESSAGE_INITIATION_SIZE];
+};
+
+struct wg_device_stats {
+	atomic_uint_fast64_t rx_packets, tx_packets;
+	atomic_uint_fast64_t handshake_queue_dropped;
+	atomic_uint_fast64_t events_dropped;
+	atomic_uint_fast64_t tun_write_errors, udp_send_errors;
+};
+
+struct wg_device {
+	char ifname[IFNAMSIZ];
+	char sock_path[108];
+	struct wg_proto proto;
+	int tun_fd;
+	atomic_uint mtu;
+	int ifindex;
+
+	pthread_rwlock_t sock_lock;   /* the UDP fds below */
+	int udp4, udp6;
+	uint16_t listen_port;
+	uint32_t fwmark;
+
+	int stop_fd;                  /* eventfd: all threads stop */
+	int kick_fd;                  /* eventfd: timer loop re-reads deadlines */
+	int udp_stop_fd;              /* eventfd: the UDP receiver alone stops */
+	int uapi_fd;                  /* listening unix socket, -1 if none */
+	pthread_t tun_thread, udp_thread, hs_thread, timer_thread, uapi_thread;
+	bool udp_running, uapi_running, threads_running;
+	pthread_mutex_t cfg_mutex;    /* serialises apply/get (UAPI vs Lua) */
+
+	pthread_mutex_t hs_lock;
+	pthread_cond_t hs_cond;
+	struct wg_hs_item *hs_ring;
+	unsigned hs_head, hs_count;
+	uint64_t last_under_load;     /* monotonic ns */
+
+	pthread_mutex_t ev_lock;
+	int ev_fd;                    /* eventfd: events pending (Lua polls it) */
+	struct wg_dev_event *ev_head, *ev_tail;
+	unsigned ev_count;
+	atomic_bool control_enabled;  /* hand non-WireGuard datagrams to Lua */
+
+	struct wg_device_stats stats;
+};
+
+struct wg_device_opts {
+	bool uapi;                    /* serve /var/run/wireguard/<ifname>.sock */
+	unsigned mtu;                 /* 0 = WG_DEFAULT_MTU */
+};
+
+/* Creates the TUN interface, UDP sockets (random port) and threads.  On
+ * failure returns NULL with a negative errno in *err and a message in msg. */
+struct wg_device *wg_device_create(const char *ifname, const struct wg_device_opts *opts, int *err,
+				   char *msg, size_t msglen);
+/* Stops the threads, removes the socket, closes the TUN (the kernel removes
+ * the interface) and wipes all keys.  Safe to call once. */
+void wg_device_destroy(struct wg_device *dev);
+
+/* Applies a parsed transaction as one step: nothing changes if it fails
+ * (a listen port already in use is detected before anything is applied). */
+int wg_device_apply(struct wg_device *dev, const struct wg_uapi_set *set, char *msg, size_t msglen);
+
+/* Formats the UAPI `get` reply body (without errno=), malloc'd, into *out. */
+int wg_device_get_uapi(struct wg_device *dev, char **out, size_t *outlen);
+
+/* Status for Lua: calls cb for each peer (under the config lock). */
+void wg_device_foreach_peer(struct wg_device *dev,
+			    void (*cb)(void *arg, const struct wg_peer_info *info, struct wg_peer *peer), void *arg);
+
+/* Sends raw bytes from the WireGuard socket. */
+int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, const uint8_t *buf, size_t len);
+/* Pops one event (caller frees), NULL when empty. */
+struct wg_dev_event *wg_device_pop_event(struct wg_device *dev);
+int wg_device_initiate(struct wg_device *dev, const uint8_t public_key[32]);
+#endif

@@ -1,0 +1,320 @@
+/* UDP sockets: one IPv4 and one IPv6-only socket bound to the same port.
+ * Sends carry the local source address learnt from the peer's last packet
+ * (IP_PKTINFO / IPV6_PKTINFO) so that replies leave from the address the
+ * peer talks to; if that address has gone, the send is retried without it. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "udp.h"
+
+/* Large buffers stop the receive-buffer drops wireguard-go suffers at its
+ * 212992-byte default; FORCE works as root, the plain call is the fallback. */
+#define WG_SOCKET_BUFFER (8 << 20)
+
+static void set_buffers(int fd)
+{
+	int sz = WG_SOCKET_BUFFER;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+}
+
+static int open_one(int family, uint16_t port, uint32_t fwmark, uint16_t *bound)
+{
+	int one = 1, fd, err;
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in4;
+		struct sockaddr_in6 in6;
+	} a;
+	socklen_t alen;
+
+	fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	memset(&a, 0, sizeof(a));
+	if (family == AF_INET) {
+		a.in4.sin_family = AF_INET;
+		a.in4.sin_port = htons(port);
+		alen = sizeof(a.in4);
+		setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
+	} else {
+		a.in6.sin6_family = AF_INET6;
+		a.in6.sin6_port = htons(port);
+		alen = sizeof(a.in6);
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one));
+	}
+	set_buffers(fd);
+	if (fwmark && setsockopt(fd, SOL_SOCKET, SO_MARK, &fwmark, sizeof(fwmark)) < 0)
+		goto fail;
+	if (bind(fd, &a.sa, alen) < 0)
+		goto fail;
+	if (getsockname(fd, &a.sa, &alen) < 0)
+		goto fail;
+	*bound = ntohs(family == AF_INET ? a.in4.sin_port : a.in6.sin6_port);
+	return fd;
+fail:
+	err = -errno;
+	close(fd);
+	return err;
+}
+
+int wg_udp_open(uint16_t *port, uint32_t fwmark, int *fd4, int *fd6)
+{
+	uint16_t bound = 0;
+	int tries = *port ? 1 : 16;
+
+	while (tries--) {
+		int a = open_one(AF_INET, *port, fwmark, &bound), b;
+
+		if (a < 0 && a != -EAFNOSUPPORT)
+			return a;
+		b = open_one(AF_INET6, a >= 0 ? bound : *port, fwmark, &bound);
+		if (b == -EADDRINUSE && !*port && a >= 0) {
+			close(a); /* the random v4 port is taken in v6: pick again */
+			continue;
+		}
+		if (b < 0 && b != -EAFNOSUPPORT && b != -EADDRNOTAVAIL) {
+			if (a >= 0)
+				close(a);
+			return b;
+		}
+		if (a < 0 && b < 0)
+			return a;
+		*fd4 = a;
+		*fd6 = b < 0 ? -1 : b;
+		*port = bound;
+		return 0;
+	}
+	return -EADDRINUSE;
+}
+
+int wg_udp_set_fwmark(int fd4, int fd6, uint32_t fwmark)
+{
+	if (fd4 >= 0 && setsockopt(fd4, SOL_SOCKET, SO_MARK, &fwmark, sizeof(fwmark)) < 0)
+		return -errno;
+	if (fd6 >= 0 && setsockopt(fd6, SOL_SOCKET, SO_MARK, &fwmark, sizeof(fwmark)) < 0)
+		return -errno;
+	return 0;
+}
+
+void wg_udp_close(int *fd4, int *fd6)
+{
+	if (*fd4 >= 0)
+		close(*fd4);
+	if (*fd6 >= 0)
+		close(*fd6);
+	*fd4 = *fd6 = -1;
+}
+
+static bool has_src(const struct wg_endpoint *ep)
+{
+	if (ep->addr.sa.sa_family == AF_INET)
+		return ep->src4.s_addr != 0;
+	return !IN6_IS_ADDR_UNSPECIFIED(&ep->src6);
+}
+
+/* Builds msg_name and the source-address control message for ep. */
+static void fill_msghdr(struct msghdr *mh, const struct wg_endpoint *ep, uint8_t *cbuf, size_t cbuflen,
+			bool with_src)
+{
+	struct cmsghdr *c;
+
+	mh->msg_name = (void *)&ep->addr;
+	mh->msg_namelen = ep->addr.sa.sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+	mh->msg_control = NULL;
+	mh->msg_controllen = 0;
+	mh->msg_flags = 0;
+	if (!with_src || !has_src(ep))
+		return;
+	memset(cbuf, 0, cbuflen);
+	mh->msg_control = cbuf;
+	if (ep->addr.sa.sa_family == AF_INET) {
+		struct in_pktinfo pi = { .ipi_spec_dst = ep->src4, .ipi_ifindex = 0 };
+
+		mh->msg_controllen = CMSG_SPACE(sizeof(pi));
+		c = CMSG_FIRSTHDR(mh);
+		c->cmsg_level = IPPROTO_IP;
+		c->cmsg_type = IP_PKTINFO;
+		c->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+	} else {
+		struct in6_pktinfo pi = { .ipi6_addr = ep->src6, .ipi6_ifindex = ep->src_ifindex };
+
+		mh->msg_controllen = CMSG_SPACE(sizeof(pi));
+		c = CMSG_FIRSTHDR(mh);
+		c->cmsg_level = IPPROTO_IPV6;
+		c->cmsg_type = IPV6_PKTINFO;
+		c->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+	}
+}
+
+static int fd_for(int fd4, int fd6, const struct wg_endpoint *ep)
+{
+	return ep->addr.sa.sa_family == AF_INET ? fd4 : ep->addr.sa.sa_family == AF_INET6 ? fd6 : -1;
+}
+
+int wg_udp_send(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t len)
+{
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	uint8_t cbuf[64];
+	int fd = fd_for(fd4, fd6, to);
+
+	if (fd < 0)
+		return -EAFNOSUPPORT;
+	fill_msghdr(&mh, to, cbuf, sizeof(cbuf), true);
+	if (sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+		return 0;
+	if (mh.msg_control && (errno == EINVAL || errno == EADDRNOTAVAIL || errno == ENETUNREACH)) {
+		fill_msghdr(&mh, to, cbuf, sizeof(cbuf), false);
+		if (sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+			return 0;
+	}
+	return -errno;
+}
+
+int wg_send_batch_init(struct wg_send_batch *b)
+{
+	memset(b, 0, sizeof(*b));
+	b->copies = malloc((size_t)WG_UDP_BATCH * WG_UDP_MAX_DATAGRAM);
+	return b->copies ? 0 : -ENOMEM;
+}
+
+void wg_send_batch_free(struct wg_send_batch *b)
+{
+	free(b->copies);
+	b->copies = NULL;
+}
+
+unsigned wg_send_batch_add(struct wg_send_batch *b, int fd4, int fd6, const struct wg_endpoint *to,
+			   const uint8_t *buf, size_t len)
+{
+	unsigned failed = 0, i;
+
+	if (len > WG_UDP_MAX_DATAGRAM)
+		return 1;
+	if (b->n == WG_UDP_BATCH)
+		failed = wg_send_batch_flush(b, fd4, fd6);
+	i = b->n++;
+	b->eps[i] = *to;
+	if (buf >= b->borrow_lo && buf + len <= b->borrow_hi) {
+		b->iov[i].iov_base = (void *)buf;
+	} else {
+		memcpy(b->copies + (size_t)i * WG_UDP_MAX_DATAGRAM, buf, len);
+		b->iov[i].iov_base = b->copies + (size_t)i * WG_UDP_MAX_DATAGRAM;
+	}
+	b->iov[i].iov_len = len;
+	return failed;
+}
+
+/* Sends runs of datagrams of the same family with one sendmmsg each. */
+unsigned wg_send_batch_flush(struct wg_send_batch *b, int fd4, int fd6)
+{
+	unsigned i = 0, failed = 0;
+
+	for (unsigned k = 0; k < b->n; k++) {
+		struct msghdr *mh = &b->msgs[k].msg_hdr;
+
+		fill_msghdr(mh, &b->eps[k], b->cmsg[k], sizeof(b->cmsg[k]), true);
+		mh->msg_iov = &b->iov[k];
+		mh->msg_iovlen = 1;
+	}
+	while (i < b->n) {
+		int family = b->eps[i].addr.sa.sa_family, fd = fd_for(fd4, fd6, &b->eps[i]);
+		unsigned j = i;
+		int r;
+
+		while (j < b->n && b->eps[j].addr.sa.sa_family == family)
+			j++;
+		if (fd < 0) {
+			failed += j - i;
+			i = j;
+			continue;
+		}
+		while (i < j) {
+			r = sendmmsg(fd, &b->msgs[i], j - i, MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (r > 0) {
+				i += (unsigned)r;
+				continue;
+			}
+			/* The first one failed: send it alone (retrying without a stale
+			 * source address), then carry on with the rest. */
+			if (wg_udp_send(fd4, fd6, &b->eps[i], b->iov[i].iov_base, b->iov[i].iov_len) < 0)
+				failed++;
+			i++;
+		}
+	}
+	b->n = 0;
+	return failed;
+}
+
+int wg_recv_batch_init(struct wg_recv_batch *b)
+{
+	memset(b, 0, sizeof(*b));
+	b->bufs = malloc((size_t)WG_UDP_BATCH * WG_UDP_MAX_DATAGRAM);
+	return b->bufs ? 0 : -ENOMEM;
+}
+
+void wg_recv_batch_free(struct wg_recv_batch *b)
+{
+	free(b->bufs);
+	b->bufs = NULL;
+}
+
+int wg_recv_batch_read(struct wg_recv_batch *b, int fd)
+{
+	int r;
+
+	for (int i = 0; i < WG_UDP_BATCH; i++) {
+		struct msghdr *mh = &b->msgs[i].msg_hdr;
+
+		b->iov[i].iov_base = b->bufs + (size_t)i * WG_UDP_MAX_DATAGRAM;
+		b->iov[i].iov_len = WG_UDP_MAX_DATAGRAM;
+		mh->msg_iov = &b->iov[i];
+		mh->msg_iovlen = 1;
+		mh->msg_name = &b->from[i];
+		mh->msg_namelen = sizeof(b->from[i]);
+		mh->msg_control = b->cmsg[i];
+		mh->msg_controllen = sizeof(b->cmsg[i]);
+		mh->msg_flags = 0;
+	}
+	r = recvmmsg(fd, b->msgs, WG_UDP_BATCH, MSG_DONTWAIT, NULL);
+	if (r < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+	return r;
+}
+
+void wg_recv_batch_endpoint(const struct wg_recv_batch *b, int i, struct wg_endpoint *ep)
+{
+	const struct msghdr *mh = &b->msgs[i].msg_hdr;
+	struct cmsghdr *c;
+
+	memset(ep, 0, sizeof(*ep));
+	if (b->from[i].ss_family == AF_INET)
+		memcpy(&ep->addr.in4, &b->from[i], sizeof(struct sockaddr_in));
+	else
+		memcpy(&ep->addr.in6, &b->from[i], sizeof(struct sockaddr_in6));
+	for (c = CMSG_FIRSTHDR((struct msghdr *)mh); c; c = CMSG_NXTHDR((struct msghdr *)mh, c)) {
+		if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+			struct in_pktinfo pi;
+
+			memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+			ep->src4 = pi.ipi_addr;
+		} else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+			struct in6_pktinfo pi;
+
+			memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+			ep->src6 = pi.ipi6_addr;
+			ep->src_ifindex = pi.ipi6_ifindex;
+		}
+	}
+}
