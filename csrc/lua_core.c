@@ -1,0 +1,1192 @@
+/* wgoverlay.core: the Lua 5.4 binding of the engine.
+ *
+ * One userdata type, "wgoverlay.device", shaped like liolib's files: a
+ * metatable built once at load time, __index = method table, __gc and
+ * __close the same idempotent close, and a closed device raises "attempt to
+ * use a closed transport".  Misuse (wrong argument types) raises; failures
+ * of the system or the network return nil, message[, errno].
+ *
+ * Configuration from Lua is converted into the same transaction struct the
+ * UAPI parser produces and applied by wg_device_apply(): one code path, two
+ * front doors.  Private and preshared keys never come back out. */
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/stat.h>
+#include <dirent.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <sodium.h>
+
+#include "device.h"
+#include "netlink.h"
+#include "uapi.h"
+
+#define DEVICE_MT "wgoverlay.device"
+
+struct ldev {
+	struct wg_device *dev;
+};
+
+static int push_fail(lua_State *L, int err, const char *msg)
+{
+	lua_pushnil(L);
+	lua_pushstring(L, msg);
+	lua_pushinteger(L, err < 0 ? -err : err);
+	return 3;
+}
+
+static struct wg_device *check_dev(lua_State *L, int idx)
+{
+	struct ldev *d = luaL_checkudata(L, idx, DEVICE_MT);
+
+	if (!d->dev)
+		luaL_error(L, "attempt to use a closed transport");
+	return d->dev;
+}
+
+/* ---- keys ---- */
+
+static bool key_from_lua(lua_State *L, int idx, uint8_t key[32])
+{
+	size_t len;
+	const char *s = lua_tolstring(L, idx, &len);
+
+	return s && wg_base64_to_key(key, s, len);
+}
+
+static int l_generate_keys(lua_State *L)
+{
+	uint8_t priv[32], pub[32];
+	char b64[45];
+
+	randombytes_buf(priv, sizeof(priv));
+	/* Clamp as wg genkey does, so the stored form is canonical. */
+	priv[0] &= 248;
+	priv[31] = (priv[31] & 127) | 64;
+	crypto_scalarmult_base(pub, priv);
+	wg_key_to_base64(b64, priv);
+	lua_pushstring(L, b64);
+	sodium_memzero(b64, sizeof(b64));
+	sodium_memzero(priv, sizeof(priv));
+	wg_key_to_base64(b64, pub);
+	lua_pushstring(L, b64);
+	return 2;
+}
+
+static int l_generate_psk(lua_State *L)
+{
+	uint8_t k[32];
+	char b64[45];
+
+	randombytes_buf(k, sizeof(k));
+	wg_key_to_base64(b64, k);
+	lua_pushstring(L, b64);
+	sodium_memzero(b64, sizeof(b64));
+	sodium_memzero(k, sizeof(k));
+	return 1;
+}
+
+static int l_public_key(lua_State *L)
+{
+	uint8_t priv[32], pub[32];
+	char b64[45];
+
+	luaL_checktype(L, 1, LUA_TSTRING);
+	if (!key_from_lua(L, 1, priv))
+		return push_fail(L, EINVAL, "bad private key: expected 32 bytes base64 (44 characters)");
+	crypto_scalarmult_base(pub, priv);
+	sodium_memzero(priv, sizeof(priv));
+	wg_key_to_base64(b64, pub);
+	lua_pushstring(L, b64);
+	return 1;
+}
+
+static int l_valid_key(lua_State *L)
+{
+	uint8_t k[32];
+
+	lua_pushboolean(L, lua_type(L, 1) == LUA_TSTRING && key_from_lua(L, 1, k));
+	sodium_memzero(k, sizeof(k));
+	return 1;
+}
+
+/* ---- device ---- */
+
+static int l_open(lua_State *L)
+{
+	const char *ifname = luaL_checkstring(L, 1);
+	struct wg_device_opts opts = { .uapi = true };
+	struct ldev *d;
+	char msg[256];
+	int err = 0;
+
+	if (!lua_isnoneornil(L, 2)) {
+		luaL_checktype(L, 2, LUA_TTABLE);
+		if (lua_getfield(L, 2, "uapi") != LUA_TNIL)
+			opts.uapi = lua_toboolean(L, -1);
+		lua_pop(L, 1);
+		if (lua_getfield(L, 2, "mtu") != LUA_TNIL) {
+			lua_Integer mtu = luaL_checkinteger(L, -1);
+
+			if (mtu < 576 || mtu > 65535)
+				return push_fail(L, EINVAL, "mtu must be 576..65535");
+			opts.mtu = (unsigned)mtu;
+		}
+		lua_pop(L, 1);
+	}
+	if (strlen(ifname) >= IFNAMSIZ) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "interface name \"%s\" longer than %d bytes", ifname, IFNAMSIZ - 1);
+		lua_pushinteger(L, EINVAL);
+		return 3;
+	}
+	d = lua_newuserdatauv(L, sizeof(*d), 0);
+	d->dev = NULL;
+	luaL_setmetatable(L, DEVICE_MT);
+	d->dev = wg_device_create(ifname, &opts, &err, msg, sizeof(msg));
+	if (!d->dev)
+		return push_fail(L, err, msg[0] ? msg : strerror(-err));
+	return 1;
+}
+
+static int l_close(lua_State *L)
+{
+	struct ldev *d = luaL_checkudata(L, 1, DEVICE_MT);
+
+	if (d->dev) {
+		wg_device_destroy(d->dev);
+		d->dev = NULL;
+	}
+	return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+	struct ldev *d = luaL_checkudata(L, 1, DEVICE_MT);
+
+	if (d->dev)
+		lua_pushfstring(L, "wgoverlay transport (%s)", d->dev->ifname);
+	else
+		lua_pushliteral(L, "wgoverlay transport (closed)");
+	return 1;
+}
+
+static int l_ifname(lua_State *L)
+{
+	lua_pushstring(L, check_dev(L, 1)->ifname);
+	return 1;
+}
+
+static int l_fd(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+
+	atomic_store(&dev->control_enabled, true);
+	lua_pushinteger(L, dev->ev_fd);
+	return 1;
+}
+
+/* Reads a list of CIDR strings at t[field] into the peer op. */
+static const char *read_cidrs(lua_State *L, int t, const char *field, struct wg_uapi_peer *op, bool remove)
+{
+	static char errbuf[160];
+	lua_Integer n;
+
+	if (lua_getfield(L, t, field) == LUA_TNIL) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	luaL_checktype(L, -1, LUA_TTABLE);
+	n = luaL_len(L, -1);
+	for (lua_Integer i = 1; i <= n; i++) {
+		struct wg_uapi_aip *a;
+		const char *s;
+		size_t len;
+
+		lua_geti(L, -1, i);
+		s = lua_tolstring(L, -1, &len);
+		if (!s)
+			luaL_error(L, "%s[%d]: string expected", field, (int)i);
+		if (op->n_aips == op->cap_aips) {
+			size_t ncap = op->cap_aips ? op->cap_aips * 2 : 4;
+			struct wg_uapi_aip *na = realloc(op->aips, ncap * sizeof(*na));
+
+			if (!na) {
+				lua_pop(L, 2);
+				return "out of memory";
+			}
+			op->aips = na;
+			op->cap_aips = ncap;
+		}
+		a = &op->aips[op->n_aips];
+		memset(a, 0, sizeof(*a));
+		if (!wg_parse_cidr(s, len, &a->family, a->addr, &a->cidr)) {
+			snprintf(errbuf, sizeof(errbuf), "CIDR \"%.64s\" invalid", s);
+			lua_pop(L, 2);
+			return errbuf;
+		}
+		a->remove = remove;
+		op->n_aips++;
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	return NULL;
+}
+
+/* Converts a Lua peer table at index t into a UAPI peer operation.
+ * Returns an error message (never containing a secret) or NULL. */
+static const char *read_peer(lua_State *L, int t, struct wg_uapi_peer *op)
+{
+	static char errbuf[160];
+	const char *e;
+	size_t len;
+	const char *s;
+
+	memset(op, 0, sizeof(*op));
+	luaL_checktype(L, t, LUA_TTABLE);
+	if (lua_getfield(L, t, "public_key") != LUA_TSTRING)
+		luaL_error(L, "peer.public_key: string expected");
+	s = lua_tolstring(L, -1, &len);
+	if (!wg_base64_to_key(op->public_key, s, len)) {
+		snprintf(errbuf, sizeof(errbuf), "bad key \"%.60s\": expected 32 bytes base64", s);
+		lua_pop(L, 1);
+		return errbuf;
+	}
+	lua_pop(L, 1);
+	lua_getfield(L, t, "remove");
+	op->remove = lua_toboolean(L, -1);
+	lua_getfield(L, t, "update_only");
+	op->update_only = lua_toboolean(L, -1);
+	lua_getfield(L, t, "replace_allowed_ips");
+	op->replace_allowed_ips = lua_toboolean(L, -1);
+	lua_pop(L, 3);
+
+	switch (lua_getfield(L, t, "preshared_key")) {
+	case LUA_TNIL:
+		break;
+	case LUA_TBOOLEAN: /* false clears it */
+		op->has_preshared_key = true;
+		break;
+	case LUA_TSTRING:
+		op->has_preshared_key = true;
+		if (!key_from_lua(L, -1, op->preshared_key)) {
+			lua_pop(L, 1);
+			return "bad preshared_key: expected 32 bytes base64";
+		}
+		break;
+	default:
+		luaL_error(L, "peer.preshared_key: string expected");
+	}
+	lua_pop(L, 1);
+
+	switch (lua_getfield(L, t, "endpoint")) {
+	case LUA_TNIL:
+		break;
+	case LUA_TSTRING: {
+		struct sockaddr_storage ss;
+
+		s = lua_tolstring(L, -1, &len);
+		if (!wg_parse_endpoint(s, len, &ss)) {
+			snprintf(errbuf, sizeof(errbuf), "endpoint \"%.64s\" invalid: expected IP:PORT or [IPv6]:PORT", s);
+			lua_pop(L, 1);
+			return errbuf;
+		}
+		memcpy(&op->endpoint, &ss, ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+		op->has_endpoint = true;
+		break;
+	}
+	default:
+		luaL_error(L, "peer.endpoint: string expected");
+	}
+	lua_pop(L, 1);
+
+	if (lua_getfield(L, t, "persistent_keepalive") != LUA_TNIL) {
+		lua_Integer k;
+
+		if (!lua_isinteger(L, -1))
+			luaL_error(L, "peer.persistent_keepalive: integer expected");
+		k = lua_tointeger(L, -1);
+		if (k < 0 || k > 65535) {
+			lua_pop(L, 1);
+			return "persistent_keepalive must be 0..65535 seconds";
+		}
+		op->has_keepalive = true;
+		op->keepalive = (uint16_t)k;
+	}
+	lua_pop(L, 1);
+	if ((e = read_cidrs(L, t, "allowed_ips", op, false)))
+		return e;
+	if ((e = read_cidrs(L, t, "remove_allowed_ips", op, true)))
+		return e;
+	return NULL;
+}
+
+/* dev:apply{ private_key=, listen_port=, fwmark=, replace_peers=, peers={...} } */
+static int l_apply(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	struct wg_uapi_set set;
+	const char *e = NULL;
+	char msg[256];
+	lua_Integer n;
+	int r;
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	memset(&set, 0, sizeof(set));
+	switch (lua_getfield(L, 2, "private_key")) {
+	case LUA_TNIL:
+		break;
+	case LUA_TSTRING:
+		set.has_private_key = true;
+		if (!key_from_lua(L, -1, set.private_key))
+			e = "bad private_key: expected 32 bytes base64 (44 characters)";
+		break;
+	default:
+		luaL_error(L, "private_key: string expected");
+	}
+	lua_pop(L, 1);
+	if (!e && lua_getfield(L, 2, "listen_port") != LUA_TNIL) {
+		lua_Integer port;
+
+		if (!lua_isinteger(L, -1))
+			luaL_error(L, "listen_port: integer expected");
+		port = lua_tointeger(L, -1);
+		if (port < 0 || port > 65535)
+			e = "listen_port must be 0..65535";
+		set.has_listen_port = true;
+		set.listen_port = (uint16_t)port;
+	}
+	if (!e)
+		lua_pop(L, 1);
+	if (!e && lua_getfield(L, 2, "fwmark") != LUA_TNIL) {
+		lua_Integer m;
+
+		if (!lua_isinteger(L, -1))
+			luaL_error(L, "fwmark: integer expected");
+		m = lua_tointeger(L, -1);
+		if (m < 0 || m > 0xffffffffLL)
+			e = "fwmark must be 0..4294967295";
+		set.has_fwmark = true;
+		set.fwmark = (uint32_t)m;
+	}
+	if (!e)
+		lua_pop(L, 1);
+	if (!e) {
+		lua_getfield(L, 2, "replace_peers");
+		set.replace_peers = lua_toboolean(L, -1);
+		lua_pop(L, 1);
+	}
+	if (!e && lua_getfield(L, 2, "peers") != LUA_TNIL) {
+		luaL_checktype(L, -1, LUA_TTABLE);
+		n = luaL_len(L, -1);
+		set.peers = calloc(n > 0 ? (size_t)n : 1, sizeof(*set.peers));
+		set.cap_peers = n > 0 ? (size_t)n : 1;
+		if (!set.peers)
+			e = "out of memory";
+		for (lua_Integer i = 1; !e && i <= n; i++) {
+			lua_geti(L, -1, i);
+			e = read_peer(L, lua_gettop(L), &set.peers[set.n_peers]);
+			set.n_peers++;
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	} else if (!e) {
+		lua_pop(L, 1);
+	}
+	if (e) {
+		wg_uapi_set_free(&set);
+		return push_fail(L, EINVAL, e);
+	}
+	r = wg_device_apply(dev, &set, msg, sizeof(msg));
+	wg_uapi_set_free(&set);
+	if (r < 0)
+		return push_fail(L, r, msg[0] ? msg : strerror(-r));
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static void push_endpoint(lua_State *L, const struct sockaddr *sa)
+{
+	char buf[128];
+
+	if (wg_format_endpoint(buf, sizeof(buf), sa))
+		lua_pushstring(L, buf);
+	else
+		lua_pushnil(L);
+}
+
+static void status_aip(void *arg, int family, const uint8_t *addr, uint8_t cidr)
+{
+	lua_State *L = arg;
+	char ip[INET6_ADDRSTRLEN];
+
+	inet_ntop(family, addr, ip, sizeof(ip));
+	lua_pushfstring(L, "%s/%d", ip, (int)cidr);
+	lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+}
+
+static void status_peer(void *arg, const struct wg_peer_info *info, struct wg_peer *peer)
+{
+	lua_State *L = arg;
+	char b64[45];
+
+	lua_createtable(L, 0, 10);
+	wg_key_to_base64(b64, info->public_key);
+	lua_pushstring(L, b64);
+	lua_setfield(L, -2, "public_key");
+	if (info->has_endpoint) {
+		push_endpoint(L, &info->endpoint.addr.sa);
+		lua_setfield(L, -2, "endpoint");
+	}
+	lua_pushinteger(L, (lua_Integer)(info->last_handshake_real / WG_NS_PER_SEC));
+	lua_setfield(L, -2, "last_handshake");
+	lua_pushnumber(L, (lua_Number)info->last_handshake_real / 1e9);
+	lua_setfield(L, -2, "last_handshake_precise");
+	lua_pushinteger(L, (lua_Integer)info->rx_bytes);
+	lua_setfield(L, -2, "rx_bytes");
+	lua_pushinteger(L, (lua_Integer)info->tx_bytes);
+	lua_setfield(L, -2, "tx_bytes");
+	lua_pushinteger(L, info->persistent_keepalive);
+	lua_setfield(L, -2, "persistent_keepalive");
+	lua_newtable(L);
+	wg_allowedips_foreach(&peer->aips, status_aip, L);
+	lua_setfield(L, -2, "allowed_ips");
+	lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+}
+
+#define STAT(name, field) do { \
+	lua_pushinteger(L, (lua_Integer)atomic_load(&(field))); \
+	lua_setfield(L, -2, name); \
+} while (0)
+
+static int l_status(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	struct wg_proto_stats *ps = &dev->proto.stats;
+	uint8_t pub[32];
+	char b64[45];
+
+	lua_createtable(L, 0, 8);
+	lua_pushstring(L, dev->ifname);
+	lua_setfield(L, -2, "interface");
+	if (wg_proto_get_public_key(&dev->proto, pub)) {
+		wg_key_to_base64(b64, pub);
+		lua_pushstring(L, b64);
+		lua_setfield(L, -2, "public_key");
+	}
+	lua_pushinteger(L, dev->listen_port);
+	lua_setfield(L, -2, "listen_port");
+	lua_pushinteger(L, dev->fwmark);
+	lua_setfield(L, -2, "fwmark");
+	lua_pushinteger(L, atomic_load(&dev->mtu));
+	lua_setfield(L, -2, "mtu");
+	lua_newtable(L);
+	pthread_mutex_lock(&dev->cfg_mutex);
+	wg_device_foreach_peer(dev, status_peer, L);
+	pthread_mutex_unlock(&dev->cfg_mutex);
+	lua_setfield(L, -2, "peers");
+
+	lua_createtable(L, 0, 20);
+	STAT("rx_junk", ps->rx_junk);
+	STAT("rx_bad_mac1", ps->rx_bad_mac1);
+	STAT("rx_cookie_sent", ps->rx_cookie_sent);
+	STAT("rx_ratelimited", ps->rx_ratelimited);
+	STAT("rx_handshake_invalid", ps->rx_handshake_invalid);
+	STAT("rx_unknown_index", ps->rx_unknown_index);
+	STAT("rx_decrypt_failed", ps->rx_decrypt_failed);
+	STAT("rx_replayed", ps->rx_replayed);
+	STAT("rx_expired_key", ps->rx_expired_key);
+	STAT("rx_bad_inner", ps->rx_bad_inner);
+	STAT("rx_wrong_source", ps->rx_wrong_source);
+	STAT("tx_no_route", ps->tx_no_route);
+	STAT("tx_staged_dropped", ps->tx_staged_dropped);
+	STAT("handshakes_completed", ps->handshakes_completed);
+	STAT("rx_packets", dev->stats.rx_packets);
+	STAT("tx_packets", dev->stats.tx_packets);
+	STAT("handshake_queue_dropped", dev->stats.handshake_queue_dropped);
+	STAT("events_dropped", dev->stats.events_dropped);
+	STAT("tun_write_errors", dev->stats.tun_write_errors);
+	STAT("udp_send_errors", dev->stats.udp_send_errors);
+	lua_pushinteger(L, atomic_load(&dev->proto.live_keypairs));
+	lua_setfield(L, -2, "live_keypairs");
+	lua_setfield(L, -2, "stats");
+	return 1;
+}
+
+static const char *event_names[] = {
+	[WG_DEV_EVENT_HANDSHAKE] = "handshake",
+	[WG_DEV_EVENT_ENDPOINT] = "endpoint",
+	[WG_DEV_EVENT_STALE] = "stale",
+	[WG_DEV_EVENT_DATAGRAM] = "datagram",
+};
+
+/* Returns a list of pending events (possibly empty). */
+static int l_events(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	struct wg_dev_event *ev;
+	char b64[45];
+	lua_Integer n = 0;
+
+	lua_newtable(L);
+	while ((ev = wg_device_pop_event(dev))) {
+		lua_createtable(L, 0, 5);
+		lua_pushstring(L, event_names[ev->type]);
+		lua_setfield(L, -2, "type");
+		lua_pushnumber(L, (lua_Number)ev->time_real / 1e9);
+		lua_setfield(L, -2, "time");
+		if (ev->type == WG_DEV_EVENT_DATAGRAM) {
+			push_endpoint(L, &ev->ep.addr.sa);
+			lua_setfield(L, -2, "from");
+			lua_pushlstring(L, (const char *)ev->data, ev->len);
+			lua_setfield(L, -2, "data");
+		} else {
+			wg_key_to_base64(b64, ev->public_key);
+			lua_pushstring(L, b64);
+			lua_setfield(L, -2, "public_key");
+			if (ev->ep.addr.sa.sa_family) {
+				push_endpoint(L, &ev->ep.addr.sa);
+				lua_setfield(L, -2, "endpoint");
+			}
+		}
+		free(ev);
+		lua_rawseti(L, -2, ++n);
+	}
+	return 1;
+}
+
+static int l_send_datagram(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	size_t elen, len;
+	const char *ep = luaL_checklstring(L, 2, &elen);
+	const char *data = luaL_checklstring(L, 3, &len);
+	struct sockaddr_storage ss;
+	int r;
+
+	if (!wg_parse_endpoint(ep, elen, &ss)) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "endpoint \"%s\" invalid: expected IP:PORT or [IPv6]:PORT", ep);
+		lua_pushinteger(L, EINVAL);
+		return 3;
+	}
+	if (len > 65507)
+		return push_fail(L, EMSGSIZE, "datagram longer than 65507 bytes");
+	r = wg_device_send_datagram(dev, (struct sockaddr *)&ss, (const uint8_t *)data, len);
+	if (r < 0) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "send to %s failed: %s", ep, strerror(-r));
+		lua_pushinteger(L, -r);
+		return 3;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_initiate(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	uint8_t pub[32];
+
+	luaL_checktype(L, 2, LUA_TSTRING);
+	if (!key_from_lua(L, 2, pub))
+		return push_fail(L, EINVAL, "bad key: expected 32 bytes base64");
+	if (wg_device_initiate(dev, pub) < 0)
+		return push_fail(L, ENOENT, "no such peer");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_ifindex(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+
+	lua_pushinteger(L, wg_nl_ifindex(dev->ifname));
+	return 1;
+}
+
+static int l_set_mtu_hint(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	lua_Integer mtu = luaL_checkinteger(L, 2);
+
+	atomic_store(&dev->mtu, (unsigned)mtu);
+	return 0;
+}
+
+/* ---- netlink (address, MTU, link state, routes) ---- */
+
+static int nl_result(lua_State *L, int r, const char *what, const char *detail)
+{
+	if (r >= 0) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	lua_pushnil(L);
+	if (r == -EPERM || r == -EACCES)
+		lua_pushfstring(L, "%s %s: permission denied: needs CAP_NET_ADMIN", what, detail);
+	else
+		lua_pushfstring(L, "%s %s: %s", what, detail, wg_nl_strerror(r));
+	lua_pushinteger(L, -r);
+	return 3;
+}
+
+static int check_ifindex(lua_State *L, int idx, const char **name)
+{
+	*name = luaL_checkstring(L, idx);
+	return wg_nl_ifindex(*name);
+}
+
+/* core.addr(ifname, "add"|"del", cidr) */
+static int l_addr(lua_State *L)
+{
+	const char *ifname, *op = luaL_checkstring(L, 2);
+	size_t len;
+	const char *cidr = luaL_checklstring(L, 3, &len);
+	int ifindex = check_ifindex(L, 1, &ifname);
+	uint8_t family, addr[16], plen;
+
+	if (!wg_parse_cidr(cidr, len, &family, addr, &plen)) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "CIDR \"%s\" invalid", cidr);
+		lua_pushinteger(L, EINVAL);
+		return 3;
+	}
+	if (ifindex < 0)
+		return nl_result(L, ifindex, "interface", ifname);
+	if (!strcmp(op, "add"))
+		return nl_result(L, wg_nl_addr_add(ifindex, family, addr, plen), "adding address", cidr);
+	return nl_result(L, wg_nl_addr_del(ifindex, family, addr, plen), "removing address", cidr);
+}
+
+/* core.route(ifname, "add"|"del", cidr[, table]) */
+static int l_route(lua_State *L)
+{
+	const char *ifname, *op = luaL_checkstring(L, 2);
+	size_t len;
+	const char *cidr = luaL_checklstring(L, 3, &len);
+	lua_Integer table = luaL_optinteger(L, 4, 0);
+	int ifindex = check_ifindex(L, 1, &ifname);
+	uint8_t family, addr[16], plen;
+
+	if (!wg_parse_cidr(cidr, len, &family, addr, &plen)) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "CIDR \"%s\" invalid", cidr);
+		lua_pushinteger(L, EINVAL);
+		return 3;
+	}
+	if (ifindex < 0)
+		return nl_result(L, ifindex, "interface", ifname);
+	if (!strcmp(op, "add"))
+		return nl_result(L, wg_nl_route_add(ifindex, family, addr, plen, (uint32_t)table), "adding route", cidr);
+	return nl_result(L, wg_nl_route_del(ifindex, family, addr, plen, (uint32_t)table), "removing route", cidr);
+}
+
+static void addr_list_cb(void *arg, int family, const uint8_t *addr, uint8_t plen)
+{
+	lua_State *L = arg;
+	char ip[INET6_ADDRSTRLEN];
+
+	inet_ntop(family, addr, ip, sizeof(ip));
+	lua_pushfstring(L, "%s/%d", ip, (int)plen);
+	lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+}
+
+static int l_addr_list(lua_State *L)
+{
+	const char *ifname;
+	int ifindex = check_ifindex(L, 1, &ifname), r;
+
+	if (ifindex < 0)
+		return nl_result(L, ifindex, "interface", ifname);
+	lua_newtable(L);
+	r = wg_nl_addr_list(ifindex, AF_UNSPEC, addr_list_cb, L);
+	if (r < 0)
+		return nl_result(L, r, "listing addresses of", ifname);
+	return 1;
+}
+
+/* core.link(ifname, { mtu = n, up = bool }) */
+static int l_link(lua_State *L)
+{
+	const char *ifname;
+	int ifindex = check_ifindex(L, 1, &ifname), r = 0;
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	if (ifindex < 0)
+		return nl_result(L, ifindex, "interface", ifname);
+	if (lua_getfield(L, 2, "mtu") != LUA_TNIL) {
+		lua_Integer mtu = luaL_checkinteger(L, -1);
+
+		if (mtu < 576 || mtu > 65535) {
+			lua_pushnil(L);
+			lua_pushfstring(L, "mtu %d invalid: must be 576..65535", (int)mtu);
+			lua_pushinteger(L, EINVAL);
+			return 3;
+		}
+		r = wg_nl_link_set_mtu(ifindex, (unsigned)mtu);
+		if (r < 0)
+			return nl_result(L, r, "setting MTU of", ifname);
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, 2, "up") != LUA_TNIL) {
+		r = wg_nl_link_set_up(ifindex, lua_toboolean(L, -1));
+		if (r < 0)
+			return nl_result(L, r, "setting link state of", ifname);
+	}
+	lua_pop(L, 1);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_link_delete(lua_State *L)
+{
+	const char *ifname;
+	int ifindex = check_ifindex(L, 1, &ifname);
+
+	if (ifindex == -ENODEV) {
+		lua_pushboolean(L, 0);
+		return 1;
+	}
+	if (ifindex < 0)
+		return nl_result(L, ifindex, "interface", ifname);
+	return nl_result(L, wg_nl_link_delete(ifindex), "deleting link", ifname);
+}
+
+static int l_ifindex_of(lua_State *L)
+{
+	lua_pushinteger(L, wg_nl_ifindex(luaL_checkstring(L, 1)));
+	return 1;
+}
+
+/* ---- process helpers ---- */
+
+/* Blocks SIGINT, SIGTERM and SIGHUP and waits for one (the engine's threads
+ * have every signal blocked).  Returns its name. */
+static int l_wait_signal(lua_State *L)
+{
+	sigset_t set;
+	int sig = 0;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	while (sigwait(&set, &sig) != 0)
+		;
+	lua_pushstring(L, sig == SIGINT ? "INT" : sig == SIGTERM ? "TERM" : "HUP");
+	return 1;
+}
+
+/* core.uapi_request(ifname, request) -> reply text: a UAPI client, used by
+ * `wgoverlay status` to read an engine running in another process. */
+static int l_uapi_request(lua_State *L)
+{
+	const char *ifname = luaL_checkstring(L, 1);
+	size_t qlen;
+	const char *req = luaL_checklstring(L, 2, &qlen);
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	luaL_Buffer b;
+	char chunk[4096];
+	int fd;
+
+	if (strlen(ifname) >= IFNAMSIZ || strchr(ifname, '/')) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "interface name \"%s\" invalid", ifname);
+		return 2;
+	}
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/%s.sock", WG_UAPI_DIR, ifname);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return push_fail(L, errno, strerror(errno));
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		int e = errno;
+
+		close(fd);
+		lua_pushnil(L);
+		if (e == ENOENT || e == ECONNREFUSED)
+			lua_pushfstring(L, "no engine runs interface \"%s\" (%s)", ifname, sun.sun_path);
+		else if (e == EACCES || e == EPERM)
+			lua_pushfstring(L, "%s: permission denied (the UAPI socket is root-only)", sun.sun_path);
+		else
+			lua_pushfstring(L, "%s: %s", sun.sun_path, strerror(e));
+		lua_pushinteger(L, e);
+		return 3;
+	}
+	for (size_t off = 0; off < qlen;) {
+		ssize_t w = send(fd, req + off, qlen - off, MSG_NOSIGNAL);
+
+		if (w < 0) {
+			int e = errno;
+
+			close(fd);
+			return push_fail(L, e, strerror(e));
+		}
+		off += (size_t)w;
+	}
+	shutdown(fd, SHUT_WR);
+	luaL_buffinit(L, &b);
+	for (;;) {
+		ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		luaL_addlstring(&b, chunk, (size_t)n);
+	}
+	sodium_memzero(chunk, sizeof(chunk));
+	close(fd);
+	luaL_pushresult(&b);
+	return 1;
+}
+
+/* core.uapi_status(ifname) -> status table of an engine in another process,
+ * read over its UAPI socket.  Parsed here so the private key in the reply
+ * never becomes a Lua string: only the derived public key does. */
+static int l_uapi_status(lua_State *L)
+{
+	const char *ifname = luaL_checkstring(L, 1);
+	char *text, *line, *save = NULL;
+	size_t len;
+	int nres, peers_idx = 0, errno_seen = 0;
+	lua_Integer npeers = 0;
+
+	lua_settop(L, 1);
+	lua_pushcfunction(L, l_uapi_request);
+	lua_pushvalue(L, 1);
+	lua_pushliteral(L, "get=1\n\n");
+	lua_call(L, 2, LUA_MULTRET);
+	nres = lua_gettop(L) - 1;
+	if (lua_isnil(L, 2))
+		return nres;
+	text = strdup(lua_tolstring(L, 2, &len));
+	if (!text)
+		return push_fail(L, ENOMEM, "out of memory");
+	lua_settop(L, 1);
+	lua_createtable(L, 0, 6);             /* 2: status */
+	lua_pushvalue(L, 1);
+	lua_setfield(L, 2, "interface");
+	lua_newtable(L);                      /* 3: peers */
+	peers_idx = 3;
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *eq = strchr(line, '=');
+		const char *k = line, *v;
+		uint8_t key[32];
+		char b64[45];
+
+		if (!eq)
+			continue;
+		*eq = '\0';
+		v = eq + 1;
+		if (!strcmp(k, "private_key")) {
+			uint8_t pub[32];
+
+			if (wg_hex_to_key(key, v, strlen(v))) {
+				crypto_scalarmult_base(pub, key);
+				wg_key_to_base64(b64, pub);
+				lua_pushstring(L, b64);
+				lua_setfield(L, 2, "public_key");
+			}
+			sodium_memzero(key, sizeof(key));
+			sodium_memzero(eq + 1, strlen(v));
+		} else if (!strcmp(k, "listen_port") || !strcmp(k, "fwmark")) {
+			lua_pushinteger(L, strtoll(v, NULL, 10));
+			lua_setfield(L, 2, k);
+		} else if (!strcmp(k, "errno")) {
+			errno_seen = 1;
+			if (strcmp(v, "0")) {
+				free(text);
+				lua_pushnil(L);
+				lua_pushfstring(L, "interface %s: engine answered errno=%s", ifname, v);
+				return 2;
+			}
+		} else if (!strcmp(k, "public_key")) {
+			if (!wg_hex_to_key(key, v, strlen(v)))
+				continue;
+			wg_key_to_base64(b64, key);
+			lua_createtable(L, 0, 8);
+			lua_pushstring(L, b64);
+			lua_setfield(L, -2, "public_key");
+			lua_newtable(L);
+			lua_setfield(L, -2, "allowed_ips");
+			lua_pushinteger(L, 0);
+			lua_setfield(L, -2, "last_handshake");
+			lua_pushvalue(L, -1);
+			lua_rawseti(L, peers_idx, ++npeers);
+		} else if (npeers && lua_gettop(L) == 4) {
+			if (!strcmp(k, "preshared_key")) {
+				sodium_memzero(eq + 1, strlen(v));
+			} else if (!strcmp(k, "endpoint")) {
+				lua_pushstring(L, v);
+				lua_setfield(L, 4, "endpoint");
+			} else if (!strcmp(k, "last_handshake_time_sec")) {
+				lua_pushinteger(L, strtoll(v, NULL, 10));
+				lua_setfield(L, 4, "last_handshake");
+			} else if (!strcmp(k, "rx_bytes") || !strcmp(k, "tx_bytes")) {
+				lua_pushinteger(L, (lua_Integer)strtoull(v, NULL, 10));
+				lua_setfield(L, 4, k);
+			} else if (!strcmp(k, "persistent_keepalive_interval")) {
+				lua_pushinteger(L, strtoll(v, NULL, 10));
+				lua_setfield(L, 4, "persistent_keepalive");
+			} else if (!strcmp(k, "allowed_ip")) {
+				lua_getfield(L, 4, "allowed_ips");
+				lua_pushstring(L, v);
+				lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+				lua_pop(L, 1);
+			}
+		}
+		if (!strcmp(k, "public_key") && lua_gettop(L) == 5) {
+			lua_replace(L, 4); /* keep the current peer at index 4 */
+		}
+	}
+	sodium_memzero(text, len);
+	free(text);
+	if (!errno_seen) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "interface %s: truncated reply from the engine", ifname);
+		return 2;
+	}
+	lua_settop(L, 3);
+	lua_setfield(L, 2, "peers");
+	return 1;
+}
+
+/* core.daemonize() forks.  The parent blocks until the child reports with
+ * core.ready(fd, ok, message) and returns "parent", ok, message; the child
+ * (a new session, stdin on /dev/null) returns "child", fd.  Call it before
+ * any engine thread exists. */
+static int l_daemonize(lua_State *L)
+{
+	int p[2];
+	pid_t pid;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return push_fail(L, errno, strerror(errno));
+	pid = fork();
+	if (pid < 0) {
+		int e = errno;
+
+		close(p[0]);
+		close(p[1]);
+		return push_fail(L, e, strerror(e));
+	}
+	if (pid > 0) {
+		char buf[512];
+		size_t len = 0;
+
+		close(p[1]);
+		for (;;) {
+			ssize_t n = read(p[0], buf + len, sizeof(buf) - 1 - len);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0 || (len += (size_t)n) == sizeof(buf) - 1)
+				break;
+		}
+		close(p[0]);
+		buf[len] = '\0';
+		lua_pushliteral(L, "parent");
+		lua_pushboolean(L, len > 0 && buf[0] == '1');
+		lua_pushstring(L, len > 1 ? buf + 1 : "the engine process exited during start-up");
+		lua_pushinteger(L, pid);
+		return 4;
+	}
+	close(p[0]);
+	setsid();
+	{
+		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+		if (nul >= 0) {
+			dup2(nul, 0);
+			close(nul);
+		}
+	}
+	lua_pushliteral(L, "child");
+	lua_pushinteger(L, p[1]);
+	return 2;
+}
+
+static int l_ready(lua_State *L)
+{
+	int fd = (int)luaL_checkinteger(L, 1);
+	int ok = lua_toboolean(L, 2);
+	size_t len;
+	const char *msg = luaL_optlstring(L, 3, "", &len);
+	char c = ok ? '1' : '0';
+
+	if (write(fd, &c, 1) == 1 && len && write(fd, msg, len) < 0) {
+		/* the parent is gone: nothing to tell */
+	}
+	close(fd);
+	return 0;
+}
+
+static int l_kill(lua_State *L)
+{
+	lua_Integer pid = luaL_checkinteger(L, 1);
+	const char *sig = luaL_optstring(L, 2, "TERM");
+	int signo = !strcmp(sig, "TERM") ? SIGTERM : !strcmp(sig, "INT") ? SIGINT : !strcmp(sig, "KILL") ? SIGKILL : 0;
+
+	if (pid <= 0)
+		return luaL_argerror(L, 1, "pid must be positive");
+	if (kill((pid_t)pid, signo) < 0)
+		return push_fail(L, errno, strerror(errno));
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* Names of interfaces with a UAPI socket in /var/run/wireguard. */
+static int l_list_sockets(lua_State *L)
+{
+	DIR *d = opendir(WG_UAPI_DIR);
+	struct dirent *de;
+	lua_Integer n = 0;
+
+	lua_newtable(L);
+	if (!d)
+		return 1;
+	while ((de = readdir(d))) {
+		size_t len = strlen(de->d_name);
+
+		if (len > 5 && !strcmp(de->d_name + len - 5, ".sock") && de->d_name[0] != '.') {
+			lua_pushlstring(L, de->d_name, len - 5);
+			lua_rawseti(L, -2, ++n);
+		}
+	}
+	closedir(d);
+	return 1;
+}
+
+/* Writes a file atomically with mode 0600: a temporary file in the same
+ * directory, fsync, rename.  Readers see the old or the new file, never a
+ * torn one. */
+static int l_write_private(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	size_t len;
+	const char *data = luaL_checklstring(L, 2, &len);
+	char tmp[4096];
+	int fd, e;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", path) >= (int)sizeof(tmp))
+		return push_fail(L, ENAMETOOLONG, "path too long");
+	fd = mkostemp(tmp, O_CLOEXEC); /* created 0600 */
+	if (fd < 0) {
+		e = errno;
+		lua_pushnil(L);
+		lua_pushfstring(L, "%s: %s", path, strerror(e));
+		lua_pushinteger(L, e);
+		return 3;
+	}
+	for (size_t off = 0; off < len;) {
+		ssize_t w = write(fd, data + off, len - off);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			goto fail;
+		}
+		off += (size_t)w;
+	}
+	if (fchmod(fd, 0600) < 0 || fsync(fd) < 0)
+		goto fail;
+	if (close(fd) < 0) {
+		fd = -1;
+		goto fail;
+	}
+	fd = -1;
+	if (rename(tmp, path) < 0)
+		goto fail;
+	lua_pushboolean(L, 1);
+	return 1;
+fail:
+	e = errno;
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+	lua_pushnil(L);
+	lua_pushfstring(L, "%s: %s", path, strerror(e));
+	lua_pushinteger(L, e);
+	return 3;
+}
+
+static int l_getpid(lua_State *L)
+{
+	lua_pushinteger(L, getpid());
+	return 1;
+}
+
+static const luaL_Reg device_methods[] = {
+	{ "apply", l_apply },
+	{ "status", l_status },
+	{ "events", l_events },
+	{ "fd", l_fd },
+	{ "send_datagram", l_send_datagram },
+	{ "initiate_handshake", l_initiate },
+	{ "interface_name", l_ifname },
+	{ "ifindex", l_ifindex },
+	{ "set_mtu_hint", l_set_mtu_hint },
+	{ "close", l_close },
+	{ NULL, NULL },
+};
+
+static const luaL_Reg device_meta[] = {
+	{ "__gc", l_close },
+	{ "__close", l_close },
+	{ "__tostring", l_tostring },
+	{ "__index", NULL },
+	{ NULL, NULL },
+};
+
+static const luaL_Reg core_funcs[] = {
+	{ "generate_keys", l_generate_keys },
+	{ "generate_psk", l_generate_psk },
+	{ "public_key", l_public_key },
+	{ "valid_key", l_valid_key },
+	{ "open", l_open },
+	{ "addr", l_addr },
+	{ "addr_list", l_addr_list },
+	{ "route", l_route },
+	{ "link", l_link },
+	{ "link_delete", l_link_delete },
+	{ "ifindex", l_ifindex_of },
+	{ "wait_signal", l_wait_signal },
+	{ "uapi_request", l_uapi_request },
+	{ "uapi_status", l_uapi_status },
+	{ "daemonize", l_daemonize },
+	{ "ready", l_ready },
+	{ "getpid", l_getpid },
+	{ "kill", l_kill },
+	{ "list_sockets", l_list_sockets },
+	{ "write_private", l_write_private },
+	{ NULL, NULL },
+};
+
+int luaopen_wgoverlay_core(lua_State *L);
+
+int luaopen_wgoverlay_core(lua_State *L)
+{
+	if (sodium_init() < 0)
+		return luaL_error(L, "libsodium failed to initialise");
+	luaL_newmetatable(L, DEVICE_MT);
+	luaL_setfuncs(L, device_meta, 0);
+	luaL_newlib(L, device_methods);
+	lua_setfield(L, -2, "__index");
+	lua_pop(L, 1);
+	luaL_newlib(L, core_funcs);
+	lua_pushliteral(L, "wgoverlay.core");
+	lua_setfield(L, -2, "_NAME");
+	return 1;
+}

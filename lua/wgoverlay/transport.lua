@@ -1,0 +1,340 @@
+--- Transport objects: one WireGuard interface driven from Lua.
+--
+--    local t = wgo.transport.new({ private_key = priv, listen_port = 51820,
+--                                  address = "10.77.0.1/24", mtu = 1420 }, "wgo0")
+--    assert(t:create_interface())
+--    assert(t:configure({ { public_key = pub, endpoint = "192.0.2.2:51820",
+--                           allowed_ips = { "10.77.0.2/32" } } }))
+--
+-- Wrong argument types raise; failures return `nil, message`.  Every
+-- configuration change goes through the engine's one configuration path
+-- (the same as the UAPI socket's), and addresses, MTU, link state and
+-- routes are set with RTNETLINK (libmnl) in the calling process's network
+-- namespace.  Private keys never come back out of `status`.
+-- @classmod wgoverlay.transport
+local core = require "wgoverlay.core"
+local cidr = require "wgoverlay.cidr"
+
+local Transport = {}
+Transport.__index = Transport
+
+local M = {}
+
+local function check_type(v, t, what)
+  if type(v) ~= t then
+    error(string.format("%s: %s expected, got %s", what, t, type(v)), 3)
+  end
+end
+
+local function as_list(v)
+  if v == nil then return {} end
+  if type(v) == "string" then return { v } end
+  return v
+end
+
+--- Creates a transport (the interface is not created until `create_interface`).
+-- @tparam table opts `private_key` (base64), `listen_port` (0 = random),
+--   `address` (CIDR string or list), `mtu` (default 1420), `fwmark`
+-- @tparam string ifname interface name, at most 15 bytes
+-- @return transport, or nil and a message
+function M.new(opts, ifname)
+  check_type(opts, "table", "transport.new: options")
+  check_type(ifname, "string", "transport.new: interface name")
+  if #ifname == 0 or #ifname > 15 or ifname:find("[/%s]") then
+    return nil, string.format("interface name \"%s\" invalid: 1 to 15 bytes, no '/' or spaces", ifname)
+  end
+  if opts.private_key ~= nil then
+    check_type(opts.private_key, "string", "transport.new: private_key")
+    if not core.valid_key(opts.private_key) then
+      return nil, "bad private key: expected 32 bytes base64 (44 characters)"
+    end
+  end
+  if opts.listen_port ~= nil then
+    if math.type(opts.listen_port) ~= "integer" then
+      error("transport.new: listen_port: integer expected", 2)
+    end
+    if opts.listen_port < 0 or opts.listen_port > 65535 then
+      return nil, string.format("listen_port %d invalid: must be 0..65535", opts.listen_port)
+    end
+  end
+  if opts.mtu ~= nil then
+    if math.type(opts.mtu) ~= "integer" then error("transport.new: mtu: integer expected", 2) end
+    if opts.mtu < 576 or opts.mtu > 65535 then
+      return nil, string.format("mtu %d invalid: must be 576..65535", opts.mtu)
+    end
+  end
+  local addresses = {}
+  for _, a in ipairs(as_list(opts.address)) do
+    check_type(a, "string", "transport.new: address")
+    local p, err = cidr.parse(a)
+    if not p then return nil, err end
+    addresses[#addresses + 1] = p
+  end
+  return setmetatable({
+    ifname = ifname,
+    opts = opts,
+    addresses = addresses,
+    mtu = opts.mtu or 1420,
+    routes = {},   -- CIDR string -> true for routes this transport added
+  }, Transport)
+end
+
+local function dev(self)
+  if not self.dev then
+    if self.closed then error("attempt to use a closed transport", 3) end
+    error("transport: interface not created (call create_interface first)", 3)
+  end
+  return self.dev
+end
+
+--- Creates the TUN interface, the UDP socket and the UAPI socket, and
+-- applies the private key and listen port.  A stale socket left by a killed
+-- engine is replaced (its TUN vanished with it); a live engine on the same
+-- name is an error.
+-- @return true, or nil and a message
+function Transport:create_interface()
+  if self.closed then error("attempt to use a closed transport", 2) end
+  if self.dev then return true end
+  local d, err = core.open(self.ifname, { uapi = true, mtu = self.mtu })
+  if not d then return nil, err end
+  local ok, aerr = d:apply({ private_key = self.opts.private_key, listen_port = self.opts.listen_port,
+                             fwmark = self.opts.fwmark })
+  if not ok then
+    d:close()
+    return nil, aerr
+  end
+  self.dev = d
+  return true
+end
+
+local function peer_op(p, extra)
+  check_type(p, "table", "peer")
+  check_type(p.public_key, "string", "peer.public_key")
+  local op = {
+    public_key = p.public_key,
+    endpoint = p.endpoint,
+    persistent_keepalive = p.persistent_keepalive,
+    allowed_ips = p.allowed_ips and as_list(p.allowed_ips),
+    preshared_key = p.preshared_key,
+    replace_allowed_ips = p.allowed_ips ~= nil,
+  }
+  for k, v in pairs(extra or {}) do op[k] = v end
+  return op
+end
+
+-- Overlay routes: one per address network, and one per allowed IP that no
+-- address network covers.  Added with NLM_F_REPLACE: idempotent.
+function Transport:_sync_routes(peers)
+  local wanted, order = {}, {}
+  local function want(c)
+    local key = cidr.format(c)
+    if not wanted[key] then
+      wanted[key] = c
+      order[#order + 1] = key
+    end
+  end
+  for _, a in ipairs(self.addresses) do want(cidr.network(a)) end
+  for _, p in ipairs(peers) do
+    for _, s in ipairs(p.allowed_ips or {}) do
+      local c = assert(cidr.parse(s))
+      local covered = false
+      for _, a in ipairs(self.addresses) do
+        if cidr.contains(cidr.network(a), c) then covered = true end
+      end
+      if not covered then want(cidr.network(c)) end
+    end
+  end
+  for _, key in ipairs(order) do
+    local ok, err = core.route(self.ifname, "add", key)
+    if not ok then return nil, err end
+    self.routes[key] = true
+  end
+  return true
+end
+
+--- Applies key, port and the full peer list (peers not listed are removed),
+-- then the interface address(es), MTU, link up and overlay routes.
+-- Idempotent: a second identical call changes nothing and succeeds.
+-- @tparam table peers list of peer tables (`public_key`, `endpoint`,
+--   `allowed_ips`, `persistent_keepalive`, `preshared_key`)
+-- @return true, or nil and a message
+function Transport:configure(peers)
+  local d = dev(self)
+  peers = peers or {}
+  check_type(peers, "table", "configure: peers")
+  local ops = {}
+  for i, p in ipairs(peers) do
+    if type(p) ~= "table" then error(string.format("configure: peers[%d]: table expected", i), 2) end
+    if p.allowed_ips ~= nil then
+      for _, s in ipairs(as_list(p.allowed_ips)) do
+        check_type(s, "string", "configure: allowed_ips")
+        local ok, err = cidr.parse(s)
+        if not ok then return nil, err end
+      end
+    end
+    ops[i] = peer_op(p, { preshared_key = p.preshared_key or false })
+  end
+  local ok, err = d:apply({ private_key = self.opts.private_key, listen_port = self.opts.listen_port,
+                            replace_peers = true, peers = ops })
+  if not ok then return nil, err end
+  self.peers = peers
+  for _, a in ipairs(self.addresses) do
+    ok, err = core.addr(self.ifname, "add", cidr.format(a))
+    if not ok then return nil, err end
+  end
+  ok, err = core.link(self.ifname, { mtu = self.mtu, up = true })
+  if not ok then return nil, err end
+  d:set_mtu_hint(self.mtu)
+  return self:_sync_routes(peers)
+end
+
+local function find_peer(self, pub)
+  for _, p in ipairs(self:status().peers) do
+    if p.public_key == pub then return p end
+  end
+end
+
+--- Adds (or updates) one peer and routes its allowed IPs.
+function Transport:add_peer(peer)
+  local d = dev(self)
+  for _, s in ipairs(as_list(peer and peer.allowed_ips)) do
+    local ok, err = cidr.parse(s)
+    if not ok then return nil, err end
+  end
+  local ok, err = d:apply({ peers = { peer_op(peer) } })
+  if not ok then return nil, err end
+  if next(self.addresses) or peer.allowed_ips then
+    return self:_sync_routes({ peer })
+  end
+  return true
+end
+
+--- Removes a peer (its sessions end and its keys are wiped).
+-- @return true, or nil and a message if there is no such peer
+function Transport:remove_peer(public_key)
+  local d = dev(self)
+  check_type(public_key, "string", "remove_peer: public_key")
+  if not core.valid_key(public_key) then
+    return nil, string.format("bad key \"%s\": expected 32 bytes base64", public_key)
+  end
+  if not find_peer(self, public_key) then
+    return nil, string.format("no peer %s", public_key)
+  end
+  return d:apply({ peers = { { public_key = public_key, remove = true } } })
+end
+
+--- Points a peer at a new endpoint ("IP:PORT" or "[IPv6]:PORT").
+function Transport:update_peer_endpoint(public_key, endpoint)
+  local d = dev(self)
+  check_type(public_key, "string", "update_peer_endpoint: public_key")
+  check_type(endpoint, "string", "update_peer_endpoint: endpoint")
+  if core.valid_key(public_key) and not find_peer(self, public_key) then
+    return nil, string.format("no peer %s", public_key)
+  end
+  return d:apply({ peers = { { public_key = public_key, update_only = true, endpoint = endpoint } } })
+end
+
+--- Adds an allowed IP to a peer (moving it from another peer if needed).
+function Transport:add_allowed_ip(public_key, c)
+  local d = dev(self)
+  check_type(public_key, "string", "add_allowed_ip: public_key")
+  check_type(c, "string", "add_allowed_ip: cidr")
+  local p, err = cidr.parse(c)
+  if not p then return nil, err end
+  if core.valid_key(public_key) and not find_peer(self, public_key) then
+    return nil, string.format("no peer %s", public_key)
+  end
+  local ok
+  ok, err = d:apply({ peers = { { public_key = public_key, update_only = true, allowed_ips = { c } } } })
+  if not ok then return nil, err end
+  return self:_sync_routes({ { allowed_ips = { c } } })
+end
+
+--- Removes an allowed IP from a peer.
+function Transport:remove_allowed_ip(public_key, c)
+  local d = dev(self)
+  check_type(public_key, "string", "remove_allowed_ip: public_key")
+  check_type(c, "string", "remove_allowed_ip: cidr")
+  local p, err = cidr.parse(c)
+  if not p then return nil, err end
+  if core.valid_key(public_key) and not find_peer(self, public_key) then
+    return nil, string.format("no peer %s", public_key)
+  end
+  local ok
+  ok, err = d:apply({ peers = { { public_key = public_key, update_only = true, remove_allowed_ips = { c } } } })
+  if not ok then return nil, err end
+  local key = cidr.format(cidr.network(p))
+  if self.routes[key] then
+    core.route(self.ifname, "del", key)
+    self.routes[key] = nil
+  end
+  return true
+end
+
+--- Status: `interface`, `public_key`, `listen_port`, `peers` (each with
+-- `public_key`, `endpoint`, `last_handshake` (epoch seconds, 0 if never),
+-- `rx_bytes`, `tx_bytes`, `allowed_ips`, `persistent_keepalive`) and the
+-- engine's drop counters in `stats`.
+function Transport:status()
+  return dev(self):status()
+end
+
+--- True once a handshake with the peer completed at or after `since`
+-- (epoch seconds, default 0).
+function Transport:check_handshake(public_key, since)
+  check_type(public_key, "string", "check_handshake: public_key")
+  since = since or 0
+  check_type(since, "number", "check_handshake: since")
+  local p = find_peer(self, public_key)
+  if not p then return false end
+  return p.last_handshake > 0 and p.last_handshake_precise >= since
+end
+
+function Transport:interface_name() return self.ifname end
+
+--- A descriptor that becomes readable when events are pending (for
+-- luv's `uv.new_poll`, cqueues or poll()).
+function Transport:fd() return dev(self):fd() end
+
+--- Iterates over pending events: tables with `type` ("handshake",
+-- "endpoint", "stale", "datagram"), `time` (epoch seconds) and either
+-- `public_key`/`endpoint` or, for datagrams, `from` and `data`.
+function Transport:events()
+  local list, i = dev(self):events(), 0
+  return function()
+    i = i + 1
+    return list[i]
+  end
+end
+
+--- Sends raw bytes from the WireGuard UDP socket.
+function Transport:send_datagram(endpoint, bytes)
+  check_type(endpoint, "string", "send_datagram: endpoint")
+  check_type(bytes, "string", "send_datagram: bytes")
+  return dev(self):send_datagram(endpoint, bytes)
+end
+
+--- Starts a handshake with a peer now.
+function Transport:initiate_handshake(public_key)
+  check_type(public_key, "string", "initiate_handshake: public_key")
+  return dev(self):initiate_handshake(public_key)
+end
+
+--- Tears the interface down (TUN, sockets, keys).  Idempotent.
+function Transport:shutdown()
+  if self.dev then
+    self.dev:close()
+    self.dev = nil
+  end
+  self.closed = true
+  return true
+end
+
+Transport.__close = Transport.shutdown
+Transport.__gc = Transport.shutdown
+Transport.__tostring = function(self)
+  return string.format("wgoverlay transport (%s%s)", self.ifname, self.closed and ", closed" or "")
+end
+
+M.Transport = Transport
+return M
