@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Benchmark our engine against wireguard-go, each pair in two fresh network
+# namespaces joined by a veth (192.0.2.0/24 underlay, 10.66.0.0/24 overlay):
+#   - TCP throughput with iperf3, 1 stream and 2 streams (-P 2)
+#   - ping RTT over the idle tunnel (average of 50 pings, 0.05 s apart)
+#   - CPU seconds used by both engine processes during the 1-stream run
+#     (utime+stime from /proc/PID/stat) and CPU seconds per Gbit carried
+#   - UDP receive-buffer drops (UdpRcvbufErrors, IPv4+IPv6) in both
+#     namespaces during the throughput runs
+# and prints a table: metric | ours | wireguard-go | ratio | target.
+#
+# Environment:
+#   WGO_BENCH_IMPL=wireguard-go   run the "ours" row with wireguard-go (to
+#                                 validate this script without our engine)
+#   BENCH_SECONDS=10              length of each iperf3 run
+#   WGO_BUILD_DIR=build           where wgoverlay/core.so is
+# Needs root.  Everything it makes (namespaces, processes, UAPI sockets) is
+# removed on exit; nothing is configured in the root namespace.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OURS_IMPL=${WGO_BENCH_IMPL:-ours}
+SECS=${BENCH_SECONDS:-10}
+BUILD=${WGO_BUILD_DIR:-build}
+TAG=$$
+TMP=$(mktemp -d /tmp/wgo-bench.XXXXXX)
+CLK_TCK=$(getconf CLK_TCK)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench: needs root (network namespaces)" >&2
+  exit 1
+fi
+for tool in iperf3 wg ping ip lua5.4; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool not found (scripts/deps.sh)" >&2; exit 1; }
+done
+
+NAMESPACES=()
+PIDS=()
+IFNAMES=()
+
+cleanup() {
+  local p n
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && break
+    sleep 0.1
+  done
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  for n in "${NAMESPACES[@]}"; do
+    ip netns pids "$n" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    ip netns del "$n" 2>/dev/null || true
+  done
+  for n in "${IFNAMES[@]}"; do rm -f "/var/run/wireguard/$n.sock"; done
+  PIDS=() NAMESPACES=() IFNAMES=()
+}
+trap 'cleanup; rm -rf "$TMP"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# utime+stime of a process, in clock ticks
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+
+# UDP receive-buffer errors (IPv4 + IPv6) seen inside a namespace
+rcvbuf_errors() {
+  in_ns "$1" awk '
+    $1 == "Udp:" && !h { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1; next }
+    $1 == "Udp:" && h  { n += $c }
+    $1 == "Udp6RcvbufErrors" { n += $2 }
+    END { print n + 0 }' /proc/net/snmp /proc/net/snmp6
+}
+
+json_field() { # FILE LUA-EXPRESSION-ON-j
+  lua5.4 - "$1" "$2" <<'LUA'
+local cjson = require "cjson"
+local f = assert(io.open(arg[1]))
+local j = cjson.decode(f:read("a"))
+f:close()
+local v = load("local j = ...; return " .. arg[2])(j)
+print(string.format("%.0f", v))
+LUA
+}
+
+start_engine() { # NS IMPL IFNAME LOG -> sets ENGINE_PID
+  local ns=$1 impl=$2 ifname=$3 log=$4
+  case "$impl" in
+    ours)
+      ip netns exec "$ns" env WGO_BUILD_DIR="$BUILD" \
+        LUA_PATH_5_4="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
+        LUA_CPATH_5_4="$ROOT/$BUILD/?.so;;" \
+        lua5.4 "$ROOT/bin/wgoverlay" interface "$ifname" </dev/null >"$log" 2>&1 &
+      ;;
+    wireguard-go)
+      ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error \
+        wireguard-go -f "$ifname" </dev/null >"$log" 2>&1 &
+      ;;
+    *) echo "bench: unknown implementation $impl" >&2; exit 1 ;;
+  esac
+  ENGINE_PID=$!
+  PIDS+=("$ENGINE_PID")
+  IFNAMES+=("$ifname")
+  for _ in $(seq 150); do
+    if [ -S "/var/run/wireguard/$ifname.sock" ] && in_ns "$ns" wg show "$ifname" >/dev/null 2>&1; then
+      return 0
+    fi
+    kill -0 "$ENGINE_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench: $impl engine for $ifname did not start:" >&2
+  cat "$log" >&2
+  exit 1
+}
+
+# run_pair LABEL IMPL: measures one implementation, writes $TMP/LABEL.*
+run_pair() {
+  local label=$1 impl=$2
+  local nsa="wgo-bench-$TAG-${label}a" nsb="wgo-bench-$TAG-${label}b"
+  local ifa="wgb${TAG}${label}a" ifb="wgb${TAG}${label}b"
+  local out="$TMP/$label"
+  echo "bench: $label row: $impl" >&2
+  ip netns add "$nsa"; NAMESPACES+=("$nsa")
+  ip netns add "$nsb"; NAMESPACES+=("$nsb")
+  in_ns "$nsa" ip link set lo up
+  in_ns "$nsb" ip link set lo up
+  in_ns "$nsa" ip link add "vb${TAG}a" type veth peer name "vb${TAG}b" netns "$nsb"
+  in_ns "$nsa" ip addr add 192.0.2.1/24 dev "vb${TAG}a"
+  in_ns "$nsb" ip addr add 192.0.2.2/24 dev "vb${TAG}b"
+  in_ns "$nsa" ip link set "vb${TAG}a" up
+  in_ns "$nsb" ip link set "vb${TAG}b" up
+
+  start_engine "$nsa" "$impl" "$ifa" "$out.engine-a.log"; local pida=$ENGINE_PID
+  start_engine "$nsb" "$impl" "$ifb" "$out.engine-b.log"; local pidb=$ENGINE_PID
+
+  (umask 077; wg genkey >"$out.ka"; wg genkey >"$out.kb")
+  local puba pubb
+  puba=$(wg pubkey <"$out.ka"); pubb=$(wg pubkey <"$out.kb")
+  in_ns "$nsa" wg set "$ifa" private-key "$out.ka" listen-port 51001 \
+    peer "$pubb" endpoint 192.0.2.2:51002 allowed-ips 10.66.0.2/32
+  in_ns "$nsb" wg set "$ifb" private-key "$out.kb" listen-port 51002 \
+    peer "$puba" endpoint 192.0.2.1:51001 allowed-ips 10.66.0.1/32
+  in_ns "$nsa" ip addr add 10.66.0.1/24 dev "$ifa"
+  in_ns "$nsb" ip addr add 10.66.0.2/24 dev "$ifb"
+  in_ns "$nsa" ip link set "$ifa" mtu 1420 up
+  in_ns "$nsb" ip link set "$ifb" mtu 1420 up
+
+  local ok=0
+  for _ in $(seq 20); do
+    if in_ns "$nsa" ping -c 1 -W 1 10.66.0.2 >/dev/null 2>&1; then ok=1; break; fi
+  done
+  [ $ok -eq 1 ] || { echo "bench: no tunnel for $impl" >&2; exit 1; }
+
+  # latency over the idle tunnel
+  in_ns "$nsa" ping -n -q -c 50 -i 0.05 10.66.0.2 >"$out.ping" 2>&1 || true
+  sed -n 's#^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*#\1#p' "$out.ping" >"$out.rtt"
+
+  in_ns "$nsb" iperf3 -s -p 5201 >"$out.iperf-server.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 50); do
+    in_ns "$nsb" ss -Hltn 'sport = :5201' | grep -q LISTEN && break
+    sleep 0.1
+  done
+
+  local drops0 drops1 cpu0 cpu1
+  drops0=$(( $(rcvbuf_errors "$nsa") + $(rcvbuf_errors "$nsb") ))
+  cpu0=$(( $(cpu_ticks "$pida") + $(cpu_ticks "$pidb") ))
+  in_ns "$nsa" iperf3 -c 10.66.0.2 -p 5201 -t "$SECS" -J >"$out.tcp1.json"
+  cpu1=$(( $(cpu_ticks "$pida") + $(cpu_ticks "$pidb") ))
+  in_ns "$nsa" iperf3 -c 10.66.0.2 -p 5201 -t "$SECS" -P 2 -J >"$out.tcp2.json"
+  drops1=$(( $(rcvbuf_errors "$nsa") + $(rcvbuf_errors "$nsb") ))
+
+  json_field "$out.tcp1.json" 'j["end"].sum_received.bits_per_second' >"$out.bps1"
+  json_field "$out.tcp1.json" 'j["end"].sum_received.bytes' >"$out.bytes1"
+  json_field "$out.tcp2.json" 'j["end"].sum_received.bits_per_second' >"$out.bps2"
+  echo $((cpu1 - cpu0)) >"$out.cputicks"
+  echo $((drops1 - drops0)) >"$out.drops"
+  cleanup
+}
+
+run_pair g wireguard-go
+run_pair o "$OURS_IMPL"
+
+# Print the table (numbers formatted in Lua for floating point).
+ours_name="ours"
+[ "$OURS_IMPL" = ours ] || ours_name="ours=$OURS_IMPL"
+lua5.4 - "$TMP" "$CLK_TCK" "$SECS" "$ours_name" <<'EOF'
+local dir, tck, secs, ours_name = arg[1], tonumber(arg[2]), arg[3], arg[4]
+local function num(row, what)
+  local f = io.open(("%s/%s.%s"):format(dir, row, what))
+  local v = f and tonumber((f:read("a"):match("[%d.]+")))
+  if f then f:close() end
+  return v
+end
+local function metrics(row)
+  local m = {}
+  m.tcp1 = num(row, "bps1") and num(row, "bps1") / 1e9
+  m.tcp2 = num(row, "bps2") and num(row, "bps2") / 1e9
+  m.rtt = num(row, "rtt")
+  m.cpu = num(row, "cputicks") and num(row, "cputicks") / tck
+  local gbit = num(row, "bytes1") and num(row, "bytes1") * 8 / 1e9
+  m.cpu_per_gbit = m.cpu and gbit and gbit > 0 and m.cpu / gbit or nil
+  m.drops = num(row, "drops")
+  return m
+end
+local o, g = metrics("o"), metrics("g")
+local rows = {
+  { "TCP 1 stream, Gbit/s", "tcp1", "%.3f", ">= 8x", function(r) return r >= 8 end },
+  { "TCP 2 streams, Gbit/s", "tcp2", "%.3f", ">= 8x", function(r) return r >= 8 end },
+  { "ping RTT avg, ms", "rtt", "%.3f", "<= 0.25x", function(r) return r <= 0.25 end },
+  { "CPU s per Gbit (1 stream)", "cpu_per_gbit", "%.3f", "< 1x", function(r) return r < 1 end },
+  { "engine CPU s (1 stream, " .. secs .. " s)", "cpu", "%.2f", "-" },
+  { "UdpRcvbufErrors (TCP runs)", "drops", "%d", "-" },
+}
+local function fmt(f, v) return v and f:format(v) or "n/a" end
+local lines = { { "metric", ours_name, "wireguard-go", "ratio (ours/wg-go)", "target" } }
+for _, r in ipairs(rows) do
+  local ov, gv = o[r[2]], g[r[2]]
+  local ratio = ov and gv and gv ~= 0 and ov / gv or nil
+  local target = r[4]
+  if r[5] and ratio then target = target .. (r[5](ratio) and " (met)" or " (not met)") end
+  lines[#lines + 1] = { r[1], fmt(r[3], ov), fmt(r[3], gv), ratio and ("%.2fx"):format(ratio) or "-", target }
+end
+local width = {}
+for _, l in ipairs(lines) do
+  for i, c in ipairs(l) do width[i] = math.max(width[i] or 0, #c) end
+end
+for n, l in ipairs(lines) do
+  local cells = {}
+  for i, c in ipairs(l) do cells[i] = c .. (" "):rep(width[i] - #c) end
+  print("| " .. table.concat(cells, " | ") .. " |")
+  if n == 1 then
+    local sep = {}
+    for i = 1, #l do sep[i] = ("-"):rep(width[i]) end
+    print("| " .. table.concat(sep, " | ") .. " |")
+  end
+end
+EOF

@@ -1,0 +1,68 @@
+-- Local build with LuaRocks (nothing is downloaded):
+--   luarocks --lua-version 5.4 make --tree DIR wgoverlay-scm-1.rockspec
+-- Lua dependencies (argparse, cjson, luv, socket) come from Debian packages
+-- (scripts/deps.sh), not from a rocks server.
+rockspec_format = "3.0"
+package = "wgoverlay"
+version = "scm-1"
+
+source = {
+  url = "git+file:///dev/null",
+}
+
+description = {
+  summary = "Encrypted overlay networking over a userspace WireGuard engine",
+  detailed = [[
+A userspace WireGuard engine in C (TUN, UDP, UAPI, netlink) exposed to
+Lua 5.4 as wgoverlay.core, with orchestration modules and a command-line
+tool.  Wire-compatible with WireGuard; configurable with the stock wg tool.
+]],
+  license = "MIT",
+}
+
+dependencies = {
+  "lua >= 5.4",
+}
+
+external_dependencies = {
+  SODIUM = { header = "sodium.h", library = "sodium" },
+  MNL = { header = "libmnl/libmnl.h", library = "mnl" },
+}
+
+build = {
+  type = "builtin",
+  modules = {
+    ["wgoverlay.core"] = {
+      sources = {
+        "csrc/blake2s.c",
+        "csrc/replay.c",
+        "csrc/allowedips.c",
+        "csrc/uapi.c",
+        "csrc/uapi_server.c",
+        "csrc/noise.c",
+        "csrc/cookie.c",
+        "csrc/ratelimit.c",
+        "csrc/timers.c",
+        "csrc/proto.c",
+        "csrc/device.c",
+        "csrc/udp.c",
+        "csrc/netlink.c",
+        "csrc/lua_core.c",
+      },
+      defines = { "_GNU_SOURCE" },
+      incdirs = { "csrc", "$(SODIUM_INCDIR)", "$(MNL_INCDIR)" },
+      libdirs = { "$(SODIUM_LIBDIR)", "$(MNL_LIBDIR)" },
+      libraries = { "sodium", "mnl", "pthread" },
+    },
+    ["wgoverlay"] = "lua/wgoverlay/init.lua",
+    ["wgoverlay.cidr"] = "lua/wgoverlay/cidr.lua",
+    ["wgoverlay.cli"] = "lua/wgoverlay/cli.lua",
+    ["wgoverlay.config"] = "lua/wgoverlay/config.lua",
+    ["wgoverlay.transport"] = "lua/wgoverlay/transport.lua",
+  },
+  install = {
+    bin = {
+      wgoverlay = "bin/wgoverlay",
+    },
+  },
+}
