@@ -27,6 +27,7 @@
 #include <lua.h>
 #include <sodium.h>
 
+#include "blake2s.h"
 #include "device.h"
 #include "netlink.h"
 #include "uapi.h"
@@ -116,6 +117,152 @@ static int l_valid_key(lua_State *L)
 	uint8_t k[32];
 
 	lua_pushboolean(L, lua_type(L, 1) == LUA_TSTRING && key_from_lua(L, 1, k));
+	sodium_memzero(k, sizeof(k));
+	return 1;
+}
+
+/* ---- primitives for the Lua control plane (join protocol, tokens) ---- */
+
+static int l_random(lua_State *L)
+{
+	lua_Integer n = luaL_checkinteger(L, 1);
+	luaL_Buffer b;
+
+	luaL_argcheck(L, n >= 0 && n <= 65536, 1, "0..65536 bytes");
+	randombytes_buf(luaL_buffinitsize(L, &b, (size_t)n), (size_t)n);
+	luaL_pushresultsize(&b, (size_t)n);
+	return 1;
+}
+
+/* core.blake2s(data[, key[, outlen]]) -> raw digest */
+static int l_blake2s(lua_State *L)
+{
+	size_t len, klen = 0;
+	const char *data = luaL_checklstring(L, 1, &len);
+	const char *key = luaL_optlstring(L, 2, NULL, &klen);
+	lua_Integer outlen = luaL_optinteger(L, 3, 32);
+	uint8_t out[32];
+
+	luaL_argcheck(L, klen <= 32, 2, "key longer than 32 bytes");
+	luaL_argcheck(L, outlen >= 1 && outlen <= 32, 3, "1..32");
+	wg_blake2s(out, (size_t)outlen, (const uint8_t *)data, len, (const uint8_t *)key, klen);
+	lua_pushlstring(L, (const char *)out, (size_t)outlen);
+	return 1;
+}
+
+/* core.x25519_keypair() -> private (raw 32), public (raw 32) */
+static int l_x25519_keypair(lua_State *L)
+{
+	uint8_t priv[32], pub[32];
+
+	crypto_box_keypair(pub, priv);
+	lua_pushlstring(L, (const char *)priv, 32);
+	lua_pushlstring(L, (const char *)pub, 32);
+	sodium_memzero(priv, sizeof(priv));
+	return 2;
+}
+
+/* core.x25519(private_raw, public_raw) -> shared (raw 32) or nil, err */
+static int l_x25519(lua_State *L)
+{
+	size_t a, b;
+	const char *priv = luaL_checklstring(L, 1, &a);
+	const char *pub = luaL_checklstring(L, 2, &b);
+	uint8_t out[32];
+
+	if (a != 32 || b != 32)
+		return push_fail(L, EINVAL, "x25519: keys must be 32 bytes");
+	if (crypto_scalarmult(out, (const uint8_t *)priv, (const uint8_t *)pub) != 0)
+		return push_fail(L, EINVAL, "x25519: invalid public key (low order point)");
+	lua_pushlstring(L, (const char *)out, 32);
+	sodium_memzero(out, sizeof(out));
+	return 1;
+}
+
+/* core.aead_seal(key32, nonce24, plaintext[, ad]) -> ciphertext||tag
+ * (XChaCha20-Poly1305: random 24-byte nonces are safe). */
+static int l_aead_seal(lua_State *L)
+{
+	size_t kl, nl, ml, al = 0;
+	const char *k = luaL_checklstring(L, 1, &kl);
+	const char *n = luaL_checklstring(L, 2, &nl);
+	const char *m = luaL_checklstring(L, 3, &ml);
+	const char *ad = luaL_optlstring(L, 4, NULL, &al);
+	luaL_Buffer b;
+	unsigned long long cl;
+	uint8_t *out;
+
+	luaL_argcheck(L, kl == 32, 1, "key must be 32 bytes");
+	luaL_argcheck(L, nl == 24, 2, "nonce must be 24 bytes");
+	out = (uint8_t *)luaL_buffinitsize(L, &b, ml + 16);
+	crypto_aead_xchacha20poly1305_ietf_encrypt(out, &cl, (const uint8_t *)m, ml, (const uint8_t *)ad, al, NULL,
+						   (const uint8_t *)n, (const uint8_t *)k);
+	luaL_pushresultsize(&b, (size_t)cl);
+	return 1;
+}
+
+/* core.aead_open(key32, nonce24, ciphertext[, ad]) -> plaintext or nil */
+static int l_aead_open(lua_State *L)
+{
+	size_t kl, nl, cl, al = 0;
+	const char *k = luaL_checklstring(L, 1, &kl);
+	const char *n = luaL_checklstring(L, 2, &nl);
+	const char *c = luaL_checklstring(L, 3, &cl);
+	const char *ad = luaL_optlstring(L, 4, NULL, &al);
+	luaL_Buffer b;
+	unsigned long long ml;
+	uint8_t *out;
+
+	luaL_argcheck(L, kl == 32, 1, "key must be 32 bytes");
+	luaL_argcheck(L, nl == 24, 2, "nonce must be 24 bytes");
+	if (cl < 16) {
+		lua_pushnil(L);
+		return 1;
+	}
+	out = (uint8_t *)luaL_buffinitsize(L, &b, cl);
+	if (crypto_aead_xchacha20poly1305_ietf_decrypt(out, &ml, NULL, (const uint8_t *)c, cl, (const uint8_t *)ad,
+						       al, (const uint8_t *)n, (const uint8_t *)k) != 0) {
+		luaL_pushresultsize(&b, 0);
+		lua_pop(L, 1);
+		lua_pushnil(L);
+		return 1;
+	}
+	luaL_pushresultsize(&b, (size_t)ml);
+	return 1;
+}
+
+/* core.equal(a, b): constant-time comparison of equal-length strings */
+static int l_equal(lua_State *L)
+{
+	size_t al, bl;
+	const char *a = luaL_checklstring(L, 1, &al);
+	const char *b = luaL_checklstring(L, 2, &bl);
+
+	lua_pushboolean(L, al == bl && sodium_memcmp(a, b, al) == 0);
+	return 1;
+}
+
+/* Base64 (standard alphabet) of raw 32-byte keys and back. */
+static int l_key_to_base64(lua_State *L)
+{
+	size_t len;
+	const char *k = luaL_checklstring(L, 1, &len);
+	char b64[45];
+
+	luaL_argcheck(L, len == 32, 1, "32 bytes expected");
+	wg_key_to_base64(b64, (const uint8_t *)k);
+	lua_pushstring(L, b64);
+	return 1;
+}
+
+static int l_key_from_base64(lua_State *L)
+{
+	uint8_t k[32];
+
+	luaL_checktype(L, 1, LUA_TSTRING);
+	if (!key_from_lua(L, 1, k))
+		return push_fail(L, EINVAL, "bad key: expected 32 bytes base64");
+	lua_pushlstring(L, (const char *)k, 32);
 	sodium_memzero(k, sizeof(k));
 	return 1;
 }
@@ -1155,6 +1302,15 @@ static const luaL_Reg core_funcs[] = {
 	{ "generate_psk", l_generate_psk },
 	{ "public_key", l_public_key },
 	{ "valid_key", l_valid_key },
+	{ "random", l_random },
+	{ "blake2s", l_blake2s },
+	{ "x25519_keypair", l_x25519_keypair },
+	{ "x25519", l_x25519 },
+	{ "aead_seal", l_aead_seal },
+	{ "aead_open", l_aead_open },
+	{ "equal", l_equal },
+	{ "key_to_base64", l_key_to_base64 },
+	{ "key_from_base64", l_key_from_base64 },
 	{ "open", l_open },
 	{ "addr", l_addr },
 	{ "addr_list", l_addr_list },
