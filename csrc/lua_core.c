@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -916,6 +917,150 @@ static int l_ifindex_of(lua_State *L)
 	return 1;
 }
 
+/* ---- network namespaces (containers) ---- */
+
+static int open_netns(lua_State *L, const char *ns)
+{
+	char path[256];
+
+	/* A name refers to /var/run/netns/NAME (ip netns); a path is used as is
+	 * (e.g. /proc/PID/ns/net of a container's process). */
+	if (strchr(ns, '/'))
+		snprintf(path, sizeof(path), "%s", ns);
+	else
+		snprintf(path, sizeof(path), "/var/run/netns/%s", ns);
+	return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+/* core.with_netns(ns, fn, ...) runs fn in network namespace ns (only this
+ * thread moves: the engine's threads stay where they are) and always comes
+ * back.  Returns fn's results, or nil, message. */
+static int l_with_netns(lua_State *L)
+{
+	const char *ns = luaL_checkstring(L, 1);
+	int target, home, n, status;
+
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	target = open_netns(L, ns);
+	if (target < 0) {
+		int e = errno;
+
+		lua_pushnil(L);
+		lua_pushfstring(L, "network namespace \"%s\": %s", ns, strerror(e));
+		lua_pushinteger(L, e);
+		return 3;
+	}
+	home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (home < 0 || setns(target, CLONE_NEWNET) < 0) {
+		int e = errno;
+
+		if (home >= 0)
+			close(home);
+		close(target);
+		lua_pushnil(L);
+		lua_pushfstring(L, "entering network namespace \"%s\": %s", ns, strerror(e));
+		lua_pushinteger(L, e);
+		return 3;
+	}
+	close(target);
+	n = lua_gettop(L);
+	status = lua_pcall(L, n - 2, LUA_MULTRET, 0);
+	if (setns(home, CLONE_NEWNET) < 0) {
+		close(home);
+		return luaL_error(L, "cannot return to the original network namespace: %s", strerror(errno));
+	}
+	close(home);
+	if (status != LUA_OK)
+		return lua_error(L);
+	return lua_gettop(L) - 1; /* fn's results, above the namespace name */
+}
+
+/* core.veth(name, peer_name, peer_ns) creates a veth pair with the peer end
+ * in namespace peer_ns (a name or a path). */
+static int l_veth(lua_State *L)
+{
+	const char *name = luaL_checkstring(L, 1);
+	const char *peer = luaL_checkstring(L, 2);
+	const char *ns = luaL_optstring(L, 3, NULL);
+	int fd = -1, r;
+
+	if (strlen(name) >= IFNAMSIZ || strlen(peer) >= IFNAMSIZ) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "interface name longer than %d bytes", IFNAMSIZ - 1);
+		lua_pushinteger(L, EINVAL);
+		return 3;
+	}
+	if (ns) {
+		fd = open_netns(L, ns);
+		if (fd < 0) {
+			int e = errno;
+
+			lua_pushnil(L);
+			lua_pushfstring(L, "network namespace \"%s\": %s", ns, strerror(e));
+			lua_pushinteger(L, e);
+			return 3;
+		}
+	}
+	r = wg_nl_veth_create(name, peer, fd);
+	if (fd >= 0)
+		close(fd);
+	return nl_result(L, r, "creating veth", name);
+}
+
+/* core.sysctl(path, value): writes /proc/sys/<path> of this thread's
+ * namespace, e.g. "net/ipv4/ip_forward", "1". */
+static int l_sysctl(lua_State *L)
+{
+	const char *key = luaL_checkstring(L, 1);
+	size_t len;
+	const char *val = luaL_checklstring(L, 2, &len);
+	char path[256];
+	int fd;
+
+	if (strstr(key, ".."))
+		return luaL_argerror(L, 1, "invalid sysctl");
+	snprintf(path, sizeof(path), "/proc/sys/%s", key);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, val, len) != (ssize_t)len) {
+		int e = errno;
+
+		if (fd >= 0)
+			close(fd);
+		lua_pushnil(L);
+		lua_pushfstring(L, "sysctl %s: %s", key, strerror(e));
+		lua_pushinteger(L, e);
+		return 3;
+	}
+	close(fd);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* core.route_via(ifname, "add"|"del", cidr, gateway) — a route through a
+ * gateway reachable on the link (onlink), for container namespaces. */
+static int l_route_via(lua_State *L)
+{
+	const char *ifname, *op = luaL_checkstring(L, 2);
+	size_t len, glen;
+	const char *cidr = luaL_checklstring(L, 3, &len);
+	const char *gw = luaL_checklstring(L, 4, &glen);
+	int ifindex = check_ifindex(L, 1, &ifname);
+	uint8_t family, addr[16], plen, gfamily, gaddr[16], gplen;
+
+	if (!wg_parse_cidr(cidr, len, &family, addr, &plen) || !wg_parse_cidr(gw, glen, &gfamily, gaddr, &gplen) ||
+	    family != gfamily) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "route %s via %s invalid", cidr, gw);
+		lua_pushinteger(L, EINVAL);
+		return 3;
+	}
+	if (ifindex < 0)
+		return nl_result(L, ifindex, "interface", ifname);
+	if (!strcmp(op, "add"))
+		return nl_result(L, wg_nl_route_add_via(ifindex, family, addr, plen, gaddr), "adding route", cidr);
+	return nl_result(L, wg_nl_route_del(ifindex, family, addr, plen, 0), "removing route", cidr);
+}
+
 /* ---- process helpers ---- */
 
 /* Blocks SIGINT, SIGTERM and SIGHUP and waits for one (the engine's threads
@@ -1318,6 +1463,10 @@ static const luaL_Reg core_funcs[] = {
 	{ "link", l_link },
 	{ "link_delete", l_link_delete },
 	{ "ifindex", l_ifindex_of },
+	{ "with_netns", l_with_netns },
+	{ "veth", l_veth },
+	{ "sysctl", l_sysctl },
+	{ "route_via", l_route_via },
 	{ "wait_signal", l_wait_signal },
 	{ "uapi_request", l_uapi_request },
 	{ "uapi_status", l_uapi_status },

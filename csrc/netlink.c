@@ -754,6 +754,32 @@ int wg_nl_route_add(int ifindex, int family, const uint8_t *dst,
 	return nl_talk(nlh, NULL, NULL);
 }
 
+int wg_nl_route_add_via(int ifindex, int family, const uint8_t *dst,
+			uint8_t prefixlen, const uint8_t *gateway)
+{
+	NL_BUF(buf);
+	struct nlmsghdr *nlh;
+	struct rtmsg *rtm;
+	int alen;
+
+	alen = nl_route_check(ifindex, family, dst, prefixlen);
+	if (alen < 0)
+		return alen;
+	if (!gateway)
+		return -EINVAL;
+	nlh = nl_route_msg(buf, RTM_NEWROUTE,
+			   NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
+			   ifindex, family, dst, alen, prefixlen, 0);
+	rtm = mnl_nlmsg_get_payload(nlh);
+	/* Through a gateway that is on the link but has no address of ours in
+	 * its subnet (a container's link-local next hop): universe scope,
+	 * RTNH_F_ONLINK. */
+	rtm->rtm_scope = RT_SCOPE_UNIVERSE;
+	rtm->rtm_flags |= RTNH_F_ONLINK;
+	mnl_attr_put(nlh, RTA_GATEWAY, alen, gateway);
+	return nl_talk(nlh, NULL, NULL);
+}
+
 int wg_nl_route_del(int ifindex, int family, const uint8_t *dst,
 		    uint8_t prefixlen, uint32_t table)
 {

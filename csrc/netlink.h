@@ -81,6 +81,12 @@ int wg_nl_addr_list(int ifindex, int family, wg_nl_addr_cb cb, void *arg);
 int wg_nl_route_add(int ifindex, int family, const uint8_t *dst,
 		    uint8_t prefixlen, uint32_t table);
 
+/* Route @dst/@prefixlen via @gateway (same family) on the link, with
+ * RTNH_F_ONLINK so the gateway need not be in one of our subnets (main
+ * table, idempotent like wg_nl_route_add). */
+int wg_nl_route_add_via(int ifindex, int family, const uint8_t *dst,
+			uint8_t prefixlen, const uint8_t *gateway);
+
 /* Delete that route; -ESRCH if there is no such route (also when the link
  * does not exist). */
 int wg_nl_route_del(int ifindex, int family, const uint8_t *dst,
