@@ -477,6 +477,9 @@ static int tun_open(const char *ifname, char *msg, size_t msglen)
 		close(fd);
 		return -e;
 	}
+	/* A persistent TUN of that name (left by some tool) would outlive us:
+	 * make ours go away with our descriptor. */
+	ioctl(fd, TUNSETPERSIST, 0);
 	if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
 		int e = errno;
 

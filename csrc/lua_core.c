@@ -768,6 +768,7 @@ static int l_set_mtu_hint(lua_State *L)
 	struct wg_device *dev = check_dev(L, 1);
 	lua_Integer mtu = luaL_checkinteger(L, 2);
 
+	luaL_argcheck(L, mtu >= 576 && mtu <= 65535, 2, "576..65535");
 	atomic_store(&dev->mtu, (unsigned)mtu);
 	return 0;
 }
@@ -1300,8 +1301,12 @@ static int l_daemonize(lua_State *L)
 	{
 		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
 
+		/* A daemon keeps none of its caller's descriptors: `x=$(wgoverlay up
+		 * f)` must not wait for the engine to exit. */
 		if (nul >= 0) {
 			dup2(nul, 0);
+			dup2(nul, 1);
+			dup2(nul, 2);
 			close(nul);
 		}
 	}
@@ -1331,6 +1336,8 @@ static int l_kill(lua_State *L)
 	const char *sig = luaL_optstring(L, 2, "TERM");
 	int signo = !strcmp(sig, "TERM") ? SIGTERM : !strcmp(sig, "INT") ? SIGINT : !strcmp(sig, "KILL") ? SIGKILL : 0;
 
+	if (!signo)
+		return luaL_argerror(L, 2, "TERM, INT or KILL expected");
 	if (pid <= 0)
 		return luaL_argerror(L, 1, "pid must be positive");
 	if (kill((pid_t)pid, signo) < 0)

@@ -51,10 +51,14 @@ int wg_uapi_server_listen(struct wg_device *dev, char *msg, size_t msglen)
 		return r;
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	/* A socket file left by a killed engine is stale; one that still
-	 * answers belongs to a live engine, which we must not disturb. */
+	if (fd < 0) {
+		r = -errno;
+		snprintf(msg, msglen, "cannot create UAPI socket: %s", strerror(-r));
+		return r;
+	}
+	/* A socket file left by a killed engine is stale (connection refused);
+	 * one that still answers belongs to a live engine, which we must not
+	 * disturb, and any other failure is reported rather than guessed at. */
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
 	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
 		close(fd);
@@ -62,14 +66,24 @@ int wg_uapi_server_listen(struct wg_device *dev, char *msg, size_t msglen)
 			 dev->ifname, path);
 		return -EADDRINUSE;
 	}
+	r = errno;
 	close(fd);
-	unlink(path);
+	if (r == ECONNREFUSED) {
+		unlink(path);
+	} else if (r != ENOENT) {
+		snprintf(msg, msglen, "cannot check UAPI socket %s: %s", path, strerror(r));
+		return -r;
+	}
 
 	/* Bind inside a private 0700 directory, tighten the mode, then move
 	 * the socket into place: it is never connectable by others. */
 	snprintf(tmpdir, sizeof(tmpdir), "%s/.wgo-XXXXXX", WG_UAPI_DIR);
-	if (!mkdtemp(tmpdir))
-		return -errno;
+	if (!mkdtemp(tmpdir)) {
+		r = -errno;
+		snprintf(msg, msglen, "cannot create a directory in %s: %s%s", WG_UAPI_DIR, strerror(-r),
+			 r == -EACCES || r == -EPERM ? " (needs root)" : "");
+		return r;
+	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		r = -errno;
