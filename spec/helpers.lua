@@ -821,9 +821,12 @@ end
 
 --- kill -9 the driver process (no cleanup runs in it).
 function Driver:kill9()
-  if self.conn then self.conn:close() self.conn = nil end
+  -- KILL first: with the connection closed first the driver would exit
+  -- cleanly and run its finalizers.
   self.proc:signal("KILL")
-  return self.proc:wait(5)
+  local code = self.proc:wait(5)
+  if self.conn then self.conn:close() self.conn = nil end
+  return code
 end
 
 --- Run a one-shot Lua chunk in namespace `ns` (lua5.4 -e), optionally as

@@ -40,8 +40,14 @@ end
 -- addresses set by the caller; SIGINT/SIGTERM remove interface and socket.
 function commands.interface(args)
   local core = require "wgoverlay.core"
-  local dev, err = core.open(args.ifname, { uapi = true, mtu = args.mtu })
-  if not dev then return die("%s", err) end
+  local dev, err, errno = core.open(args.ifname, { uapi = true, mtu = args.mtu })
+  if not dev then
+    if (errno == 1 or errno == 13) and not err:find("CAP_NET_ADMIN", 1, true) then
+      err = string.format("cannot create interface \"%s\": permission denied: needs CAP_NET_ADMIN (%s)",
+        args.ifname, err)
+    end
+    return die("%s", err)
+  end
   io.stderr:write(string.format("wgoverlay: interface %s up, UAPI socket /var/run/wireguard/%s.sock\n",
     args.ifname, args.ifname))
   local sig = core.wait_signal()
@@ -116,9 +122,24 @@ function commands.down(args)
     os.remove(pidfile(ifname))
     return die("interface %s: engine pid %d: %s", ifname, pid, err)
   end
-  -- wait until the engine has removed its socket (at most 5 s)
+  -- Wait until the engine has exited and its socket is gone (at most 5 s).
+  -- (io.open cannot tell: opening a Unix socket fails whether it exists
+  -- or not.)
+  local function has_socket()
+    for _, name in ipairs(core.list_sockets()) do
+      if name == ifname then return true end
+    end
+    return false
+  end
+  local function alive()
+    local stat = io.open("/proc/" .. pid .. "/stat", "r")
+    if not stat then return false end
+    local st = stat:read("a"):match("^%d+ %b() (%a)")
+    stat:close()
+    return st ~= nil and st ~= "Z" and st ~= "X"
+  end
   for _ = 1, 100 do
-    if not io.open(RUN_DIR .. "/" .. ifname .. ".sock") then
+    if not alive() and not has_socket() then
       os.remove(pidfile(ifname))
       return 0
     end
@@ -128,6 +149,7 @@ function commands.down(args)
 end
 
 local function human_bytes(n)
+  n = n or 0
   local units = { "B", "KiB", "MiB", "GiB", "TiB" }
   local i = 1
   while n >= 1024 and i < #units do n, i = n / 1024, i + 1 end
@@ -136,7 +158,7 @@ end
 
 local function human_age(epoch, now)
   if not epoch or epoch == 0 then return "never" end
-  local s = math.max(0, now - epoch)
+  local s = math.max(0, math.floor(now - epoch))
   if s < 60 then return string.format("%ds ago", s) end
   if s < 3600 then return string.format("%dm %ds ago", s // 60, s % 60) end
   return string.format("%dh %dm ago", s // 3600, (s % 3600) // 60)
@@ -152,8 +174,10 @@ function M.format_status(st, now)
   out[#out + 1] = ""
   local rows = { { "PEER", "ENDPOINT", "HANDSHAKE", "RECEIVED", "SENT", "ALLOWED IPS" } }
   for _, p in ipairs(st.peers) do
+    local aips = p.allowed_ips or {}
     rows[#rows + 1] = { p.public_key:sub(1, 12) .. "…", p.endpoint or "(none)", human_age(p.last_handshake, now),
-                        human_bytes(p.rx_bytes), human_bytes(p.tx_bytes), table.concat(p.allowed_ips, ", ") }
+                        human_bytes(p.rx_bytes), human_bytes(p.tx_bytes),
+                        #aips > 0 and table.concat(aips, ", ") or "(none)" }
   end
   local widths = {}
   for _, r in ipairs(rows) do
@@ -170,18 +194,52 @@ function M.format_status(st, now)
   return table.concat(out, "\n") .. "\n"
 end
 
+-- JSON for status tables.  lua-cjson 2.1.0 writes an empty table as {},
+-- so lists (the top-level list, peers, allowed_ips) are encoded here and
+-- only scalars go through cjson.
+local ARRAY_FIELDS = { peers = true, allowed_ips = true }
+
+local function to_json(v, is_array)
+  local cjson = require "cjson"
+  if type(v) ~= "table" then return cjson.encode(v) end
+  local parts = {}
+  if is_array then
+    for _, x in ipairs(v) do parts[#parts + 1] = to_json(x, false) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = cjson.encode(k) .. ":" .. to_json(v[k], ARRAY_FIELDS[k] or false)
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+M.status_json = to_json
+
 function commands.status(args)
   local core = require "wgoverlay.core"
   local names = args.ifname and { args.ifname } or core.list_sockets()
+  table.sort(names)
   local all = {}
   for _, name in ipairs(names) do
     local st, err = core.uapi_status(name)
-    if not st then return die("%s", err) end
-    all[#all + 1] = st
+    if st then
+      all[#all + 1] = st
+    elseif args.ifname then
+      return die("%s", err)
+    else
+      -- Listing every interface: a stale socket of a killed engine (or
+      -- one we may not read) must not hide the others.
+      io.stderr:write("wgoverlay: skipped: ", err, "\n")
+    end
   end
   if args.json then
-    local cjson = require "cjson"
-    io.write(cjson.encode(args.ifname and all[1] or all), "\n")
+    if args.ifname then
+      io.write(to_json(all[1], false), "\n")
+    else
+      io.write(to_json(all, true), "\n")
+    end
   else
     if #all == 0 then io.write("no interfaces\n") end
     for i, st in ipairs(all) do
@@ -200,7 +258,7 @@ local function parser()
   p:command("pubkey", "Read a private key on stdin, print its public key.")
   local i = p:command("interface", "Run the engine for IFNAME in the foreground (configure it with wg).")
   i:argument("ifname", "Interface name (at most 15 bytes).")
-  i:option("--mtu", "Interface MTU.", "1420"):convert(tonumber)
+  i:option("--mtu", "Interface MTU.", "1420"):convert(function(v) return math.tointeger(tonumber(v)) end)
   local up = p:command("up", "Bring up an interface from a wg-quick style FILE.")
   up:argument("file", "Configuration file (interface name from its base name).")
   up:option("--interface", "Interface name instead of the file's base name.")

@@ -40,11 +40,15 @@ local function integer(v, lo, hi)
 end
 
 local function endpoint_ok(v)
-  local host, port = v:match("^%[([^%]]+)%]:(%d+)$")
-  if not host then host, port = v:match("^([%d.]+):(%d+)$") end
+  local family = 6
+  local host, port = v:match("^%[([^%]/]+)%]:(%d+)$")
+  if not host then
+    family = 4
+    host, port = v:match("^([%d.]+):(%d+)$")
+  end
   if not host or not integer(port, 1, 65535) then return false end
   local p = cidr.parse(host)
-  return p ~= nil and p.prefix == (p.family == 4 and 32 or 128)
+  return p ~= nil and p.family == family
 end
 
 local unsupported = {
@@ -75,9 +79,10 @@ local interface_keys = {
     cfg.interface.mtu = n
   end,
   fwmark = function(cfg, v)
-    local n = v == "off" and 0 or integer(v, 0, 0xffffffff) or (v:match("^0x%x+$") and tonumber(v))
-    if not n then return string.format("FwMark \"%s\" invalid", v) end
-    cfg.interface.fwmark = math.tointeger(n)
+    local n = v == "off" and 0 or integer(v, 0, 0xffffffff)
+    if not n and v:match("^0[xX]%x+$") and #v <= 10 then n = math.tointeger(tonumber(v:sub(3), 16)) end
+    if not n then return string.format("FwMark \"%s\" invalid: must be 0..4294967295 (or 0x..., off)", v) end
+    cfg.interface.fwmark = n
   end,
 }
 
@@ -131,7 +136,7 @@ function M.parse(text, name)
         sec = sec:lower()
         if sec == "interface" then
           if seen_interface then return fail("second [Interface] section") end
-          seen_interface = true
+          seen_interface = lineno
           section = "interface"
         elseif sec == "peer" then
           if peer and not peer.public_key then
@@ -162,7 +167,7 @@ function M.parse(text, name)
     end
   end
   if not seen_interface then
-    lineno = lineno > 0 and lineno - 1 or 0
+    lineno = 1
     return fail("no [Interface] section")
   end
   if peer and not peer.public_key then
@@ -170,7 +175,8 @@ function M.parse(text, name)
     return fail("[Peer] has no PublicKey")
   end
   if not cfg.interface.private_key then
-    return nil, string.format("%s: [Interface] has no PrivateKey", name)
+    lineno = seen_interface
+    return fail("[Interface] has no PrivateKey")
   end
   local seen = {}
   for _, p in ipairs(cfg.peers) do

@@ -40,7 +40,10 @@ end
 function M.new(opts, ifname)
   check_type(opts, "table", "transport.new: options")
   check_type(ifname, "string", "transport.new: interface name")
-  if #ifname == 0 or #ifname > 15 or ifname:find("[/%s]") then
+  if #ifname > 15 then
+    return nil, string.format("interface name \"%s\" longer than 15 bytes", ifname)
+  end
+  if #ifname == 0 or ifname:find("[/%s]") or ifname == "." or ifname == ".." then
     return nil, string.format("interface name \"%s\" invalid: 1 to 15 bytes, no '/' or spaces", ifname)
   end
   if opts.private_key ~= nil then
@@ -87,16 +90,39 @@ local function dev(self)
   return self.dev
 end
 
+local EPERM, EACCES = 1, 13
+
+local function open_device(self)
+  local d, err, errno = core.open(self.ifname, { uapi = true, mtu = self.mtu })
+  if not d and (errno == EPERM or errno == EACCES) and not err:find("CAP_NET_ADMIN", 1, true) then
+    err = string.format("cannot create interface \"%s\": permission denied: needs CAP_NET_ADMIN (%s)",
+      self.ifname, err)
+  end
+  return d, err
+end
+
 --- Creates the TUN interface, the UDP socket and the UAPI socket, and
--- applies the private key and listen port.  A stale socket left by a killed
--- engine is replaced (its TUN vanished with it); a live engine on the same
--- name is an error.
+-- applies the private key and listen port.  Leftovers of a killed engine
+-- are replaced: a stale UAPI socket (its TUN vanished with the process) and
+-- a persistent TUN of the same name that no engine serves.  A live engine
+-- on the same name is an error.
 -- @return true, or nil and a message
 function Transport:create_interface()
   if self.closed then error("attempt to use a closed transport", 2) end
   if self.dev then return true end
-  local d, err = core.open(self.ifname, { uapi = true, mtu = self.mtu })
+  local stale = core.ifindex(self.ifname)
+  local d, err = open_device(self)
   if not d then return nil, err end
+  if stale > 0 and d:ifindex() == stale then
+    -- We attached to a persistent TUN of that name that nobody served (no
+    -- engine answered on the UAPI socket, or open would have failed): a
+    -- leftover.  Remove it so that the interface lives and dies with us.
+    d:close()
+    local ok, derr = core.link_delete(self.ifname)
+    if ok == nil then return nil, derr end
+    d, err = open_device(self)
+    if not d then return nil, err end
+  end
   local ok, aerr = d:apply({ private_key = self.opts.private_key, listen_port = self.opts.listen_port,
                              fwmark = self.opts.fwmark })
   if not ok then
@@ -122,9 +148,11 @@ local function peer_op(p, extra)
   return op
 end
 
--- Overlay routes: one per address network, and one per allowed IP that no
--- address network covers.  Added with NLM_F_REPLACE: idempotent.
-function Transport:_sync_routes(peers)
+-- Overlay routes: one per address network, and one per allowed IP (of
+-- any peer the engine has) that no address network covers.  Added with
+-- NLM_F_REPLACE, so re-adding is a no-op; routes this transport added that
+-- are no longer wanted (peer or allowed IP removed) are deleted.
+function Transport:_sync_routes()
   local wanted, order = {}, {}
   local function want(c)
     local key = cidr.format(c)
@@ -134,20 +162,41 @@ function Transport:_sync_routes(peers)
     end
   end
   for _, a in ipairs(self.addresses) do want(cidr.network(a)) end
-  for _, p in ipairs(peers) do
+  for _, p in ipairs(self.dev:status().peers) do
     for _, s in ipairs(p.allowed_ips or {}) do
-      local c = assert(cidr.parse(s))
-      local covered = false
-      for _, a in ipairs(self.addresses) do
-        if cidr.contains(cidr.network(a), c) then covered = true end
+      local c = cidr.parse(s)
+      if c then
+        local covered = false
+        for _, a in ipairs(self.addresses) do
+          if cidr.contains(cidr.network(a), c) then covered = true end
+        end
+        if not covered then want(cidr.network(c)) end
       end
-      if not covered then want(cidr.network(c)) end
     end
   end
   for _, key in ipairs(order) do
     local ok, err = core.route(self.ifname, "add", key)
     if not ok then return nil, err end
     self.routes[key] = true
+  end
+  local stale = {}
+  for key in pairs(self.routes) do
+    if not wanted[key] then stale[#stale + 1] = key end
+  end
+  table.sort(stale)
+  for _, key in ipairs(stale) do
+    -- Gone already (deleted by hand) is fine too.
+    core.route(self.ifname, "del", key)
+    self.routes[key] = nil
+  end
+  return true
+end
+
+local function check_allowed_ips(v, what)
+  for _, s in ipairs(as_list(v)) do
+    check_type(s, "string", what)
+    local ok, err = cidr.parse(s)
+    if not ok then return nil, err end
   end
   return true
 end
@@ -162,20 +211,36 @@ function Transport:configure(peers)
   local d = dev(self)
   peers = peers or {}
   check_type(peers, "table", "configure: peers")
-  local ops = {}
+  local listed, updates = {}, {}
   for i, p in ipairs(peers) do
     if type(p) ~= "table" then error(string.format("configure: peers[%d]: table expected", i), 2) end
     if p.allowed_ips ~= nil then
-      for _, s in ipairs(as_list(p.allowed_ips)) do
-        check_type(s, "string", "configure: allowed_ips")
-        local ok, err = cidr.parse(s)
-        if not ok then return nil, err end
-      end
+      local ok, err = check_allowed_ips(p.allowed_ips, "configure: allowed_ips")
+      if not ok then return nil, err end
     end
-    ops[i] = peer_op(p, { preshared_key = p.preshared_key or false })
+    -- The peer list is the whole truth: fields left out are reset, and
+    -- allowed IPs replaced.  Peers that stay keep their sessions (no
+    -- remove-and-re-add, unlike replace_peers), so a second identical call
+    -- changes nothing.
+    updates[i] = peer_op(p, { preshared_key = p.preshared_key or false,
+                              persistent_keepalive = p.persistent_keepalive or 0,
+                              allowed_ips = p.allowed_ips and as_list(p.allowed_ips) or {},
+                              replace_allowed_ips = true })
+    if type(p.public_key) == "string" then listed[p.public_key] = true end
   end
-  local ok, err = d:apply({ private_key = self.opts.private_key, listen_port = self.opts.listen_port,
-                            replace_peers = true, peers = ops })
+  -- Removals first, so that one transaction ends with exactly `peers`.
+  local ops = {}
+  for _, cur in ipairs(d:status().peers) do
+    if not listed[cur.public_key] then
+      ops[#ops + 1] = { public_key = cur.public_key, remove = true }
+    end
+  end
+  for _, op in ipairs(updates) do ops[#ops + 1] = op end
+  -- Port 0 means "any port" and was applied by create_interface: applying
+  -- it again would move to another random port on every call.
+  local port = self.opts.listen_port
+  if port == 0 then port = nil end
+  local ok, err = d:apply({ private_key = self.opts.private_key, listen_port = port, peers = ops })
   if not ok then return nil, err end
   self.peers = peers
   for _, a in ipairs(self.addresses) do
@@ -185,7 +250,7 @@ function Transport:configure(peers)
   ok, err = core.link(self.ifname, { mtu = self.mtu, up = true })
   if not ok then return nil, err end
   d:set_mtu_hint(self.mtu)
-  return self:_sync_routes(peers)
+  return self:_sync_routes()
 end
 
 local function find_peer(self, pub)
@@ -197,16 +262,12 @@ end
 --- Adds (or updates) one peer and routes its allowed IPs.
 function Transport:add_peer(peer)
   local d = dev(self)
-  for _, s in ipairs(as_list(peer and peer.allowed_ips)) do
-    local ok, err = cidr.parse(s)
-    if not ok then return nil, err end
-  end
-  local ok, err = d:apply({ peers = { peer_op(peer) } })
+  check_type(peer, "table", "add_peer: peer")
+  local ok, err = check_allowed_ips(peer.allowed_ips, "add_peer: allowed_ips")
   if not ok then return nil, err end
-  if next(self.addresses) or peer.allowed_ips then
-    return self:_sync_routes({ peer })
-  end
-  return true
+  ok, err = d:apply({ peers = { peer_op(peer) } })
+  if not ok then return nil, err end
+  return self:_sync_routes()
 end
 
 --- Removes a peer (its sessions end and its keys are wiped).
@@ -220,7 +281,9 @@ function Transport:remove_peer(public_key)
   if not find_peer(self, public_key) then
     return nil, string.format("no peer %s", public_key)
   end
-  return d:apply({ peers = { { public_key = public_key, remove = true } } })
+  local ok, err = d:apply({ peers = { { public_key = public_key, remove = true } } })
+  if not ok then return nil, err end
+  return self:_sync_routes()
 end
 
 --- Points a peer at a new endpoint ("IP:PORT" or "[IPv6]:PORT").
@@ -247,7 +310,7 @@ function Transport:add_allowed_ip(public_key, c)
   local ok
   ok, err = d:apply({ peers = { { public_key = public_key, update_only = true, allowed_ips = { c } } } })
   if not ok then return nil, err end
-  return self:_sync_routes({ { allowed_ips = { c } } })
+  return self:_sync_routes()
 end
 
 --- Removes an allowed IP from a peer.
@@ -263,12 +326,7 @@ function Transport:remove_allowed_ip(public_key, c)
   local ok
   ok, err = d:apply({ peers = { { public_key = public_key, update_only = true, remove_allowed_ips = { c } } } })
   if not ok then return nil, err end
-  local key = cidr.format(cidr.network(p))
-  if self.routes[key] then
-    core.route(self.ifname, "del", key)
-    self.routes[key] = nil
-  end
-  return true
+  return self:_sync_routes()
 end
 
 --- Status: `interface`, `public_key`, `listen_port`, `peers` (each with
