@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -32,11 +33,14 @@
 
 #include "device.h"
 #include "netlink.h"
+#include "offload.h"
 #include "udp.h"
 #include "uapi_server.h"
 
 #define TUN_BATCH 32
 #define TUN_BUF (WG_HEADROOM + 65535 + WG_TAILROOM)
+/* Largest datagram of one TSO segment: MTU 65535 would not fit a GSO send. */
+#define TSO_STRIDE_MAX (WG_HEADROOM + 9216 + WG_TAILROOM)
 
 /* The send batch of the current worker thread, if it batches. */
 static __thread struct wg_send_batch *tls_batch;
@@ -99,14 +103,50 @@ static void flush_batch(struct wg_device *dev, struct wg_send_batch *b)
 		atomic_fetch_add(&dev->stats.udp_send_errors, failed);
 }
 
-static void dev_deliver(void *ctx, const uint8_t *ip, size_t len)
-{
-	struct wg_device *dev = ctx;
+/* The UDP receiver coalesces in-order TCP segments into one super-packet
+ * per TUN write (userspace GRO); other packets are written one by one. */
+static __thread struct wg_gro *tls_gro;
 
-	if (write(dev->tun_fd, ip, len) < 0)
+static void tun_write(struct wg_device *dev, const struct wg_vnet_hdr *h, const uint8_t *ip, size_t len)
+{
+	struct iovec iov[2] = { { .iov_base = (void *)h, .iov_len = WG_VNET_HDR_LEN },
+				{ .iov_base = (void *)ip, .iov_len = len } };
+
+	if (writev(dev->tun_fd, iov, 2) < 0)
 		atomic_fetch_add(&dev->stats.tun_write_errors, 1);
 	else
 		atomic_fetch_add_explicit(&dev->stats.rx_packets, 1, memory_order_relaxed);
+}
+
+static void gro_flush(struct wg_device *dev, struct wg_gro *g)
+{
+	struct wg_vnet_hdr h;
+
+	if (!g->family)
+		return;
+	wg_gro_finish(g, &h);
+	tun_write(dev, &h, g->buf, g->len);
+	g->family = 0;
+	g->len = 0;
+	g->segs = 0;
+}
+
+static void dev_deliver(void *ctx, const uint8_t *ip, size_t len)
+{
+	struct wg_device *dev = ctx;
+	struct wg_gro *g = tls_gro;
+	struct wg_vnet_hdr h = { .flags = WG_VNET_F_DATA_VALID };
+
+	if (g) {
+		if (wg_gro_add(g, ip, len))
+			return;
+		gro_flush(dev, g);
+		if (wg_gro_add(g, ip, len))
+			return;
+	}
+	/* Authenticated by WireGuard, so the kernel need not verify checksums
+	 * again (the kernel's WireGuard does the same). */
+	tun_write(dev, &h, ip, len);
 }
 
 static void kick(int fd)
@@ -213,15 +253,58 @@ static bool stopping(int stop_fd)
 	return poll(&pfd, 1, 0) > 0;
 }
 
+/* A TSO super-packet from the kernel: cut it into MTU-sized segments laid
+ * out so that, encrypted in place, they form UDP GSO buffers. */
+static void send_tso(struct wg_device *dev, uint8_t *gso, const uint8_t *pkt, size_t len,
+		     const struct wg_vnet_hdr *h, unsigned mtu)
+{
+	size_t lens[WG_TSO_MAX_SEGS], seglen = wg_tso_segment_len(pkt, len, h);
+	size_t d = wg_proto_datagram_len(seglen, mtu), n, per;
+	uint8_t *pkts[WG_TSO_MAX_SEGS];
+	struct wg_endpoint ep;
+
+	if (!seglen || d > TSO_STRIDE_MAX) {
+		atomic_fetch_add(&dev->proto.stats.tx_bad_offload, 1);
+		return;
+	}
+	n = wg_tso_segment(pkt, len, h, gso + WG_HEADROOM, d, lens, WG_TSO_MAX_SEGS);
+	if (!n) {
+		atomic_fetch_add(&dev->proto.stats.tx_bad_offload, 1);
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		pkts[i] = gso + WG_HEADROOM + i * d;
+	if (!wg_proto_send_batch(&dev->proto, pkts, lens, n, mtu, &ep))
+		return;
+	/* One sendmsg per 64 KiB of datagrams (the UDP GSO limit). */
+	per = (65507 / d) < WG_TSO_MAX_SEGS ? 65507 / d : WG_TSO_MAX_SEGS;
+	pthread_rwlock_rdlock(&dev->sock_lock);
+	for (size_t i = 0; i < n; i += per) {
+		size_t k = n - i < per ? n - i : per, total = (k - 1) * d + lens[i + k - 1];
+
+		if (wg_udp_send_gso(dev->udp4, dev->udp6, &ep, gso + i * d, total, d) < 0) {
+			/* GSO refused (e.g. by the route): send them one by one. */
+			for (size_t j = i; j < i + k; j++)
+				if (wg_udp_send(dev->udp4, dev->udp6, &ep, gso + j * d, lens[j]) < 0)
+					atomic_fetch_add(&dev->stats.udp_send_errors, 1);
+		}
+	}
+	pthread_rwlock_unlock(&dev->sock_lock);
+	atomic_fetch_add_explicit(&dev->stats.tx_packets, n, memory_order_relaxed);
+}
+
 static void *tun_thread(void *arg)
 {
 	struct wg_device *dev = arg;
 	struct wg_send_batch batch;
 	uint8_t *bufs = malloc((size_t)TUN_BATCH * TUN_BUF);
+	uint8_t *gso = malloc((size_t)WG_TSO_MAX_SEGS * TSO_STRIDE_MAX);
+	struct wg_vnet_hdr hdrs[TUN_BATCH];
 	size_t lens[TUN_BATCH];
 
-	if (!bufs || wg_send_batch_init(&batch) < 0) {
+	if (!bufs || !gso || wg_send_batch_init(&batch) < 0) {
 		free(bufs);
+		free(gso);
 		return NULL;
 	}
 	batch.borrow_lo = bufs;
@@ -232,18 +315,33 @@ static void *tun_thread(void *arg)
 		unsigned mtu = atomic_load(&dev->mtu);
 
 		while (n < TUN_BATCH) {
-			ssize_t r = read(dev->tun_fd, bufs + (size_t)n * TUN_BUF + WG_HEADROOM, 65535);
+			struct iovec iov[2] = { { .iov_base = &hdrs[n], .iov_len = WG_VNET_HDR_LEN },
+						{ .iov_base = bufs + (size_t)n * TUN_BUF + WG_HEADROOM, .iov_len = 65535 } };
+			ssize_t r = readv(dev->tun_fd, iov, 2);
 
-			if (r <= 0)
+			if (r <= WG_VNET_HDR_LEN)
 				break;
-			lens[n++] = (size_t)r;
+			lens[n++] = (size_t)r - WG_VNET_HDR_LEN;
 		}
-		for (int i = 0; i < n; i++)
-			wg_proto_send_ip(&dev->proto, bufs + (size_t)i * TUN_BUF + WG_HEADROOM, lens[i], mtu);
+		for (int i = 0; i < n; i++) {
+			uint8_t *pkt = bufs + (size_t)i * TUN_BUF + WG_HEADROOM;
+
+			if (hdrs[i].gso_type != WG_VNET_GSO_NONE) {
+				flush_batch(dev, &batch); /* keep order with what is queued */
+				send_tso(dev, gso, pkt, lens[i], &hdrs[i], mtu);
+				continue;
+			}
+			if ((hdrs[i].flags & WG_VNET_F_NEEDS_CSUM) && !wg_csum_complete(pkt, lens[i], &hdrs[i])) {
+				atomic_fetch_add(&dev->proto.stats.tx_bad_offload, 1);
+				continue;
+			}
+			wg_proto_send_ip(&dev->proto, pkt, lens[i], mtu);
+		}
 		flush_batch(dev, &batch);
 	}
 	tls_batch = NULL;
 	wg_send_batch_free(&batch);
+	free(gso);
 	free(bufs);
 	return NULL;
 }
@@ -285,11 +383,30 @@ static void control_datagram(struct wg_device *dev, const struct wg_endpoint *sr
 	push_event(dev, ev);
 }
 
+static void receive_datagram(struct wg_device *dev, const struct wg_endpoint *ep, uint8_t *buf, size_t len)
+{
+	int type = wg_proto_message_type(buf, len);
+
+	if (type == MESSAGE_DATA) {
+		wg_proto_receive_data(&dev->proto, ep, buf, len);
+	} else if (type) {
+		/* mac1 before queueing: spoofed junk never reaches the DH worker
+		 * or fills its queue. */
+		if (wg_proto_check_mac1(&dev->proto, buf, len))
+			queue_handshake(dev, ep, buf, len);
+		else
+			atomic_fetch_add(&dev->proto.stats.rx_bad_mac1, 1);
+	} else {
+		control_datagram(dev, ep, buf, len);
+	}
+}
+
 static void *udp_thread(void *arg)
 {
 	struct wg_device *dev = arg;
 	struct wg_recv_batch rb;
 	struct wg_send_batch sb;
+	struct wg_gro gro = { 0 };
 	struct pollfd pfd[4];
 
 	if (wg_recv_batch_init(&rb) < 0)
@@ -299,6 +416,10 @@ static void *udp_thread(void *arg)
 		return NULL;
 	}
 	tls_batch = &sb;
+	gro.buf = malloc(65536);
+	if (!gro.buf)
+		goto out;
+	tls_gro = &gro;
 	pfd[0] = (struct pollfd){ .fd = dev->stop_fd, .events = POLLIN };
 	pfd[1] = (struct pollfd){ .fd = dev->udp_stop_fd, .events = POLLIN };
 	pfd[2] = (struct pollfd){ .fd = dev->udp4, .events = POLLIN };
@@ -319,33 +440,29 @@ static void *udp_thread(void *arg)
 			n = wg_recv_batch_read(&rb, pfd[s].fd);
 			for (int i = 0; i < n; i++) {
 				uint8_t *buf = rb.bufs + (size_t)i * WG_UDP_MAX_DATAGRAM;
-				size_t len = rb.msgs[i].msg_len;
+				size_t len = rb.msgs[i].msg_len, seg;
 				struct wg_endpoint ep;
-				int type;
 
 				if (rb.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
 					atomic_fetch_add(&dev->proto.stats.rx_junk, 1);
 					continue;
 				}
-				wg_recv_batch_endpoint(&rb, i, &ep);
-				type = wg_proto_message_type(buf, len);
-				if (type == MESSAGE_DATA) {
-					wg_proto_receive_data(&dev->proto, &ep, buf, len);
-				} else if (type) {
-					/* mac1 before queueing: spoofed junk never reaches
-					 * the DH worker or fills its queue. */
-					if (wg_proto_check_mac1(&dev->proto, buf, len))
-						queue_handshake(dev, &ep, buf, len);
-					else
-						atomic_fetch_add(&dev->proto.stats.rx_bad_mac1, 1);
-				} else {
-					control_datagram(dev, &ep, buf, len);
-				}
+				/* With UDP_GRO one buffer may hold several datagrams of
+				 * the same size (the last may be shorter). */
+				seg = wg_recv_batch_endpoint(&rb, i, &ep);
+				if (!seg || seg > len)
+					seg = len;
+				for (size_t off = 0; off < len; off += seg)
+					receive_datagram(dev, &ep, buf + off, len - off < seg ? len - off : seg);
 			}
 		}
+		gro_flush(dev, &gro);
 		flush_batch(dev, &sb);
 	}
+out:
+	tls_gro = NULL;
 	tls_batch = NULL;
+	free(gro.buf);
 	wg_send_batch_free(&sb);
 	wg_recv_batch_free(&rb);
 	return NULL;
@@ -461,7 +578,9 @@ static int tun_open(const char *ifname, char *msg, size_t msglen)
 		return -e;
 	}
 	memset(&ifr, 0, sizeof(ifr));
-	ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+	/* virtio-net headers carry TSO super-packets from the kernel (read) and
+	 * coalesced segments and checksum state to it (write). */
+	ifr.ifr_flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR;
 	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
 	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
 		int e = errno;
@@ -480,6 +599,10 @@ static int tun_open(const char *ifname, char *msg, size_t msglen)
 	/* A persistent TUN of that name (left by some tool) would outlive us:
 	 * make ours go away with our descriptor. */
 	ioctl(fd, TUNSETPERSIST, 0);
+	/* Ask for TCP segmentation offload; without it the kernel segments
+	 * itself and everything still works, only slower. */
+	if (ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) < 0)
+		fprintf(stderr, "%s: TUN offloads unavailable (%s): running without\n", ifname, strerror(errno));
 	if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
 		int e = errno;
 

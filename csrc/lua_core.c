@@ -658,6 +658,7 @@ static int l_status(lua_State *L)
 	STAT("rx_wrong_source", ps->rx_wrong_source);
 	STAT("tx_no_route", ps->tx_no_route);
 	STAT("tx_staged_dropped", ps->tx_staged_dropped);
+	STAT("tx_bad_offload", ps->tx_bad_offload);
 	STAT("handshakes_completed", ps->handshakes_completed);
 	STAT("rx_packets", dev->stats.rx_packets);
 	STAT("tx_packets", dev->stats.tx_packets);

@@ -364,17 +364,29 @@ static bool keypair_usable_for_sending(struct wg_proto *p, struct wg_keypair *kp
 
 /* Builds header and ciphertext in place around an IP packet at buf +
  * WG_HEADROOM.  Returns the datagram length. */
+/* Pad to a multiple of 16 for length hiding, but never past the MTU. */
+static size_t padded_len(size_t len, unsigned mtu)
+{
+	size_t padded = (len + MESSAGE_PADDING_MULTIPLE - 1) & ~(size_t)(MESSAGE_PADDING_MULTIPLE - 1);
+
+	if (mtu && padded > mtu)
+		padded = len > mtu ? len : mtu;
+	return padded;
+}
+
+size_t wg_proto_datagram_len(size_t len, unsigned mtu)
+{
+	return MESSAGE_DATA_HEADER_SIZE + padded_len(len, mtu) + NOISE_AUTHTAG_LEN;
+}
+
 static size_t encrypt_packet(struct wg_keypair *kp, uint64_t nonce, uint8_t *ip, size_t len, unsigned mtu)
 {
 	uint8_t n[crypto_aead_chacha20poly1305_IETF_NPUBBYTES] = { 0 };
 	uint8_t *hdr = ip - MESSAGE_DATA_HEADER_SIZE;
-	size_t padded = (len + MESSAGE_PADDING_MULTIPLE - 1) & ~(size_t)(MESSAGE_PADDING_MULTIPLE - 1);
+	size_t padded = padded_len(len, mtu);
 	uint32_t type = htole32(MESSAGE_DATA);
 	uint64_t le = htole64(nonce);
 
-	/* Pad to a multiple of 16 for length hiding, but never past the MTU. */
-	if (mtu && padded > mtu)
-		padded = len > mtu ? len : mtu;
 	memset(ip + len, 0, padded - len);
 	memcpy(hdr, &type, 4);
 	memcpy(hdr + 4, &kp->remote_index, 4);
@@ -513,21 +525,24 @@ static const uint8_t *ip_dst(const uint8_t *ip, size_t len, int *family)
 	return NULL;
 }
 
-void wg_proto_send_ip(struct wg_proto *p, uint8_t *ip, size_t len, unsigned mtu)
+size_t wg_proto_send_batch(struct wg_proto *p, uint8_t **pkts, size_t *lens, size_t n, unsigned mtu,
+			   struct wg_endpoint *ep)
 {
 	struct wg_aip_owner *owner;
 	struct wg_peer *peer;
 	struct wg_keypair *kp;
-	struct wg_endpoint ep;
 	const uint8_t *dst;
 	uint64_t nonce = 0;
-	size_t dlen;
+	size_t bytes = 0;
+	bool data = false;
 	int family;
 
-	dst = ip_dst(ip, len, &family);
+	if (!n)
+		return 0;
+	dst = ip_dst(pkts[0], lens[0], &family);
 	if (!dst) {
-		atomic_fetch_add(&p->stats.tx_no_route, 1);
-		return;
+		atomic_fetch_add(&p->stats.tx_no_route, n);
+		return 0;
 	}
 	pthread_rwlock_rdlock(&p->cfg_lock);
 	owner = wg_allowedips_lookup(&p->aips, family, dst);
@@ -536,38 +551,54 @@ void wg_proto_send_ip(struct wg_proto *p, uint8_t *ip, size_t len, unsigned mtu)
 		wg_peer_get(peer);
 	pthread_rwlock_unlock(&p->cfg_lock);
 	if (!peer) {
-		atomic_fetch_add(&p->stats.tx_no_route, 1);
-		return;
+		atomic_fetch_add(&p->stats.tx_no_route, n);
+		return 0;
 	}
 
 	pthread_mutex_lock(&peer->lock);
 	kp = peer->kp_current;
+	/* One reservation of n nonces keeps the segments in order on the wire. */
 	if (peer->dead || !peer->has_endpoint || peer->staged.count || !keypair_usable_for_sending(p, kp) ||
-	    (nonce = atomic_fetch_add(&kp->send_nonce, 1)) >= REJECT_AFTER_MESSAGES) {
-		if (kp && nonce >= REJECT_AFTER_MESSAGES)
+	    (nonce = atomic_fetch_add(&kp->send_nonce, n)) + n > REJECT_AFTER_MESSAGES) {
+		if (kp && nonce + n > REJECT_AFTER_MESSAGES)
 			atomic_store(&kp->sending_valid, false);
 		if (!peer->dead) {
-			stage_packet_locked(peer, ip, len);
+			for (size_t i = 0; i < n; i++)
+				stage_packet_locked(peer, pkts[i], lens[i]);
 			send_staged_locked(peer);
 		}
 		pthread_mutex_unlock(&peer->lock);
 		wg_peer_put(peer);
-		return;
+		return 0;
 	}
 	wg_keypair_get(kp);
-	ep = peer->endpoint;
+	*ep = peer->endpoint;
+	for (size_t i = 0; i < n; i++)
+		data |= lens[i] > 0;
 	wg_timers_any_authenticated_packet_traversal(peer);
 	wg_timers_any_authenticated_packet_sent(peer);
-	wg_timers_data_sent(peer);
+	if (data)
+		wg_timers_data_sent(peer);
 	keep_key_fresh_send_locked(peer);
 	pthread_mutex_unlock(&peer->lock);
 
 	/* The expensive part runs without the peer lock. */
-	dlen = encrypt_packet(kp, nonce, ip, len, mtu);
-	p->ops->send_udp(p->ctx, &ep, ip - MESSAGE_DATA_HEADER_SIZE, dlen);
-	atomic_fetch_add_explicit(&peer->tx_bytes, dlen, memory_order_relaxed);
+	for (size_t i = 0; i < n; i++) {
+		lens[i] = encrypt_packet(kp, nonce + i, pkts[i], lens[i], mtu);
+		bytes += lens[i];
+	}
+	atomic_fetch_add_explicit(&peer->tx_bytes, bytes, memory_order_relaxed);
 	wg_keypair_put(kp);
 	wg_peer_put(peer);
+	return n;
+}
+
+void wg_proto_send_ip(struct wg_proto *p, uint8_t *ip, size_t len, unsigned mtu)
+{
+	struct wg_endpoint ep;
+
+	if (wg_proto_send_batch(p, &ip, &len, 1, mtu, &ep))
+		p->ops->send_udp(p->ctx, &ep, ip - MESSAGE_DATA_HEADER_SIZE, len);
 }
 
 /* ---- receiving ---- */

@@ -54,7 +54,8 @@ struct wg_proto_ops {
 	void (*clock)(void *ctx, uint64_t *mono_ns, uint64_t *real_ns);
 	/* Send one UDP datagram; must consume buf before returning. */
 	void (*send_udp)(void *ctx, const struct wg_endpoint *to, const uint8_t *buf, size_t len);
-	/* Deliver one decrypted, validated IP packet to the TUN device. */
+	/* Deliver one decrypted, validated IP packet to the TUN device.  ip has
+	 * WG_HEADROOM writable bytes before it (room for a virtio header). */
 	void (*deliver)(void *ctx, const uint8_t *ip, size_t len);
 	/* A timer deadline earlier than any before was armed: wake the timer loop. */
 	void (*timer_kick)(void *ctx);
@@ -183,6 +184,7 @@ struct wg_proto_stats {
 	atomic_uint_fast64_t rx_wrong_source;   /* inner source not allowed for the peer */
 	atomic_uint_fast64_t tx_no_route;       /* no peer for the destination */
 	atomic_uint_fast64_t tx_staged_dropped; /* staged queue full */
+	atomic_uint_fast64_t tx_bad_offload;    /* TSO/checksum request we could not honour */
 	atomic_uint_fast64_t handshakes_completed;
 };
 
@@ -278,6 +280,17 @@ void wg_proto_receive_data(struct wg_proto *p, const struct wg_endpoint *src, ui
 /* An IP packet from the TUN device.  ip must have WG_HEADROOM bytes before it
  * and WG_TAILROOM after it.  mtu bounds the padding. */
 void wg_proto_send_ip(struct wg_proto *p, uint8_t *ip, size_t len, unsigned mtu);
+/* Encrypts n packets bound for one destination (the segments of one TSO
+ * packet) under consecutive nonces of one session, in place: pkts[i] has
+ * WG_HEADROOM before and WG_TAILROOM after it.  On return lens[i] is the
+ * datagram length (starting at pkts[i] - WG_HEADROOM) and *ep the endpoint.
+ * Returns n, or 0 when there was no usable session (the packets were then
+ * staged and a handshake started) or no route. */
+size_t wg_proto_send_batch(struct wg_proto *p, uint8_t **pkts, size_t *lens, size_t n, unsigned mtu,
+			   struct wg_endpoint *ep);
+/* Length of the datagram carrying an IP packet of len bytes (header,
+ * padding to 16 within the MTU, tag). */
+size_t wg_proto_datagram_len(size_t len, unsigned mtu);
 /* Runs every due timer; returns the next deadline (monotonic ns, 0 = none). */
 uint64_t wg_proto_tick(struct wg_proto *p);
 /* Initiates a handshake now (used by tests and by "force rekey"). */

@@ -4,6 +4,7 @@
  * peer talks to; if that address has gone, the send is retried without it. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -52,6 +53,8 @@ static int open_one(int family, uint16_t port, uint32_t fwmark, uint16_t *bound)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one));
 	}
 	set_buffers(fd);
+	/* Let the kernel hand us runs of same-size datagrams in one buffer. */
+	setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof(one));
 	if (fwmark && setsockopt(fd, SOL_SOCKET, SO_MARK, &fwmark, sizeof(fwmark)) < 0)
 		goto fail;
 	if (bind(fd, &a.sa, alen) < 0)
@@ -182,6 +185,45 @@ int wg_udp_send(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *b
 	return -errno;
 }
 
+int wg_udp_send_gso(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t total, size_t segsize)
+{
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = total };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	uint8_t cbuf[128];
+	struct cmsghdr *c;
+	uint16_t gso = (uint16_t)segsize;
+	int fd = fd_for(fd4, fd6, to);
+	bool with_src = true;
+
+	if (fd < 0)
+		return -EAFNOSUPPORT;
+	if (total <= segsize)
+		return wg_udp_send(fd4, fd6, to, buf, total);
+retry:
+	fill_msghdr(&mh, to, cbuf, 64, with_src);
+	/* Append the UDP_SEGMENT control message after any pktinfo. */
+	{
+		size_t used = mh.msg_controllen;
+
+		if (!used)
+			memset(cbuf, 0, sizeof(cbuf));
+		mh.msg_control = cbuf;
+		mh.msg_controllen = used + CMSG_SPACE(sizeof(gso));
+		c = used ? CMSG_NXTHDR(&mh, CMSG_FIRSTHDR(&mh)) : CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = IPPROTO_UDP;
+		c->cmsg_type = UDP_SEGMENT;
+		c->cmsg_len = CMSG_LEN(sizeof(gso));
+		memcpy(CMSG_DATA(c), &gso, sizeof(gso));
+	}
+	if (sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+		return 0;
+	if (with_src && has_src(to) && (errno == EINVAL || errno == EADDRNOTAVAIL || errno == ENETUNREACH)) {
+		with_src = false;
+		goto retry;
+	}
+	return -errno;
+}
+
 int wg_send_batch_init(struct wg_send_batch *b)
 {
 	memset(b, 0, sizeof(*b));
@@ -293,10 +335,11 @@ int wg_recv_batch_read(struct wg_recv_batch *b, int fd)
 	return r;
 }
 
-void wg_recv_batch_endpoint(const struct wg_recv_batch *b, int i, struct wg_endpoint *ep)
+size_t wg_recv_batch_endpoint(const struct wg_recv_batch *b, int i, struct wg_endpoint *ep)
 {
 	const struct msghdr *mh = &b->msgs[i].msg_hdr;
 	struct cmsghdr *c;
+	size_t seg = 0;
 
 	memset(ep, 0, sizeof(*ep));
 	if (b->from[i].ss_family == AF_INET)
@@ -315,6 +358,12 @@ void wg_recv_batch_endpoint(const struct wg_recv_batch *b, int i, struct wg_endp
 			memcpy(&pi, CMSG_DATA(c), sizeof(pi));
 			ep->src6 = pi.ipi6_addr;
 			ep->src_ifindex = pi.ipi6_ifindex;
+		} else if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
+			int gso;
+
+			memcpy(&gso, CMSG_DATA(c), sizeof(gso));
+			seg = gso > 0 ? (size_t)gso : 0;
 		}
 	}
+	return seg;
 }

@@ -19,6 +19,10 @@ int wg_udp_open(uint16_t *port, uint32_t fwmark, int *fd4, int *fd6);
 int wg_udp_set_fwmark(int fd4, int fd6, uint32_t fwmark);
 void wg_udp_close(int *fd4, int *fd6);
 
+/* Several datagrams of `segsize` bytes (the last may be shorter), to one
+ * endpoint, in one system call (UDP GSO).  total <= 65507. */
+int wg_udp_send_gso(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t total, size_t segsize);
+
 /* One datagram straight away (handshakes, control datagrams). */
 int wg_udp_send(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t len);
 
@@ -57,6 +61,8 @@ int wg_recv_batch_init(struct wg_recv_batch *b);
 void wg_recv_batch_free(struct wg_recv_batch *b);
 /* Returns the number of datagrams received (0 when none), or -errno. */
 int wg_recv_batch_read(struct wg_recv_batch *b, int fd);
-/* Fills the endpoint of datagram i (source and local address). */
-void wg_recv_batch_endpoint(const struct wg_recv_batch *b, int i, struct wg_endpoint *ep);
+/* Fills the endpoint of datagram i (source and local address) and returns
+ * the UDP GRO segment size when the kernel coalesced several datagrams into
+ * this buffer (0 = one datagram). */
+size_t wg_recv_batch_endpoint(const struct wg_recv_batch *b, int i, struct wg_endpoint *ep);
 #endif
