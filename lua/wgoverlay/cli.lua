@@ -218,6 +218,10 @@ end
 M.status_json = to_json
 
 function commands.status(args)
+  if args.state then
+    -- the cluster view of a running node (members, health, RTT)
+    return require("wgoverlay.cli_cluster").status(args)
+  end
   local core = require "wgoverlay.core"
   local names = args.ifname and { args.ifname } or core.list_sockets()
   table.sort(names)
@@ -269,6 +273,8 @@ local function parser()
   local st = p:command("status", "Show interfaces: peers, endpoints, handshake age, transfer.")
   st:argument("ifname", "Interface (default: all).", nil):args("?")
   st:flag("--json", "Machine-readable output.")
+  st:option("--state", "Show the cluster node running from this state directory instead.")
+  require("wgoverlay.cli_cluster").register(p)
   return p
 end
 
@@ -279,7 +285,8 @@ function M.main(argv)
     io.stderr:write(p:get_usage(), "\n\nwgoverlay: ", args, "\n")
     return 2
   end
-  return commands[args.command](args)
+  local fn = commands[args.command] or require("wgoverlay.cli_cluster").commands[args.command]
+  return fn(args)
 end
 
 return M

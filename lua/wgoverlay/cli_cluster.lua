@@ -1,0 +1,169 @@
+--- Cluster commands of the `wgoverlay` CLI: init, token, join, run,
+-- attach, detach, remove-node, and `status --state`.
+-- @module wgoverlay.cli_cluster
+local M = {}
+
+local function die(fmt, ...)
+  io.stderr:write("wgoverlay: ", string.format(fmt, ...), "\n")
+  return 1
+end
+
+--- Adds the commands to an argparse parser.
+function M.register(p)
+  local c = p:command("init", "Create a cluster: this node becomes its leader.")
+  c:option("--state", "State directory (created, mode 0700)."):count(1)
+  c:option("--cidr", "IPv4 cluster CIDR.", "10.200.0.0/16")
+  c:option("--cidr6", "IPv6 cluster CIDR.", "fd00:200::/48")
+  c:option("--endpoint", "IP:PORT where joiners reach this node."):count(1)
+  c:option("--name", "Node name (a DNS label; default: host name).")
+  c:option("--zone", "DNS zone.", "overlay.internal")
+  c:option("--dns-forward", "Forward queries outside the zone to IP:PORT (default: REFUSED).")
+
+  c = p:command("token", "Issue a join token (leader).")
+  c:option("--state", "State directory."):count(1)
+  c:option("--ttl", "Validity in seconds.", "3600"):convert(math.tointeger)
+  c:option("--uses", "How many joins it allows.", "1"):convert(math.tointeger)
+
+  c = p:command("join", "Join a cluster with a token.")
+  c:option("--state", "State directory (created, mode 0700)."):count(1)
+  c:option("--token", "Token from `wgoverlay token`."):count(1)
+  c:option("--endpoint", "IP:PORT where the others reach this node."):count(1)
+  c:option("--name", "Node name (a DNS label; default: host name).")
+  c:option("--timeout", "Seconds to wait for the leader.", "15"):convert(tonumber)
+
+  c = p:command("run", "Run this node (engine, membership, DNS, health) in the foreground.")
+  c:option("--state", "State directory."):count(1)
+
+  c = p:command("attach", "Attach a container network namespace to the overlay.")
+  c:option("--state", "State directory."):count(1)
+  c:argument("netns", "Network namespace (name under /var/run/netns, or a path).")
+  c:option("--name", "DNS name of the container (several containers may share one)."):count(1)
+
+  c = p:command("detach", "Detach a container network namespace.")
+  c:option("--state", "State directory."):count(1)
+  c:argument("netns", "Network namespace.")
+
+  c = p:command("remove-node", "Remove a node from the cluster (leader).")
+  c:option("--state", "State directory."):count(1)
+  c:argument("name", "Node name.")
+end
+
+M.commands = {}
+
+function M.commands.init(a)
+  local cluster = require "wgoverlay.cluster"
+  local node, err = cluster.init({ state = a.state, cidr = a.cidr, cidr6 = a.cidr6, endpoint = a.endpoint,
+                                   name = a.name, zone = a.zone, dns_forward = a.dns_forward })
+  if not node then return die("init: %s", err) end
+  io.write(string.format("cluster created: leader %s, overlay %s (%s), public key %s\n", node.name,
+    node.self.overlay_ip, node.self.slice, node.public_key))
+  return 0
+end
+
+function M.commands.token(a)
+  local daemon = require "wgoverlay.daemon"
+  local cluster = require "wgoverlay.cluster"
+  if not a.ttl or a.ttl <= 0 then return die("token: --ttl must be a positive integer") end
+  if not a.uses or a.uses <= 0 then return die("token: --uses must be a positive integer") end
+  local str, err
+  if io.open(cluster.paths(a.state).control) then
+    local r
+    r, err = daemon.request(a.state, { cmd = "token", ttl = a.ttl, uses = a.uses })
+    str = r and r.token
+  end
+  if not str then
+    -- no daemon: write the token straight into the leader's state
+    str, err = cluster.token_offline({ state = a.state, ttl = a.ttl, uses = a.uses })
+  end
+  if not str then return die("token: %s", err) end
+  io.write(str, "\n")
+  return 0
+end
+
+function M.commands.join(a)
+  local cluster = require "wgoverlay.cluster"
+  local node, err = cluster.join({ state = a.state, token = a.token, endpoint = a.endpoint, name = a.name,
+                                   timeout = a.timeout })
+  if not node then return die("join: %s", err) end
+  io.write(string.format("joined: %s is %s (%s)\n", node.name, node.self.overlay_ip, node.self.slice))
+  return 0
+end
+
+function M.commands.run(a)
+  local daemon = require "wgoverlay.daemon"
+  local rc, err = daemon.run(a.state)
+  if not rc then return die("run: %s", err) end
+  return rc
+end
+
+local function control(a, req, fmt)
+  local daemon = require "wgoverlay.daemon"
+  local r, err = daemon.request(a.state, req)
+  if not r then return die("%s: %s", req.cmd, err) end
+  if fmt then io.write(fmt(r)) end
+  return 0
+end
+
+function M.commands.attach(a)
+  return control(a, { cmd = "attach", netns = a.netns, name = a.name }, function(r)
+    return string.format("attached %s as %s: %s %s\n", a.netns, r.name, r.ip, r.ip6 or "")
+  end)
+end
+
+function M.commands.detach(a)
+  return control(a, { cmd = "detach", netns = a.netns })
+end
+
+M.commands["remove-node"] = function(a)
+  return control(a, { cmd = "remove-node", name = a.name })
+end
+
+local function age(epoch, now)
+  if not epoch or epoch == 0 then return "never" end
+  local s = math.max(0, now - epoch)
+  if s < 60 then return string.format("%ds ago", s) end
+  if s < 3600 then return string.format("%dm ago", s // 60) end
+  return string.format("%dh ago", s // 3600)
+end
+
+--- Renders the cluster status table.
+function M.format_status(st, now)
+  now = now or os.time()
+  local out = {}
+  local s = st.self
+  out[#out + 1] = string.format("node %s (%s)  overlay %s %s  slice %s  endpoint %s  interface %s",
+    s.name, s.role, s.overlay_ip, s.overlay_ip6 or "", s.slice, s.endpoint, s.interface)
+  local rows = { { "PEER", "OVERLAY", "ENDPOINT", "HANDSHAKE", "HEALTH", "RTT", "CONNECTION" } }
+  for _, p in ipairs(st.peers) do
+    rows[#rows + 1] = { p.name or p.public_key:sub(1, 12), p.overlay_ip or "-",
+      type(p.endpoint) == "string" and p.endpoint or "-", age(p.last_handshake, now),
+      p.healthy and "healthy" or "unhealthy",
+      type(p.rtt_ms) == "number" and string.format("%.2f ms", p.rtt_ms) or "-", p.connection }
+  end
+  local w = {}
+  for _, r in ipairs(rows) do for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end end
+  for _, r in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(r) do cells[i] = c .. string.rep(" ", w[i] - #c) end
+    out[#out + 1] = "  " .. table.concat(cells, "  "):gsub("%s+$", "")
+  end
+  for _, c in ipairs(st.containers or {}) do
+    out[#out + 1] = string.format("  container %s  %s %s", c.name, c.ip, c.ip6 or "")
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+--- `status --state DIR [--json]`
+function M.status(a)
+  local daemon = require "wgoverlay.daemon"
+  local r, err = daemon.request(a.state, { cmd = "status" })
+  if not r then return die("status: %s", err) end
+  if a.json then
+    io.write(require("cjson").encode(r), "\n")
+  else
+    io.write(M.format_status(r))
+  end
+  return 0
+end
+
+return M

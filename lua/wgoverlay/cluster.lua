@@ -1,0 +1,200 @@
+--- Cluster set-up commands that run once: `init` (make a leader), `join`
+-- (contact the leader over the network with a token) and `token` (issue a
+-- join token).  The long-running side is wgoverlay.daemon.
+-- @module wgoverlay.cluster
+local core = require "wgoverlay.core"
+local state = require "wgoverlay.state"
+local allocator = require "wgoverlay.allocator"
+local token = require "wgoverlay.token"
+local joinproto = require "wgoverlay.joinproto"
+local membership = require "wgoverlay.membership"
+local cidr = require "wgoverlay.cidr"
+
+local M = {}
+
+M.DEFAULT_CIDR4 = "10.200.0.0/16"
+M.DEFAULT_CIDR6 = "fd00:200::/48"
+M.DEFAULT_ZONE = "overlay.internal"
+M.MEMBERSHIP_PORT = 7946
+M.HEALTH_PORT = 7947
+
+--- Paths of a state directory's files.
+function M.paths(dir)
+  return { dir = dir, node = dir .. "/node.json", leader = dir .. "/leader.json",
+           members = dir .. "/members.json", control = dir .. "/control.sock",
+           containers = dir .. "/containers.json" }
+end
+
+--- Interface name of a node: stable, unique per key, at most 15 bytes
+-- (several nodes may share one machine, and UAPI sockets are per machine).
+function M.ifname_for(public_key)
+  local h = core.blake2s(public_key, nil, 5)
+  return "wgo" .. (h:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+local function hostname()
+  local f = io.open("/proc/sys/kernel/hostname")
+  local h = f and f:read("l")
+  if f then f:close() end
+  return (h and h:match("^[%w-]+$")) and h:lower() or "node"
+end
+
+local function parse_endpoint(e)
+  if type(e) ~= "string" then return nil end
+  local host, port = e:match("^%[([^%]]+)%]:(%d+)$")
+  if not host then host, port = e:match("^([%d.]+):(%d+)$") end
+  port = tonumber(port)
+  if not host or not port or port < 1 or port > 65535 or not cidr.parse(host) then return nil end
+  return host, math.tointeger(port)
+end
+M.parse_endpoint = parse_endpoint
+
+local function refuse_existing(p)
+  local _, _, kind = state.load(p.node)
+  if kind ~= "missing" then
+    return nil, string.format("%s already holds a node (node.json exists or is unreadable); use another --state", p.dir)
+  end
+  return true
+end
+
+--- Makes this node the leader of a new cluster.
+-- @tparam table o `state` (dir), `endpoint` ("IP:PORT", reachable by
+--   joiners), `cidr` (IPv4 cluster, default 10.200.0.0/16), `cidr6`,
+--   `name`, `zone`, `dns_forward` ("IP:PORT" upstream, default: REFUSED)
+-- @return node table, or nil and a message
+function M.init(o)
+  local p = M.paths(o.state)
+  local host, port = parse_endpoint(o.endpoint)
+  if not host then return nil, string.format("endpoint \"%s\" invalid: expected IP:PORT", tostring(o.endpoint)) end
+  local ok, err = state.ensure_dir(o.state)
+  if not ok then return nil, err end
+  ok, err = refuse_existing(p)
+  if not ok then return nil, err end
+  local name = o.name or hostname()
+  if not joinproto.valid_name(name) then return nil, string.format("node name \"%s\" invalid (a DNS label)", name) end
+  local alloc
+  alloc, err = allocator.new({ cidr4 = o.cidr or M.DEFAULT_CIDR4, cidr6 = o.cidr6 or M.DEFAULT_CIDR6 })
+  if not alloc then return nil, err end
+  local slice
+  slice, err = alloc:node_slice(name)
+  if not slice then return nil, err end
+  local priv, pub = core.generate_keys()
+  local cpriv, cpub = core.x25519_keypair()
+  local record = { name = name, public_key = pub, endpoint = o.endpoint, overlay_ip = slice.ip,
+                   overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6, containers = {} }
+  local reg = assert(membership.leader.new({ name = name }))
+  ok, err = reg:join(record)
+  if not ok then return nil, err end
+  local cfg = alloc:config()
+  local node = {
+    name = name, private_key = priv, public_key = pub, role = "leader", ifname = M.ifname_for(pub),
+    cluster = { cidr4 = cfg.cidr4, cidr6 = cfg.cidr6, zone = o.zone or M.DEFAULT_ZONE,
+                dns_forward = o.dns_forward,
+                leader = { name = name, endpoint = o.endpoint, public_key = pub, overlay_ip = slice.ip,
+                           overlay_ip6 = slice.ip6, control_public = core.key_to_base64(cpub) } },
+    self = { overlay_ip = slice.ip, overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6,
+             endpoint = o.endpoint, listen_port = port },
+  }
+  ok, err = state.save(p.leader, { control_private = core.key_to_base64(cpriv), tokens = {},
+                                   allocator = alloc:export(), registry = reg:export() })
+  if not ok then return nil, err end
+  ok, err = state.save(p.node, node)
+  if not ok then return nil, err end
+  return node
+end
+
+--- Issues a join token from the leader's state files (when the daemon is
+-- not running; the daemon's control socket does the same in-process).
+function M.token_offline(o)
+  local p = M.paths(o.state)
+  local node, err = state.load(p.node)
+  if not node then return nil, err end
+  if node.role ~= "leader" then return nil, "tokens are issued by the leader; this node is a member" end
+  local lead
+  lead, err = state.load(p.leader)
+  if not lead then return nil, err end
+  local str = token.create(lead.tokens, { endpoint = node.cluster.leader.endpoint,
+                                          control_public = node.cluster.leader.control_public,
+                                          ttl = o.ttl, uses = o.uses })
+  local ok
+  ok, err = state.save(p.leader, lead)
+  if not ok then return nil, err end
+  return str
+end
+
+--- Joins a cluster: sends the authenticated join request from this node's
+-- WireGuard port and waits for the leader's answer (retransmitting).
+-- @tparam table o `state`, `token`, `endpoint` (this node's "IP:PORT"),
+--   `name`, `timeout` (seconds, default 15)
+-- @return node table, or nil and a message
+function M.join(o)
+  local uv = require "luv"
+  local p = M.paths(o.state)
+  local host, port = parse_endpoint(o.endpoint)
+  if not host then return nil, string.format("endpoint \"%s\" invalid: expected IP:PORT", tostring(o.endpoint)) end
+  local tok, err = token.decode(o.token or "")
+  if not tok then return nil, "token invalid: " .. err end
+  local lhost, lport = parse_endpoint(tok.e)
+  if not lhost then return nil, "token invalid: bad leader endpoint" end
+  local ok
+  ok, err = state.ensure_dir(o.state)
+  if not ok then return nil, err end
+  ok, err = refuse_existing(p)
+  if not ok then return nil, err end
+  local name = o.name or hostname()
+  if not joinproto.valid_name(name) then return nil, string.format("node name \"%s\" invalid (a DNS label)", name) end
+  local priv, pub = core.generate_keys()
+  local req, session = joinproto.make_request(tok, { name = name, public_key = pub, endpoint = o.endpoint })
+  if not req then return nil, session end
+
+  local udp = uv.new_udp()
+  local bound, berr = udp:bind(host:find(":") and "::" or "0.0.0.0", port)
+  if not bound then
+    udp:close()
+    return nil, string.format("cannot use UDP port %d: %s", port, berr)
+  end
+  local resp, last_err
+  local deadline = uv.now() + (o.timeout or 15) * 1000
+  udp:recv_start(function(rerr, data, addr)
+    if rerr or not data or not addr then return end
+    if addr.ip ~= lhost or addr.port ~= lport then return end -- only the leader answers
+    local r, e, final = joinproto.open_response(session, data)
+    if r then
+      resp = r
+    else
+      last_err = e
+      if final then resp = false end
+    end
+  end)
+  local timer = uv.new_timer()
+  timer:start(0, 1000, function()
+    if resp ~= nil or uv.now() >= deadline then
+      uv.stop()
+      return
+    end
+    udp:send(req, lhost, lport, function() end)
+  end)
+  uv.run()
+  timer:close()
+  udp:close()
+  uv.run("nowait")
+  if not resp then
+    return nil, last_err or string.format("no answer from the leader at %s (timed out)", tok.e)
+  end
+  local n, l = resp.node, resp.leader
+  local node = {
+    name = name, private_key = priv, public_key = pub, role = "member", ifname = M.ifname_for(pub),
+    cluster = resp.cluster,
+    self = { overlay_ip = n.overlay_ip, overlay_ip6 = n.overlay_ip6, slice = n.slice, slice6 = n.slice6,
+             endpoint = o.endpoint, listen_port = port },
+  }
+  node.cluster.leader = node.cluster.leader or {}
+  for k, v in pairs(l or {}) do node.cluster.leader[k] = v end
+  ok, err = state.save(p.members, { members = { l }, version = 0 })
+  if not ok then return nil, err end
+  ok, err = state.save(p.node, node)
+  if not ok then return nil, err end
+  return node
+end
+
+return M

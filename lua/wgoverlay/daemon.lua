@@ -1,0 +1,723 @@
+--- `wgoverlay run`: one node of the overlay, on a luv event loop.
+--
+-- * the WireGuard transport (peers = the other members' slices);
+-- * the leader answers join requests arriving on the WireGuard port and
+--   keeps the versioned member registry; members keep a JSON-lines TCP
+--   session to the leader over the overlay (port 7946) and apply snapshots
+--   and deltas to their peers and DNS zone;
+-- * an authoritative DNS server on the overlay address;
+-- * health: handshake age (epoch) plus UDP probes (port 7947) with RTT;
+-- * containers attached through the root-only control socket.
+-- @module wgoverlay.daemon
+local uv = require "luv"
+local cjson = require "cjson"
+local core = require "wgoverlay.core"
+local state = require "wgoverlay.state"
+local allocator = require "wgoverlay.allocator"
+local token = require "wgoverlay.token"
+local joinproto = require "wgoverlay.joinproto"
+local membership = require "wgoverlay.membership"
+local dns = require "wgoverlay.dns"
+local containers = require "wgoverlay.containers"
+local cluster = require "wgoverlay.cluster"
+local cidr = require "wgoverlay.cidr"
+local transport = require "wgoverlay.transport"
+
+local M = {}
+
+M.HEARTBEAT = 5          -- seconds between leader heartbeats
+M.RECONNECT = 2          -- seconds between membership reconnects
+M.PROBE_INTERVAL = 2     -- seconds between health probes
+M.PROBE_TIMEOUT = 6      -- a peer is unhealthy without a probe answer for this long
+M.HANDSHAKE_MAX = 180    -- ... or without a handshake for this long (REJECT_AFTER_TIME)
+M.KEEPALIVE = 25
+
+local Node = {}
+Node.__index = Node
+
+local function log(self, fmt, ...)
+  io.stderr:write(string.format("wgoverlay[%s]: " .. fmt .. "\n", self.node.name, ...))
+end
+
+local function prefix_of(c) return assert(cidr.parse(c)).prefix end
+
+local function json_line(t) return cjson.encode(t) .. "\n" end
+
+-- ---------------------------------------------------------------------
+-- peers and DNS from the member list
+-- ---------------------------------------------------------------------
+
+function Node:member_list()
+  if self.registry then
+    local list = {}
+    for _, r in pairs(self.registry.members) do list[#list + 1] = r end
+    return list
+  end
+  return self.view:members()
+end
+
+function Node:desired_peers()
+  return membership.desired_peers(self:member_list(), self.node.name)
+end
+
+function Node:sync_peers()
+  local diff = membership.diff(self.peers, self:desired_peers())
+  for _, pk in ipairs(diff.remove) do
+    self.t:remove_peer(pk)
+    self.peers[pk] = nil
+    self.health[pk] = nil
+    log(self, "peer %s removed", pk)
+  end
+  for _, list in ipairs({ diff.add, diff.update }) do
+    for _, e in ipairs(list) do
+      local ok, err = self.t:add_peer({ public_key = e.public_key, endpoint = e.endpoint,
+                                         allowed_ips = e.allowed_ips, persistent_keepalive = M.KEEPALIVE })
+      if ok then
+        self.peers[e.public_key] = { name = e.name, endpoint = e.endpoint or (self.peers[e.public_key] or {}).endpoint,
+                                     allowed_ips = e.allowed_ips }
+      else
+        log(self, "cannot configure peer %s: %s", e.name or e.public_key, err)
+      end
+    end
+  end
+  self:rebuild_zone()
+end
+
+function Node:rebuild_zone()
+  local zone = dns.zone.new(self.node.cluster.zone or cluster.DEFAULT_ZONE)
+  local sets = {}
+  local function add(name, ip, ip6)
+    local s = sets[name] or { v4 = {}, v6 = {} }
+    sets[name] = s
+    if ip then s.v4[#s.v4 + 1] = ip end
+    if ip6 then s.v6[#s.v6 + 1] = ip6 end
+  end
+  for _, r in ipairs(self:member_list()) do
+    add(r.name, r.overlay_ip, r.overlay_ip6)
+    for _, c in ipairs(r.containers or {}) do add(c.name, c.ip, c.ip6) end
+  end
+  for name, s in pairs(sets) do zone:set(name, s.v4, s.v6) end
+  self.zone = zone
+  if self.dns then self.dns.zone = zone end
+end
+
+-- ---------------------------------------------------------------------
+-- leader: joins, registry, membership sessions
+-- ---------------------------------------------------------------------
+
+function Node:save_leader()
+  self.lead.allocator = self.alloc:export()
+  self.lead.registry = self.registry:export()
+  local ok, err = state.save(self.paths.leader, self.lead)
+  if not ok then log(self, "cannot save leader state: %s", err) end
+end
+
+function Node:registry_changed()
+  self:save_leader() -- persist before pushing, so versions never go back
+  for _, s in pairs(self.sessions) do self:push(s) end
+  self:sync_peers()
+end
+
+function Node:push(s)
+  if not s.version then return end
+  local msg = self.registry:delta_since(s.version, s.epoch)
+  s.version, s.epoch = msg.version, msg.epoch
+  s.conn:write(json_line(msg))
+end
+
+function Node:admit(p)
+  local existing = self.registry:get(p.name)
+  if existing and existing.public_key ~= p.public_key then
+    return nil, string.format("node name \"%s\" already in use", p.name)
+  end
+  local slice, err = self.alloc:node_slice(p.name)
+  if not slice then return nil, err end
+  local record = { name = p.name, public_key = p.public_key, endpoint = p.endpoint, overlay_ip = slice.ip,
+                   overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6, containers = {} }
+  if not existing then
+    local ok, jerr = self.registry:join(record)
+    if not ok then
+      self.alloc:release_node(p.name)
+      return nil, jerr
+    end
+  end
+  self:registry_changed()
+  log(self, "node %s joined (%s)", p.name, slice.ip)
+  return { node = { overlay_ip = slice.ip, overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6 },
+           cluster = { cidr4 = self.node.cluster.cidr4, cidr6 = self.node.cluster.cidr6, zone = self.node.cluster.zone,
+                       dns_forward = self.node.cluster.dns_forward,
+                       leader = { control_public = self.node.cluster.leader.control_public } },
+           leader = self.registry:get(self.node.name) }
+end
+
+function Node:on_join_datagram(from, data)
+  local ctx = {
+    tokens = self.lead.tokens,
+    control_private = self.control_private,
+    cache = self.join_cache,
+    admit = function(p) return self:admit(p) end,
+  }
+  local reply, info = joinproto.handle(ctx, data)
+  if info and info.joined and not info.replayed then self:save_leader() end
+  if info and info.error then log(self, "join refused (%s): %s", from, info.error) end
+  if reply then self.t:send_datagram(from, reply) end
+end
+
+function Node:remove_node(name)
+  if not self.registry then return nil, "remove-node runs on the leader" end
+  if name == self.node.name then return nil, "the leader cannot remove itself" end
+  local r = self.registry:get(name)
+  if not r then return nil, string.format("no node named \"%s\"", name) end
+  self.registry:remove(name)
+  self.alloc:release_node(name)
+  local s = self.sessions[name]
+  if s then
+    s.conn:close()
+    self.sessions[name] = nil
+  end
+  self:registry_changed()
+  log(self, "node %s removed", name)
+  return true
+end
+
+function Node:member_by_ip(ip)
+  for _, r in pairs(self.registry.members) do
+    if r.overlay_ip == ip or r.overlay_ip6 == ip then return r end
+  end
+end
+
+function Node:on_member_line(s, line)
+  local ok, msg = pcall(cjson.decode, line)
+  if not ok or type(msg) ~= "table" then return end
+  if msg.type == "hello" then
+    s.version = math.tointeger(msg.version) or 0
+    s.epoch = type(msg.epoch) == "string" and msg.epoch or nil
+    self:push(s)
+  elseif msg.type == "containers" and type(msg.containers) == "table" then
+    local up, err = self.registry:update(s.name, { containers = msg.containers })
+    if up then self:registry_changed() else log(self, "containers of %s refused: %s", s.name, err) end
+  end
+end
+
+function Node:start_membership_server()
+  local server = uv.new_tcp()
+  local ok, err = server:bind(self.node.self.overlay_ip, cluster.MEMBERSHIP_PORT)
+  if not ok then return nil, "membership server: " .. tostring(err) end
+  server:listen(128, function()
+    local conn = uv.new_tcp()
+    server:accept(conn)
+    local peer = conn:getpeername()
+    -- The connection came through WireGuard: its source address is
+    -- authenticated by cryptokey routing, and names the member.
+    local r = peer and self:member_by_ip(peer.ip)
+    if not r then
+      conn:close()
+      return
+    end
+    local old = self.sessions[r.name]
+    if old then old.conn:close() end
+    local s = { conn = conn, name = r.name, buf = "" }
+    self.sessions[r.name] = s
+    conn:read_start(function(rerr, chunk)
+      if rerr or not chunk then
+        if self.sessions[r.name] == s then self.sessions[r.name] = nil end
+        conn:close()
+        return
+      end
+      s.buf = s.buf .. chunk
+      if #s.buf > 1048576 then conn:close() return end
+      for line in s.buf:gmatch("([^\n]*)\n") do self:on_member_line(s, line) end
+      s.buf = s.buf:match("[^\n]*$")
+    end)
+  end)
+  self.membership_server = server
+  local hb = uv.new_timer()
+  hb:start(M.HEARTBEAT * 1000, M.HEARTBEAT * 1000, function()
+    local beat = json_line(self.registry:heartbeat())
+    for _, s in pairs(self.sessions) do if s.version then s.conn:write(beat) end end
+    self:check_endpoints()
+  end)
+  self.timers[#self.timers + 1] = hb
+  return true
+end
+
+-- Endpoints: the leader records where WireGuard actually reaches each
+-- member (roaming included) and tells everyone.
+function Node:check_endpoints()
+  local st = self.t:status()
+  local changed = false
+  for _, p in ipairs(st.peers) do
+    local info = self.peers[p.public_key]
+    local r = info and self.registry:get(info.name)
+    if r and p.endpoint and p.endpoint ~= r.endpoint and p.last_handshake > 0 then
+      self.registry:update(r.name, { endpoint = p.endpoint })
+      self.peers[p.public_key].endpoint = p.endpoint
+      changed = true
+    end
+  end
+  if changed then self:registry_changed() end
+end
+
+-- ---------------------------------------------------------------------
+-- member: session to the leader
+-- ---------------------------------------------------------------------
+
+function Node:save_members()
+  local ok, err = state.save(self.paths.members, self.view:export())
+  if not ok then log(self, "cannot save members: %s", err) end
+end
+
+function Node:send_containers()
+  if self.session and self.session.ready then
+    self.session.conn:write(json_line({ type = "containers", containers = self:container_records() }))
+  end
+end
+
+function Node:on_leader_line(line)
+  local ok, msg = pcall(cjson.decode, line)
+  if not ok or type(msg) ~= "table" then return end
+  local res = self.view:apply(msg)
+  if not res then return end
+  if res.need_snapshot then
+    self.session.conn:write(json_line(self.view:hello()))
+  end
+  if res.changed then
+    self:save_members()
+    if not self.view:get(self.node.name) and self.view.version > 0 and self.was_member then
+      log(self, "this node was removed from the cluster")
+    end
+    if self.view:get(self.node.name) then self.was_member = true end
+    self:sync_peers()
+  end
+end
+
+function Node:connect_leader()
+  if self.stopping or self.session then return end
+  local conn = uv.new_tcp()
+  local s = { conn = conn, buf = "" }
+  self.session = s
+  conn:connect(self.node.cluster.leader.overlay_ip, cluster.MEMBERSHIP_PORT, function(err)
+    if err then
+      conn:close()
+      self.session = nil
+      return
+    end
+    s.ready = true
+    conn:write(json_line(self.view:hello()))
+    self:send_containers()
+    conn:read_start(function(rerr, chunk)
+      if rerr or not chunk then
+        conn:close()
+        if self.session == s then self.session = nil end
+        return
+      end
+      s.buf = s.buf .. chunk
+      if #s.buf > 16777216 then conn:close() self.session = nil return end
+      for line in s.buf:gmatch("([^\n]*)\n") do self:on_leader_line(line) end
+      s.buf = s.buf:match("[^\n]*$")
+    end)
+  end)
+end
+
+-- ---------------------------------------------------------------------
+-- health
+-- ---------------------------------------------------------------------
+
+function Node:start_health()
+  local udp = uv.new_udp()
+  local ok, err = udp:bind(self.node.self.overlay_ip, cluster.HEALTH_PORT)
+  if not ok then return nil, "health responder: " .. tostring(err) end
+  udp:recv_start(function(rerr, data, addr)
+    if rerr or not data or not addr then return end
+    if data:sub(1, 4) == "WGOP" then
+      udp:send("WGOR" .. data:sub(5), addr.ip, addr.port, function() end)
+    elseif data:sub(1, 4) == "WGOR" then
+      local pk, sent = data:match("^WGOR([^\n]+)\n(%d+)$")
+      local h = pk and self.health[pk]
+      if h and tonumber(sent) then
+        h.rtt_ms = (uv.hrtime() - tonumber(sent)) / 1e6
+        h.last_reply = os.time()
+      end
+    end
+  end)
+  self.health_udp = udp
+  local timer = uv.new_timer()
+  timer:start(500, M.PROBE_INTERVAL * 1000, function() self:probe_all() end)
+  self.timers[#self.timers + 1] = timer
+  return true
+end
+
+function Node:probe_all()
+  local now = os.time()
+  local st = self.t:status()
+  local byname = {}
+  for _, r in ipairs(self:member_list()) do byname[r.public_key] = r end
+  for _, p in ipairs(st.peers) do
+    local r = byname[p.public_key]
+    if r then
+      local h = self.health[p.public_key] or { healthy = false }
+      self.health[p.public_key] = h
+      self.health_udp:send("WGOP" .. p.public_key .. "\n" .. string.format("%d", uv.hrtime()), r.overlay_ip,
+                           cluster.HEALTH_PORT, function() end)
+      local healthy = p.last_handshake > 0 and now - p.last_handshake < M.HANDSHAKE_MAX
+                      and h.last_reply ~= nil and now - h.last_reply <= M.PROBE_TIMEOUT
+      if healthy ~= h.healthy then
+        h.healthy = healthy
+        h.changed_at = now
+        log(self, "peer %s is now %s", r.name, healthy and "healthy" or "unhealthy")
+      end
+    end
+  end
+end
+
+-- ---------------------------------------------------------------------
+-- containers
+-- ---------------------------------------------------------------------
+
+function Node:container_records()
+  local list = {}
+  for _, c in pairs(self.attached) do list[#list + 1] = { name = c.name, ip = c.ip, ip6 = c.ip6 } end
+  table.sort(list, function(a, b) return a.ip < b.ip end)
+  return list
+end
+
+function Node:save_containers()
+  local ok, err = state.save(self.paths.containers, { attached = self.attached })
+  if not ok then log(self, "cannot save containers: %s", err) end
+end
+
+function Node:containers_changed()
+  self:save_containers()
+  if self.registry then
+    self.registry:update(self.node.name, { containers = self:container_records() })
+    self:registry_changed()
+  else
+    self:send_containers()
+    self:rebuild_zone()
+  end
+end
+
+-- The lowest free host offset of this node's slice, from 2 (1 is the node),
+-- the same offset in IPv4 and IPv6.
+local function offset_addr(c, off)
+  local p = cidr.network(assert(cidr.parse(c)))
+  local b = p.bytes
+  local i = #b
+  while off > 0 and i >= 1 do
+    local v = b[i] + (off & 0xff)
+    off = (off >> 8) + (v >> 8)
+    b[i] = v & 0xff
+    i = i - 1
+  end
+  return cidr.address(p)
+end
+
+function Node:container_addr()
+  local s = self.node.self
+  local size = 1 << (32 - prefix_of(s.slice))
+  local used = {}
+  for _, c in pairs(self.attached) do used[c.ip] = true end
+  for off = 2, size - 2 do
+    local ip = offset_addr(s.slice, off)
+    if not used[ip] then
+      return { ip = ip, ip6 = s.slice6 and offset_addr(s.slice6, off) or nil }
+    end
+  end
+  return nil, string.format("slice %s has no free address for another container", s.slice)
+end
+
+function Node:attach(netns, name)
+  if type(netns) ~= "string" or netns == "" then return nil, "attach: network namespace expected" end
+  if not joinproto.valid_name(name or "") then return nil, string.format("container name \"%s\" invalid (a DNS label)", tostring(name)) end
+  if self.attached[netns] then return nil, string.format("namespace %s is already attached", netns) end
+  local a, err = self:container_addr()
+  if not a then return nil, err end
+  local _, aerr = containers.attach({ netns = netns, ip = a.ip, ip6 = a.ip6, cluster4 = self.node.cluster.cidr4,
+                                      cluster6 = self.node.cluster.cidr6 })
+  if aerr then return nil, aerr end
+  self.attached[netns] = { name = name, ip = a.ip, ip6 = a.ip6 }
+  self:containers_changed()
+  log(self, "attached %s as %s (%s)", netns, name, a.ip)
+  return { ip = a.ip, ip6 = a.ip6, name = name }
+end
+
+function Node:detach(netns)
+  if not self.attached[netns] then return nil, string.format("namespace %s is not attached", tostring(netns)) end
+  containers.detach(netns)
+  self.attached[netns] = nil
+  self:containers_changed()
+  log(self, "detached %s", netns)
+  return true
+end
+
+-- ---------------------------------------------------------------------
+-- status and control socket
+-- ---------------------------------------------------------------------
+
+function Node:status()
+  local st = self.t:status()
+  local byname = {}
+  for _, r in ipairs(self:member_list()) do byname[r.public_key] = r end
+  local peers = {}
+  for _, p in ipairs(st.peers) do
+    local r = byname[p.public_key] or {}
+    local h = self.health[p.public_key] or {}
+    peers[#peers + 1] = { name = r.name, public_key = p.public_key, overlay_ip = r.overlay_ip,
+                          overlay_ip6 = r.overlay_ip6, endpoint = p.endpoint or cjson.null,
+                          last_handshake = p.last_handshake, healthy = h.healthy == true,
+                          rtt_ms = h.rtt_ms and math.floor(h.rtt_ms * 1000 + 0.5) / 1000 or cjson.null,
+                          rx_bytes = p.rx_bytes, tx_bytes = p.tx_bytes, connection = "direct" }
+  end
+  table.sort(peers, function(a, b) return (a.name or "") < (b.name or "") end)
+  local s = self.node.self
+  return {
+    self = { name = self.node.name, public_key = self.node.public_key, overlay_ip = s.overlay_ip,
+             overlay_ip6 = s.overlay_ip6, slice = s.slice, slice6 = s.slice6, endpoint = s.endpoint,
+             role = self.node.role, interface = self.node.ifname },
+    peers = setmetatable(peers, cjson.array_mt),
+    containers = setmetatable(self:container_records(), cjson.array_mt),
+    version = self.registry and self.registry.version or self.view.version,
+    leader_connected = self.registry and true or (self.session and self.session.ready) or false,
+  }
+end
+
+function Node:control(req)
+  if type(req) ~= "table" then return { ok = false, error = "bad request" } end
+  local cmd = req.cmd
+  local res, err
+  if cmd == "status" then
+    res = self:status()
+  elseif cmd == "attach" then
+    res, err = self:attach(req.netns, req.name)
+  elseif cmd == "detach" then
+    res, err = self:detach(req.netns)
+  elseif cmd == "remove-node" then
+    res, err = self:remove_node(req.name)
+  elseif cmd == "token" then
+    if not self.registry then
+      err = "tokens are issued by the leader; this node is a member"
+    else
+      local ok, str = pcall(token.create, self.lead.tokens, {
+        endpoint = self.node.cluster.leader.endpoint, control_public = self.node.cluster.leader.control_public,
+        ttl = math.tointeger(req.ttl), uses = math.tointeger(req.uses) })
+      if ok then
+        self:save_leader()
+        res = { token = str }
+      else
+        err = tostring(str)
+      end
+    end
+  else
+    err = string.format("unknown command \"%s\"", tostring(cmd))
+  end
+  if err then return { ok = false, error = err } end
+  return { ok = true, result = res }
+end
+
+function Node:start_control()
+  local path = self.paths.control
+  os.remove(path)
+  local pipe = uv.new_pipe(false)
+  local ok, err = pipe:bind(path)
+  if not ok then return nil, "control socket: " .. tostring(err) end
+  uv.fs_chmod(path, tonumber("600", 8))
+  pipe:listen(16, function()
+    local conn = uv.new_pipe(false)
+    pipe:accept(conn)
+    local buf = ""
+    conn:read_start(function(rerr, chunk)
+      if rerr or not chunk then conn:close() return end
+      buf = buf .. chunk
+      if #buf > 65536 then conn:close() return end
+      local line = buf:match("^([^\n]*)\n")
+      if line then
+        local okd, req = pcall(cjson.decode, line)
+        local resp = okd and self:control(req) or { ok = false, error = "bad request" }
+        conn:write(json_line(resp), function() conn:close() end)
+      end
+    end)
+  end)
+  self.control_pipe = pipe
+  return true
+end
+
+-- ---------------------------------------------------------------------
+-- lifecycle
+-- ---------------------------------------------------------------------
+
+local function load_node(dir)
+  local paths = cluster.paths(dir)
+  local node, err = state.load(paths.node)
+  if not node then return nil, err end
+  return node, paths
+end
+
+--- Runs a node until SIGTERM/SIGINT.
+-- @tparam string dir state directory
+-- @return 0 on a clean stop, or nil and a message
+function M.run(dir)
+  local node, paths = load_node(dir)
+  if not node then return nil, paths end
+  local self = setmetatable({ node = node, paths = paths, peers = {}, health = {}, sessions = {}, timers = {},
+                              attached = {} }, Node)
+  if node.role == "leader" then
+    local lead, err = state.load(paths.leader)
+    if not lead then return nil, err end
+    self.lead = lead
+    self.control_private = core.key_from_base64(lead.control_private)
+    self.alloc, err = allocator.import(lead.allocator)
+    if not self.alloc then return nil, "allocator state: " .. err end
+    local reg = lead.registry or {}
+    self.registry, err = membership.leader.new({ name = node.name, members = reg.members, version = reg.version,
+                                                 epoch = reg.epoch })
+    if not self.registry then return nil, err end
+    self.join_cache = joinproto.replay_cache.new(256)
+  else
+    local saved, err, kind = state.load(paths.members)
+    if not saved and kind ~= "missing" then return nil, err end
+    saved = saved or {}
+    self.view, err = membership.member.new({ self_name = node.name, members = saved.members,
+                                              version = saved.version, epoch = saved.epoch })
+    if not self.view then return nil, err end
+  end
+  -- containers of this node: addresses from its own slice
+  local cs, cerr, ckind = state.load(paths.containers)
+  if not cs and ckind ~= "missing" then return nil, cerr end
+  self.attached = cs and cs.attached or {}
+
+  local t, err = transport.new({ private_key = node.private_key, listen_port = node.self.listen_port,
+                                 address = { node.self.overlay_ip .. "/" .. prefix_of(node.cluster.cidr4),
+                                             node.self.overlay_ip6 .. "/" .. prefix_of(node.cluster.cidr6) } },
+                               node.ifname)
+  if not t then return nil, err end
+  local ok
+  ok, err = t:create_interface()
+  if not ok then return nil, err end
+  self.t = t
+  ok, err = t:configure({})
+  if not ok then t:shutdown() return nil, err end
+  if not self.registry then
+    -- a member always knows the leader, even before the first snapshot
+    local l = node.cluster.leader
+    if not self.view:get(l.name) and l.public_key then
+      self.view:apply({ type = "snapshot", version = 0, members = { l } })
+    end
+  end
+  self:sync_peers()
+
+  local function fail(e)
+    self:stop()
+    return nil, e
+  end
+  -- re-attach containers recorded before a restart (their veths survive
+  -- only if the namespaces do)
+  for netns, c in pairs(self.attached) do
+    if core.ifindex(containers.host_ifname(netns)) <= 0 then
+      local _, aerr = containers.attach({ netns = netns, ip = c.ip, ip6 = c.ip6, cluster4 = node.cluster.cidr4,
+                                          cluster6 = node.cluster.cidr6 })
+      if aerr then
+        log(self, "container %s not restored: %s", netns, aerr)
+        self.attached[netns] = nil
+      end
+    end
+  end
+
+  self.dns = dns.server.new({ zone = self.zone, host = { node.self.overlay_ip, node.self.overlay_ip6 }, port = 53,
+                              forward = node.cluster.dns_forward })
+  ok, err = self.dns:start()
+  if not ok then return fail("DNS server: " .. tostring(err)) end
+  ok, err = self:start_health()
+  if not ok then return fail(err) end
+  if self.registry then
+    ok, err = self:start_membership_server()
+    if not ok then return fail(err) end
+    self.registry:update(node.name, { containers = self:container_records() })
+    self:registry_changed()
+  else
+    local rc = uv.new_timer()
+    rc:start(0, M.RECONNECT * 1000, function() self:connect_leader() end)
+    self.timers[#self.timers + 1] = rc
+  end
+  ok, err = self:start_control()
+  if not ok then return fail(err) end
+
+  -- engine events: join requests (leader), handshakes
+  self.poll = uv.new_poll(t:fd())
+  self.poll:start("r", function()
+    for ev in t:events() do
+      if ev.type == "datagram" and self.registry and joinproto.is_control(ev.data) then
+        self:on_join_datagram(ev.from, ev.data)
+      end
+    end
+  end)
+  local signals = {}
+  for _, sig in ipairs({ "sigterm", "sigint" }) do
+    local h = uv.new_signal()
+    h:start(sig, function()
+      log(self, "%s: stopping", sig:upper())
+      self:stop()
+    end)
+    signals[#signals + 1] = h
+  end
+  self.signals = signals
+  log(self, "up: %s %s on %s, interface %s", node.role, node.self.overlay_ip, node.self.endpoint, node.ifname)
+  uv.run()
+  return 0
+end
+
+function Node:stop()
+  if self.stopping then return end
+  self.stopping = true
+  for _, tm in ipairs(self.timers) do tm:close() end
+  if self.poll then self.poll:close() end
+  if self.dns then self.dns:stop() end
+  if self.health_udp then self.health_udp:close() end
+  if self.membership_server then self.membership_server:close() end
+  for _, s in pairs(self.sessions) do s.conn:close() end
+  if self.session then self.session.conn:close() end
+  if self.control_pipe then
+    self.control_pipe:close()
+    os.remove(self.paths.control)
+  end
+  for _, h in ipairs(self.signals or {}) do h:close() end
+  if self.t then self.t:shutdown() end
+  uv.stop()
+end
+
+--- Sends one request to a running daemon's control socket.
+-- @return the result table, or nil and a message
+function M.request(dir, req)
+  local path = cluster.paths(dir).control
+  local pipe = uv.new_pipe(false)
+  local timer = uv.new_timer()
+  local resp, err
+  local function done(e)
+    err = err or e
+    if not pipe:is_closing() then pipe:close() end
+    if not timer:is_closing() then timer:close() end
+  end
+  pipe:connect(path, function(cerr)
+    if cerr then
+      return done(string.format("no daemon runs for %s (%s)", dir, cerr))
+    end
+    local buf = ""
+    pipe:read_start(function(rerr, chunk)
+      if rerr or not chunk then return done("the daemon closed the connection") end
+      buf = buf .. chunk
+      local line = buf:match("^([^\n]*)\n")
+      if line then
+        local ok, r = pcall(cjson.decode, line)
+        resp = ok and r or nil
+        done(resp and nil or "bad answer from the daemon")
+      end
+    end)
+    pipe:write(json_line(req))
+  end)
+  timer:start(10000, 0, function() done("the daemon did not answer") end)
+  uv.run()
+  if not resp then return nil, err or "no answer" end
+  if not resp.ok then return nil, resp.error end
+  return resp.result
+end
+
+return M
