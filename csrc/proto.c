@@ -425,23 +425,32 @@ static void keep_key_fresh_receive_locked(struct wg_peer *peer)
 
 void wg_staged_clear_locked(struct wg_peer *peer)
 {
-	struct wg_staged *s = &peer->staged;
+	struct wg_staged *s = peer->staged;
 
+	if (!s)
+		return;
 	while (s->count) {
 		free(s->bufs[s->head]);
-		s->bufs[s->head] = NULL;
 		s->head = (s->head + 1) % MAX_STAGED_PACKETS;
 		s->count--;
 	}
-	s->head = 0;
+	free(s);
+	peer->staged = NULL;
 }
 
 static void stage_packet_locked(struct wg_peer *peer, const uint8_t *ip, size_t len)
 {
-	struct wg_staged *s = &peer->staged;
+	struct wg_staged *s = peer->staged;
 	unsigned slot;
 	uint8_t *b;
 
+	if (!s) {
+		s = peer->staged = calloc(1, sizeof(*s));
+		if (!s) {
+			atomic_fetch_add(&peer->proto->stats.tx_staged_dropped, 1);
+			return;
+		}
+	}
 	if (s->count == MAX_STAGED_PACKETS) {
 		/* Full: drop the oldest, as the kernel does. */
 		free(s->bufs[s->head]);
@@ -467,11 +476,11 @@ static void stage_packet_locked(struct wg_peer *peer, const uint8_t *ip, size_t 
 static void send_staged_locked(struct wg_peer *peer)
 {
 	struct wg_proto *p = peer->proto;
-	struct wg_staged *s = &peer->staged;
+	struct wg_staged *s = peer->staged;
 	struct wg_keypair *kp = peer->kp_current;
 	bool sent_data = false;
 
-	if (!s->count)
+	if (!s || !s->count)
 		return;
 	if (!keypair_usable_for_sending(p, kp) || !peer->has_endpoint) {
 		wg_send_initiation_locked(peer, false);
@@ -497,6 +506,7 @@ static void send_staged_locked(struct wg_peer *peer)
 		s->head = (s->head + 1) % MAX_STAGED_PACKETS;
 		s->count--;
 	}
+	wg_staged_clear_locked(peer); /* empty: give the ring back */
 	if (sent_data)
 		wg_timers_data_sent(peer);
 	keep_key_fresh_send_locked(peer);
@@ -507,7 +517,7 @@ void wg_send_keepalive_locked(struct wg_peer *peer)
 	if (peer->dead)
 		return;
 	/* An empty packet, staged so that it waits for a session if needed. */
-	if (!peer->staged.count)
+	if (!wg_peer_staged_count(peer))
 		stage_packet_locked(peer, NULL, 0);
 	send_staged_locked(peer);
 }
@@ -558,7 +568,7 @@ size_t wg_proto_send_batch(struct wg_proto *p, uint8_t **pkts, size_t *lens, siz
 	pthread_mutex_lock(&peer->lock);
 	kp = peer->kp_current;
 	/* One reservation of n nonces keeps the segments in order on the wire. */
-	if (peer->dead || !peer->has_endpoint || peer->staged.count || !keypair_usable_for_sending(p, kp) ||
+	if (peer->dead || !peer->has_endpoint || wg_peer_staged_count(peer) || !keypair_usable_for_sending(p, kp) ||
 	    (nonce = atomic_fetch_add(&kp->send_nonce, n)) + n > REJECT_AFTER_MESSAGES) {
 		if (kp && nonce + n > REJECT_AFTER_MESSAGES)
 			atomic_store(&kp->sending_valid, false);

@@ -146,7 +146,7 @@ struct wg_peer {
 	struct wg_endpoint endpoint;
 	bool has_endpoint;
 	struct wg_aip_owner aips;
-	struct wg_staged staged;
+	struct wg_staged *staged;  /* allocated while packets wait (idle peers stay small) */
 	atomic_uint_fast64_t rx_bytes, tx_bytes;
 	uint64_t last_handshake_real; /* epoch ns, 0 = never */
 	uint64_t last_sent_handshake; /* monotonic ns, 0 = never */
@@ -261,6 +261,12 @@ struct wg_peer_info {
 	uint16_t persistent_keepalive;
 };
 void wg_peer_info(struct wg_peer *peer, struct wg_peer_info *out);
+
+/* Packets waiting for a session (peer->lock held). */
+static inline unsigned wg_peer_staged_count(const struct wg_peer *peer)
+{
+	return peer->staged ? peer->staged->count : 0;
+}
 
 void wg_peer_get(struct wg_peer *peer);
 void wg_peer_put(struct wg_peer *peer);

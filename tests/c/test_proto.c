@@ -219,7 +219,7 @@ static void test_handshake_and_data(void)
 	pa = peer_of(&A, &B);
 	pb = peer_of(&B, &A);
 	send_ip(&A, "10.9.0.1", "10.9.0.2", 100, 0xaa);
-	CHECK_EQ(pa->staged.count, 1);          /* staged, initiation sent */
+	CHECK_EQ(wg_peer_staged_count(pa), 1);          /* staged, initiation sent */
 	CHECK_EQ(nnet, 1);
 	CHECK_EQ(net[0].len, MESSAGE_INITIATION_SIZE);
 	CHECK_EQ(net[0].data[0], MESSAGE_HANDSHAKE_INITIATION);
@@ -235,7 +235,7 @@ static void test_handshake_and_data(void)
 	CHECK(pb->last_handshake_real == real_ns);
 	CHECK_EQ(A.events[WG_EVENT_HANDSHAKE_COMPLETE], 1);
 	CHECK_EQ(B.events[WG_EVENT_HANDSHAKE_COMPLETE], 1);
-	CHECK_EQ(pa->staged.count, 0);
+	CHECK_EQ(wg_peer_staged_count(pa), 0);
 
 	/* and back */
 	send_ip(&B, "10.9.0.2", "10.9.0.1", 1300, 0x55);
@@ -470,7 +470,7 @@ static void test_timers(void)
 	/* the first try plus MAX_TIMER_HANDSHAKES + 1 retries, as the kernel */
 	CHECK_EQ(sent, MAX_TIMER_HANDSHAKES + 1);
 	CHECK_EQ(A.events[WG_EVENT_PEER_STALE], 1);
-	CHECK_EQ(pa->staged.count, 0);          /* staged packets dropped on giving up */
+	CHECK_EQ(wg_peer_staged_count(pa), 0);          /* staged packets dropped on giving up */
 	CHECK(pa->timers[TIMER_ZERO_KEY_MATERIAL] != 0);
 	teardown_pair();
 
@@ -568,7 +568,7 @@ static void test_timers(void)
 	/* and never past REJECT_AFTER_MESSAGES */
 	atomic_store(&pa->kp_current->send_nonce, REJECT_AFTER_MESSAGES);
 	send_ip(&A, "10.9.0.1", "10.9.0.2", 10, 1);
-	CHECK_EQ(pa->staged.count, 1);
+	CHECK_EQ(wg_peer_staged_count(pa), 1);
 	nnet = 0;
 	teardown_pair();
 
@@ -587,7 +587,7 @@ static void test_timers(void)
 		CHECK_EQ(atomic_load(&A.p.stats.rx_expired_key), 1);
 	}
 	send_ip(&A, "10.9.0.1", "10.9.0.2", 10, 1);
-	CHECK_EQ(pa->staged.count, 1);
+	CHECK_EQ(wg_peer_staged_count(pa), 1);
 	CHECK_EQ(nnet, 1);
 	CHECK_EQ(net[0].data[0], MESSAGE_HANDSHAKE_INITIATION);
 	nnet = 0;
@@ -659,7 +659,7 @@ static void test_responder_confirmation_and_roaming(void)
 	nnet = 0;
 	CHECK(pb->kp_next != NULL && pb->kp_current == NULL);
 	send_ip(&B, "10.9.0.2", "10.9.0.1", 10, 1);
-	CHECK_EQ(pb->staged.count, 1); /* waits instead of using kp_next */
+	CHECK_EQ(wg_peer_staged_count(pb), 1); /* waits instead of using kp_next */
 	resp = net[0];
 	nnet = 0;
 	teardown_pair();
