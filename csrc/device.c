@@ -477,13 +477,10 @@ static void *hs_thread(void *arg)
 
 	for (;;) {
 		pthread_mutex_lock(&dev->hs_lock);
-		while (!dev->hs_count && !stopping(dev->stop_fd)) {
-			struct timespec ts;
-
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += 1; /* re-check the stop flag now and then */
-			pthread_cond_timedwait(&dev->hs_cond, &dev->hs_lock, &ts);
-		}
+		/* No timeout: an idle engine must not wake up.  stop_all_threads()
+		 * raises the stop flag, then broadcasts under hs_lock. */
+		while (!dev->hs_count && !stopping(dev->stop_fd))
+			pthread_cond_wait(&dev->hs_cond, &dev->hs_lock);
 		if (!dev->hs_count) {
 			pthread_mutex_unlock(&dev->hs_lock);
 			break;
