@@ -9,6 +9,7 @@
 
 #include <sodium.h>
 
+#include "aead.h"
 #include "cookie.h"
 #include "noise.h"
 #include "timers.h"
@@ -381,7 +382,6 @@ size_t wg_proto_datagram_len(size_t len, unsigned mtu)
 
 static size_t encrypt_packet(struct wg_keypair *kp, uint64_t nonce, uint8_t *ip, size_t len, unsigned mtu)
 {
-	uint8_t n[crypto_aead_chacha20poly1305_IETF_NPUBBYTES] = { 0 };
 	uint8_t *hdr = ip - MESSAGE_DATA_HEADER_SIZE;
 	size_t padded = padded_len(len, mtu);
 	uint32_t type = htole32(MESSAGE_DATA);
@@ -391,9 +391,7 @@ static size_t encrypt_packet(struct wg_keypair *kp, uint64_t nonce, uint8_t *ip,
 	memcpy(hdr, &type, 4);
 	memcpy(hdr + 4, &kp->remote_index, 4);
 	memcpy(hdr + 8, &le, 8);
-	memcpy(n + 4, &le, 8);
-	crypto_aead_chacha20poly1305_ietf_encrypt_detached(ip, ip + padded, NULL, ip, padded, NULL, 0, NULL, n,
-							   kp->send_key);
+	wg_aead_encrypt(ip, padded, ip + padded, nonce, kp->send_key);
 	return MESSAGE_DATA_HEADER_SIZE + padded + NOISE_AUTHTAG_LEN;
 }
 
@@ -790,7 +788,6 @@ static size_t inner_packet_len(const uint8_t *ip, size_t len, int *family, const
 
 void wg_proto_receive_data(struct wg_proto *p, const struct wg_endpoint *src, uint8_t *buf, size_t len)
 {
-	uint8_t n[crypto_aead_chacha20poly1305_IETF_NPUBBYTES] = { 0 };
 	struct wg_keypair *kp;
 	struct wg_peer *peer;
 	struct wg_aip_owner *owner;
@@ -821,11 +818,8 @@ void wg_proto_receive_data(struct wg_proto *p, const struct wg_endpoint *src, ui
 		goto out;
 	}
 	plen = len - MESSAGE_DATA_MIN_SIZE;
-	memcpy(n + 4, buf + 8, 8);
-	if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(buf + MESSAGE_DATA_HEADER_SIZE, NULL,
-							       buf + MESSAGE_DATA_HEADER_SIZE, plen,
-							       buf + len - NOISE_AUTHTAG_LEN, NULL, 0, n,
-							       kp->recv_key) != 0) {
+	if (!wg_aead_decrypt(buf + MESSAGE_DATA_HEADER_SIZE, plen, buf + len - NOISE_AUTHTAG_LEN, counter,
+			     kp->recv_key)) {
 		atomic_fetch_add(&p->stats.rx_decrypt_failed, 1);
 		goto out;
 	}
