@@ -383,9 +383,52 @@ static void control_datagram(struct wg_device *dev, const struct wg_endpoint *sr
 	push_event(dev, ev);
 }
 
-static void receive_datagram(struct wg_device *dev, const struct wg_endpoint *ep, uint8_t *buf, size_t len)
+static bool sockaddr_equal(const struct sockaddr *a, const struct sockaddr_storage *b)
 {
-	int type = wg_proto_message_type(buf, len);
+	if (a->sa_family != b->ss_family)
+		return false;
+	if (a->sa_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+
+		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+
+	return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, 16);
+}
+
+static bool is_relay(struct wg_device *dev, const struct sockaddr *from)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&dev->relay_lock);
+	for (unsigned i = 0; i < dev->nrelays && !found; i++)
+		found = sockaddr_equal(from, &dev->relays[i]);
+	pthread_mutex_unlock(&dev->relay_lock);
+	return found;
+}
+
+static void receive_datagram(struct wg_device *dev, const struct wg_endpoint *from, uint8_t *buf, size_t len)
+{
+	const struct wg_endpoint *ep = from;
+	struct wg_endpoint relayed;
+	const uint8_t *inner;
+	size_t inner_len;
+	uint16_t ch;
+	int type;
+
+	/* ChannelData from a TURN server we use: the WireGuard datagram inside
+	 * comes from the peer on that channel (the relay, not us, knows its
+	 * address).  Checked on the first byte before any lookup. */
+	if (atomic_load_explicit(&dev->relays_present, memory_order_relaxed) && len >= 4 && (buf[0] & 0xf0) == 0x40 &&
+	    (ch = wg_channel_unwrap(buf, len, &inner, &inner_len)) && is_relay(dev, &from->addr.sa)) {
+		relayed = *from;
+		relayed.relay_channel = ch;
+		ep = &relayed;
+		buf += inner - buf;
+		len = inner_len;
+	}
+	type = wg_proto_message_type(buf, len);
 
 	if (type == MESSAGE_DATA) {
 		wg_proto_receive_data(&dev->proto, ep, buf, len);
@@ -639,6 +682,7 @@ struct wg_device *wg_device_create(const char *ifname, const struct wg_device_op
 	pthread_mutex_init(&dev->hs_lock, NULL);
 	pthread_cond_init(&dev->hs_cond, NULL);
 	pthread_mutex_init(&dev->ev_lock, NULL);
+	pthread_mutex_init(&dev->relay_lock, NULL);
 	atomic_init(&dev->mtu, mtu);
 
 	r = wg_proto_init(&dev->proto, &dev_ops, dev);
@@ -753,6 +797,7 @@ void wg_device_destroy(struct wg_device *dev)
 	pthread_mutex_destroy(&dev->hs_lock);
 	pthread_cond_destroy(&dev->hs_cond);
 	pthread_mutex_destroy(&dev->ev_lock);
+	pthread_mutex_destroy(&dev->relay_lock);
 	sodium_memzero(dev, sizeof(*dev));
 	free(dev);
 }
@@ -1011,6 +1056,51 @@ int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, co
 	r = wg_udp_send(dev->udp4, dev->udp6, &ep, buf, len);
 	pthread_rwlock_unlock(&dev->sock_lock);
 	return r;
+}
+
+int wg_device_set_relay(struct wg_device *dev, const struct sockaddr *server, bool add)
+{
+	int r = 0;
+	unsigned i;
+
+	pthread_mutex_lock(&dev->relay_lock);
+	for (i = 0; i < dev->nrelays; i++)
+		if (sockaddr_equal(server, &dev->relays[i]))
+			break;
+	if (add && i == dev->nrelays) {
+		if (dev->nrelays == WG_MAX_RELAYS) {
+			r = -ENOSPC;
+		} else {
+			memset(&dev->relays[i], 0, sizeof(dev->relays[i]));
+			memcpy(&dev->relays[i], server,
+			       server->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+			dev->nrelays++;
+		}
+	} else if (!add && i < dev->nrelays) {
+		dev->relays[i] = dev->relays[--dev->nrelays];
+	}
+	atomic_store(&dev->relays_present, dev->nrelays);
+	pthread_mutex_unlock(&dev->relay_lock);
+	return r;
+}
+
+int wg_device_set_peer_relay(struct wg_device *dev, const uint8_t public_key[32], const struct sockaddr *server,
+			     uint16_t channel)
+{
+	struct wg_peer *peer;
+
+	if (channel && (channel < 0x4000 || channel > 0x4fff))
+		return -EINVAL;
+	wg_proto_cfg_rdlock(&dev->proto);
+	peer = wg_peer_lookup_locked(&dev->proto, public_key);
+	if (peer)
+		wg_peer_get(peer);
+	wg_proto_cfg_unlock(&dev->proto);
+	if (!peer)
+		return -ENOENT;
+	wg_peer_set_relay_endpoint(peer, server, channel);
+	wg_peer_put(peer);
+	return 0;
 }
 
 int wg_device_initiate(struct wg_device *dev, const uint8_t public_key[32])

@@ -18,6 +18,7 @@
 #define WG_CONTROL_MAX 2048           /* largest control datagram handed to Lua */
 #define WG_HANDSHAKE_QUEUE_MAX 4096   /* as MAX_QUEUED_INCOMING_HANDSHAKES */
 #define WG_UAPI_DIR "/var/run/wireguard"
+#define WG_MAX_RELAYS 8
 
 enum wg_dev_event_type {
 	WG_DEV_EVENT_HANDSHAKE = 1,
@@ -82,6 +83,12 @@ struct wg_device {
 	unsigned ev_count;
 	atomic_bool control_enabled;  /* hand non-WireGuard datagrams to Lua */
 
+	/* TURN servers whose ChannelData the datapath unwraps (set from Lua). */
+	pthread_mutex_t relay_lock;
+	struct sockaddr_storage relays[WG_MAX_RELAYS];
+	unsigned nrelays;
+	atomic_uint relays_present;
+
 	struct wg_device_stats stats;
 };
 
@@ -114,4 +121,11 @@ int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, co
 /* Pops one event (caller frees), NULL when empty. */
 struct wg_dev_event *wg_device_pop_event(struct wg_device *dev);
 int wg_device_initiate(struct wg_device *dev, const uint8_t public_key[32]);
+/* Registers (add = true) or forgets a TURN server: ChannelData datagrams
+ * from it are unwrapped in the datapath, the rest still go to Lua. */
+int wg_device_set_relay(struct wg_device *dev, const struct sockaddr *server, bool add);
+/* Reaches a peer through a relay channel (0 = back to a direct endpoint
+ * given by server). */
+int wg_device_set_peer_relay(struct wg_device *dev, const uint8_t public_key[32], const struct sockaddr *server,
+			     uint16_t channel);
 #endif

@@ -595,6 +595,10 @@ static void status_peer(void *arg, const struct wg_peer_info *info, struct wg_pe
 	if (info->has_endpoint) {
 		push_endpoint(L, &info->endpoint.addr.sa);
 		lua_setfield(L, -2, "endpoint");
+		if (info->endpoint.relay_channel) {
+			lua_pushinteger(L, info->endpoint.relay_channel);
+			lua_setfield(L, -2, "relay_channel");
+		}
 	}
 	lua_pushinteger(L, (lua_Integer)(info->last_handshake_real / WG_NS_PER_SEC));
 	lua_setfield(L, -2, "last_handshake");
@@ -752,6 +756,55 @@ static int l_initiate(lua_State *L)
 		return push_fail(L, EINVAL, "bad key: expected 32 bytes base64");
 	if (wg_device_initiate(dev, pub) < 0)
 		return push_fail(L, ENOENT, "no such peer");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* dev:set_relay("ip:port", add) */
+static int l_set_relay(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	size_t elen;
+	const char *ep = luaL_checklstring(L, 2, &elen);
+	struct sockaddr_storage ss;
+	int r;
+
+	if (!wg_parse_endpoint(ep, elen, &ss)) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "relay \"%s\" invalid: expected IP:PORT or [IPv6]:PORT", ep);
+		return 2;
+	}
+	r = wg_device_set_relay(dev, (struct sockaddr *)&ss, lua_isnone(L, 3) || lua_toboolean(L, 3));
+	if (r < 0)
+		return push_fail(L, r, "too many relays (at most 8)");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* dev:set_peer_relay(pub, "ip:port", channel): channel 0 = direct */
+static int l_set_peer_relay(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	size_t elen;
+	const char *ep = luaL_checklstring(L, 3, &elen);
+	lua_Integer ch = luaL_checkinteger(L, 4);
+	struct sockaddr_storage ss;
+	uint8_t pub[32];
+	int r;
+
+	luaL_checktype(L, 2, LUA_TSTRING);
+	if (!key_from_lua(L, 2, pub))
+		return push_fail(L, EINVAL, "bad key: expected 32 bytes base64");
+	if (!wg_parse_endpoint(ep, elen, &ss)) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "endpoint \"%s\" invalid: expected IP:PORT or [IPv6]:PORT", ep);
+		return 2;
+	}
+	if (ch != 0 && (ch < 0x4000 || ch > 0x4fff))
+		return push_fail(L, EINVAL, "channel must be 0x4000..0x4FFF (or 0 for direct)");
+	r = wg_device_set_peer_relay(dev, pub, (struct sockaddr *)&ss, (uint16_t)ch);
+	if (r < 0)
+		return push_fail(L, r, r == -ENOENT ? "no such peer" : strerror(-r));
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -1435,6 +1488,8 @@ static const luaL_Reg device_methods[] = {
 	{ "fd", l_fd },
 	{ "send_datagram", l_send_datagram },
 	{ "initiate_handshake", l_initiate },
+	{ "set_relay", l_set_relay },
+	{ "set_peer_relay", l_set_peer_relay },
 	{ "interface_name", l_ifname },
 	{ "ifindex", l_ifindex },
 	{ "set_mtu_hint", l_set_mtu_hint },

@@ -259,6 +259,14 @@ void wg_peer_set_endpoint(struct wg_peer *peer, const struct sockaddr *sa)
 	pthread_mutex_unlock(&peer->lock);
 }
 
+void wg_peer_set_relay_endpoint(struct wg_peer *peer, const struct sockaddr *server, uint16_t channel)
+{
+	wg_peer_set_endpoint(peer, server);
+	pthread_mutex_lock(&peer->lock);
+	peer->endpoint.relay_channel = channel;
+	pthread_mutex_unlock(&peer->lock);
+}
+
 void wg_peer_clear_endpoint(struct wg_peer *peer)
 {
 	pthread_mutex_lock(&peer->lock);
@@ -646,7 +654,7 @@ bool wg_proto_check_mac1(struct wg_proto *p, const uint8_t *buf, size_t len)
 
 static bool endpoint_addr_equal(const struct wg_endpoint *a, const struct wg_endpoint *b)
 {
-	if (a->addr.sa.sa_family != b->addr.sa.sa_family)
+	if (a->addr.sa.sa_family != b->addr.sa.sa_family || a->relay_channel != b->relay_channel)
 		return false;
 	if (a->addr.sa.sa_family == AF_INET)
 		return a->addr.in4.sin_port == b->addr.in4.sin_port &&

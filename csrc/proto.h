@@ -41,6 +41,10 @@ struct wg_endpoint {
 		struct in6_addr src6;
 	};
 	uint32_t src_ifindex;
+	/* Non-zero: the peer is reached through a TURN relay at addr, on this
+	 * channel (0x4000-0x4FFF); datagrams travel framed as ChannelData
+	 * (RFC 8656 section 12.4), still end-to-end WireGuard-encrypted. */
+	uint16_t relay_channel;
 };
 
 enum wg_event_type {
@@ -242,6 +246,8 @@ void wg_peer_remove_all_locked(struct wg_proto *p);
 void wg_peer_set_preshared_key(struct wg_peer *peer, const uint8_t psk[32]);
 void wg_peer_set_endpoint(struct wg_peer *peer, const struct sockaddr *sa);
 void wg_peer_clear_endpoint(struct wg_peer *peer);
+/* Reaches the peer through a TURN relay (server address, channel). */
+void wg_peer_set_relay_endpoint(struct wg_peer *peer, const struct sockaddr *server, uint16_t channel);
 /* Sets the persistent keepalive; a newly enabled one sends a keepalive now
  * (as wg(8) users expect: the tunnel comes up without traffic). */
 void wg_peer_set_keepalive(struct wg_peer *peer, uint16_t seconds);

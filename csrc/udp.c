@@ -160,6 +160,31 @@ static void fill_msghdr(struct msghdr *mh, const struct wg_endpoint *ep, uint8_t
 	}
 }
 
+void wg_channel_header(uint8_t hdr[4], uint16_t channel, size_t len)
+{
+	hdr[0] = (uint8_t)(channel >> 8);
+	hdr[1] = (uint8_t)channel;
+	hdr[2] = (uint8_t)(len >> 8);
+	hdr[3] = (uint8_t)len;
+}
+
+uint16_t wg_channel_unwrap(const uint8_t *buf, size_t len, const uint8_t **inner, size_t *inner_len)
+{
+	uint16_t ch, l;
+
+	/* Channel numbers are 0x4000-0x4FFF: the first two bits are 01,
+	 * which neither WireGuard (types 1-4) nor STUN (00) ever starts with. */
+	if (len < 4 || (buf[0] & 0xf0) != 0x40)
+		return 0;
+	ch = (uint16_t)(buf[0] << 8 | buf[1]);
+	l = (uint16_t)(buf[2] << 8 | buf[3]);
+	if ((size_t)l > len - 4)
+		return 0;
+	*inner = buf + 4;
+	*inner_len = l; /* over UDP trailing padding, if any, is ignored */
+	return ch;
+}
+
 static int fd_for(int fd4, int fd6, const struct wg_endpoint *ep)
 {
 	return ep->addr.sa.sa_family == AF_INET ? fd4 : ep->addr.sa.sa_family == AF_INET6 ? fd6 : -1;
@@ -167,13 +192,20 @@ static int fd_for(int fd4, int fd6, const struct wg_endpoint *ep)
 
 int wg_udp_send(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t len)
 {
-	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	uint8_t hdr[4];
+	struct iovec iov[2] = { { .iov_base = hdr, .iov_len = 4 }, { .iov_base = (void *)buf, .iov_len = len } };
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
 	uint8_t cbuf[64];
 	int fd = fd_for(fd4, fd6, to);
 
 	if (fd < 0)
 		return -EAFNOSUPPORT;
+	if (to->relay_channel) {
+		wg_channel_header(hdr, to->relay_channel, len);
+	} else {
+		mh.msg_iov = &iov[1];
+		mh.msg_iovlen = 1;
+	}
 	fill_msghdr(&mh, to, cbuf, sizeof(cbuf), true);
 	if (sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
 		return 0;
@@ -187,8 +219,9 @@ int wg_udp_send(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *b
 
 int wg_udp_send_gso(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t total, size_t segsize)
 {
-	struct iovec iov = { .iov_base = (void *)buf, .iov_len = total };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct iovec iov[2 * 64];
+	uint8_t hdrs[64][4];
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 1 };
 	uint8_t cbuf[128];
 	struct cmsghdr *c;
 	uint16_t gso = (uint16_t)segsize;
@@ -199,6 +232,26 @@ int wg_udp_send_gso(int fd4, int fd6, const struct wg_endpoint *to, const uint8_
 		return -EAFNOSUPPORT;
 	if (total <= segsize)
 		return wg_udp_send(fd4, fd6, to, buf, total);
+	if (!to->relay_channel) {
+		iov[0].iov_base = (void *)buf;
+		iov[0].iov_len = total;
+	} else {
+		/* Relayed: every segment gets its ChannelData header; the kernel
+		 * cuts the gathered stream at segsize + 4. */
+		size_t k = 0;
+
+		for (size_t off = 0; off < total && k < 64; off += segsize, k++) {
+			size_t l = total - off < segsize ? total - off : segsize;
+
+			wg_channel_header(hdrs[k], to->relay_channel, l);
+			iov[2 * k] = (struct iovec){ .iov_base = hdrs[k], .iov_len = 4 };
+			iov[2 * k + 1] = (struct iovec){ .iov_base = (void *)(buf + off), .iov_len = l };
+		}
+		if (k * segsize < total)
+			return -EMSGSIZE;
+		mh.msg_iovlen = 2 * k;
+		gso = (uint16_t)(segsize + 4);
+	}
 retry:
 	fill_msghdr(&mh, to, cbuf, 64, with_src);
 	/* Append the UDP_SEGMENT control message after any pktinfo. */
@@ -249,12 +302,14 @@ unsigned wg_send_batch_add(struct wg_send_batch *b, int fd4, int fd6, const stru
 	i = b->n++;
 	b->eps[i] = *to;
 	if (buf >= b->borrow_lo && buf + len <= b->borrow_hi) {
-		b->iov[i].iov_base = (void *)buf;
+		b->iov[i][1].iov_base = (void *)buf;
 	} else {
 		memcpy(b->copies + (size_t)i * WG_UDP_MAX_DATAGRAM, buf, len);
-		b->iov[i].iov_base = b->copies + (size_t)i * WG_UDP_MAX_DATAGRAM;
+		b->iov[i][1].iov_base = b->copies + (size_t)i * WG_UDP_MAX_DATAGRAM;
 	}
-	b->iov[i].iov_len = len;
+	b->iov[i][1].iov_len = len;
+	wg_channel_header(b->chan_hdr[i], to->relay_channel, len);
+	b->iov[i][0] = (struct iovec){ .iov_base = b->chan_hdr[i], .iov_len = 4 };
 	return failed;
 }
 
@@ -267,8 +322,9 @@ unsigned wg_send_batch_flush(struct wg_send_batch *b, int fd4, int fd6)
 		struct msghdr *mh = &b->msgs[k].msg_hdr;
 
 		fill_msghdr(mh, &b->eps[k], b->cmsg[k], sizeof(b->cmsg[k]), true);
-		mh->msg_iov = &b->iov[k];
-		mh->msg_iovlen = 1;
+		/* the ChannelData header goes first only for relayed peers */
+		mh->msg_iov = b->eps[k].relay_channel ? b->iov[k] : &b->iov[k][1];
+		mh->msg_iovlen = b->eps[k].relay_channel ? 2 : 1;
 	}
 	while (i < b->n) {
 		int family = b->eps[i].addr.sa.sa_family, fd = fd_for(fd4, fd6, &b->eps[i]);
@@ -290,7 +346,7 @@ unsigned wg_send_batch_flush(struct wg_send_batch *b, int fd4, int fd6)
 			}
 			/* The first one failed: send it alone (retrying without a stale
 			 * source address), then carry on with the rest. */
-			if (wg_udp_send(fd4, fd6, &b->eps[i], b->iov[i].iov_base, b->iov[i].iov_len) < 0)
+			if (wg_udp_send(fd4, fd6, &b->eps[i], b->iov[i][1].iov_base, b->iov[i][1].iov_len) < 0)
 				failed++;
 			i++;
 		}

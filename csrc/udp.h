@@ -32,7 +32,8 @@ struct wg_send_batch {
 	unsigned n;
 	const uint8_t *borrow_lo, *borrow_hi;
 	struct mmsghdr msgs[WG_UDP_BATCH];
-	struct iovec iov[WG_UDP_BATCH];
+	struct iovec iov[WG_UDP_BATCH][2];   /* [ChannelData header,] datagram */
+	uint8_t chan_hdr[WG_UDP_BATCH][4];
 	struct wg_endpoint eps[WG_UDP_BATCH];
 	int family[WG_UDP_BATCH];
 	uint8_t cmsg[WG_UDP_BATCH][64];
@@ -46,6 +47,13 @@ void wg_send_batch_free(struct wg_send_batch *b);
 unsigned wg_send_batch_add(struct wg_send_batch *b, int fd4, int fd6, const struct wg_endpoint *to,
 			   const uint8_t *buf, size_t len);
 unsigned wg_send_batch_flush(struct wg_send_batch *b, int fd4, int fd6);
+
+/* TURN ChannelData framing: fills the 4-byte header for a datagram of len
+ * bytes on channel. */
+void wg_channel_header(uint8_t hdr[4], uint16_t channel, size_t len);
+/* If buf is a ChannelData message, returns its channel and sets *inner /
+ * *inner_len to the datagram inside; 0 otherwise. */
+uint16_t wg_channel_unwrap(const uint8_t *buf, size_t len, const uint8_t **inner, size_t *inner_len);
 
 /* Receiving: recvmmsg into preallocated buffers, with the local address of
  * each datagram recovered from IP_PKTINFO / IPV6_PKTINFO. */

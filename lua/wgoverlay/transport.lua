@@ -372,6 +372,25 @@ function Transport:send_datagram(endpoint, bytes)
   return dev(self):send_datagram(endpoint, bytes)
 end
 
+--- Registers (or, with `false`, forgets) a TURN server: ChannelData
+-- datagrams from it are unwrapped by the engine's datapath (the TURN
+-- signalling itself still reaches Lua as "datagram" events).
+-- @tparam string server "IP:PORT"
+function Transport:set_relay(server, enabled)
+  check_type(server, "string", "set_relay: server")
+  return dev(self):set_relay(server, enabled ~= false)
+end
+
+--- Reaches a peer through a TURN relay channel: WireGuard packets to it
+-- are framed as ChannelData to `server` (end-to-end encryption unchanged).
+-- `channel` 0 with the peer's own address as `server` goes back to direct.
+function Transport:set_peer_relay(public_key, server, channel)
+  check_type(public_key, "string", "set_peer_relay: public_key")
+  check_type(server, "string", "set_peer_relay: server")
+  if math.type(channel) ~= "integer" then error("set_peer_relay: channel: integer expected", 2) end
+  return dev(self):set_peer_relay(public_key, server, channel)
+end
+
 --- Starts a handshake with a peer now.
 function Transport:initiate_handshake(public_key)
   check_type(public_key, "string", "initiate_handshake: public_key")
