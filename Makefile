@@ -26,10 +26,11 @@ CORE_SRC := $(filter-out $(LUA_SRC),$(SRC))
 CORE_OBJ := $(CORE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 LUA_OBJ  := $(LUA_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 TESTS    := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
+BENCHES  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 MODULE   := $(BUILD)/wgoverlay/core.so
 
 .PHONY: all deps check demo bench fuzz soak clean
-all: $(MODULE) $(TESTS)
+all: $(MODULE) $(TESTS) $(BENCHES)
 
 $(BUILD)/obj/%.o: csrc/%.c $(wildcard csrc/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
@@ -43,7 +44,10 @@ $(MODULE): $(LUA_OBJ) $(BUILD)/libwgproto.a | $(BUILD)/wgoverlay
 $(BUILD)/tests/%: tests/c/%.c tests/c/testlib.h $(BUILD)/libwgproto.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Itests/c $(LDFLAGS) -o $@ $< $(BUILD)/libwgproto.a $(LDLIBS)
 
-$(BUILD)/obj $(BUILD)/wgoverlay $(BUILD)/tests:
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libwgproto.a | $(BUILD)/bench
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libwgproto.a $(LDLIBS)
+
+$(BUILD)/obj $(BUILD)/wgoverlay $(BUILD)/tests $(BUILD)/bench:
 	mkdir -p $@
 
 deps:

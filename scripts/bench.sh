@@ -238,3 +238,7 @@ for n, l in ipairs(lines) do
   end
 end
 EOF
+
+# Engine metrics: handshake rate, 10,000 peers, idle wake-ups.
+echo
+scripts/bench_scale.sh
