@@ -34,6 +34,7 @@ build = {
   modules = {
     ["wgoverlay.core"] = {
       sources = {
+        "csrc/aead.c",
         "csrc/allowedips.c",
         "csrc/blake2s.c",
         "csrc/cookie.c",

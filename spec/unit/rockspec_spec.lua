@@ -8,6 +8,19 @@ describe("rockspec", function()
     return ok, out, code
   end
 
+  it("lists every C source and Lua module of the tree", function()
+    local f = assert(io.open("wgoverlay-scm-1.rockspec"))
+    local spec = f:read("a")
+    f:close()
+    for _, pattern in ipairs({ "csrc/*.c", "lua/wgoverlay/*.lua", "lua/wgoverlay/*/*.lua" }) do
+      local p = io.popen("ls " .. pattern .. " 2>/dev/null")
+      for path in p:lines() do
+        assert.truthy(spec:find('"' .. path .. '"', 1, true), path .. " is missing from the rockspec")
+      end
+      p:close()
+    end
+  end)
+
   it("builds and installs with luarocks make", function()
     if not sh("command -v luarocks >/dev/null") then
       pending("luarocks not installed")
