@@ -854,4 +854,115 @@ function helpers.ip_json(ns, args)
   return cjson.decode(out)
 end
 
+
+---------------------------------------------------------------------------
+-- Cluster helpers (spec/integration/cluster_spec.lua): the CLI in a
+-- namespace, dig, per-namespace resolv.conf, nftables counters.
+---------------------------------------------------------------------------
+
+--- Runs `bin/wgoverlay ARGS` inside `ns` (nil: the root namespace, for
+-- commands that touch no network) with stdout and stderr sent to files,
+-- so that nothing the command leaves running holds a pipe of ours.
+-- Returns exit code, stdout, stderr.
+function helpers.wgoverlay_cli(ns, args)
+  local dir = helpers.tmpdir()
+  local tag = uniq()
+  local out, err = ("%s/cli.%s.out"):format(dir, tag), ("%s/cli.%s.err"):format(dir, tag)
+  local cmd = ("cd %s && %slua5.4 bin/wgoverlay %s </dev/null >%s 2>%s; echo $?"):format(
+    quote(helpers.root), helpers.lua_env_prefix(), args, quote(out), quote(err))
+  local _, code
+  if ns then _, code = ns:exec(cmd) else _, code = helpers.sh(cmd) end
+  local o, e = read_file(out) or "", read_file(err) or ""
+  os.remove(out)
+  os.remove(err)
+  return tonumber(code:match("%d+")), o, e
+end
+
+--- Parses `dig` output: { status, flags = set, answers = { {name, type,
+-- data} }, raw }.
+function helpers.parse_dig(out)
+  local r = { raw = out, flags = {}, answers = {} }
+  r.status = out:match("status: (%u+)")
+  for f in (out:match(";; flags: ([%l ]+);") or ""):gmatch("%l+") do r.flags[f] = true end
+  local section
+  for line in (out .. "\n"):gmatch("([^\n]*)\n") do
+    local s = line:match("^;; (%u+) SECTION:")
+    if s then
+      section = s
+    elseif line:match("^%s*$") then
+      section = nil
+    elseif section == "ANSWER" and not line:match("^;") then
+      local name, rtype, data = line:match("^(%S+)%s+%d+%s+IN%s+(%S+)%s+(.-)%s*$")
+      if name then r.answers[#r.answers + 1] = { name = name, type = rtype, data = data } end
+    end
+  end
+  return r
+end
+
+--- `dig @server name qtype` (opts.tcp: over TCP) inside `ns`; returns the
+-- parsed answer (see parse_dig) plus `addrs`, the sorted answer data of
+-- type `qtype`.
+function helpers.dig(ns, server, name, qtype, opts)
+  opts = opts or {}
+  local ok, out, err = ns:exec(("dig +tries=1 +time=2 %s@%s %s %s"):format(
+    opts.tcp and "+tcp " or "", server, quote(name), qtype or "A"))
+  local r = helpers.parse_dig(out)
+  r.ok, r.err = ok, err
+  r.addrs = {}
+  for _, a in ipairs(r.answers) do
+    if a.type == (qtype or "A") then r.addrs[#r.addrs + 1] = a.data end
+  end
+  table.sort(r.addrs)
+  return r
+end
+
+--- Writes /etc/netns/<ns name>/resolv.conf (used by `ip netns exec`) with
+-- `nameserver` lines for the given addresses.  Returns the directory,
+-- which the caller removes with helpers.remove_netns_etc.
+function helpers.netns_resolv_conf(ns, servers)
+  local name = type(ns) == "table" and ns.name or ns
+  assert(name:match("^[%w%-_.]+$"), "bad namespace name")
+  local dir = "/etc/netns/" .. name
+  helpers.must("mkdir -p " .. quote(dir))
+  local lines = {}
+  for _, s in ipairs(type(servers) == "table" and servers or { servers }) do
+    lines[#lines + 1] = "nameserver " .. s
+  end
+  helpers.write_file(dir .. "/resolv.conf", table.concat(lines, "\n") .. "\n", "644")
+  return dir
+end
+
+--- Removes /etc/netns/<ns name> (made by netns_resolv_conf).
+function helpers.remove_netns_etc(ns)
+  local name = type(ns) == "table" and ns.name or ns
+  if type(name) == "string" and name:match("^[%w%-_.]+$") then
+    helpers.sh("rm -rf " .. quote("/etc/netns/" .. name))
+  end
+end
+
+--- Counters of the rules of an nftables table in `ns`, by rule comment:
+-- { [comment] = { packets = n, bytes = n } }.
+function helpers.nft_counters(ns, family, tbl)
+  local cjson = require "cjson"
+  local doc = cjson.decode(ns:must(("nft -j list table %s %s"):format(family, tbl)))
+  local res = {}
+  for _, item in ipairs(doc.nftables or {}) do
+    local rule = item.rule
+    if rule and rule.comment then
+      for _, e in ipairs(rule.expr or {}) do
+        if e.counter then
+          res[rule.comment] = { packets = e.counter.packets, bytes = e.counter.bytes }
+        end
+      end
+    end
+  end
+  return res
+end
+
+--- Octal permission bits of `path` as a string ("600"), or nil.
+function helpers.file_mode(path)
+  local ok, out = helpers.sh("stat -c %a " .. quote(path))
+  return ok and out:gsub("%s+$", "") or nil
+end
+
 return helpers

@@ -66,10 +66,14 @@ function M.commands.token(a)
   if not a.ttl or a.ttl <= 0 then return die("token: --ttl must be a positive integer") end
   if not a.uses or a.uses <= 0 then return die("token: --uses must be a positive integer") end
   local str, err
-  if io.open(cluster.paths(a.state).control) then
+  -- io.open cannot open a Unix socket (ENXIO): stat it.  A running daemon
+  -- must issue the token itself (it owns leader.json and would overwrite
+  -- a token written beside it); only when none answers is the file used.
+  if require("luv").fs_stat(cluster.paths(a.state).control) then
     local r
     r, err = daemon.request(a.state, { cmd = "token", ttl = a.ttl, uses = a.uses })
     str = r and r.token
+    if not str and not tostring(err):match("^no daemon runs") then return die("token: %s", err) end
   end
   if not str then
     -- no daemon: write the token straight into the leader's state
