@@ -170,12 +170,18 @@ function Node:remove_node(name)
   if not r then return nil, string.format("no node named \"%s\"", name) end
   self.registry:remove(name)
   self.alloc:release_node(name)
-  local s = self.sessions[name]
-  if s then
-    s.conn:close()
-    self.sessions[name] = nil
-  end
-  self:registry_changed()
+  self:save_leader()
+  -- Everyone hears of it, the removed node included: its delta is written
+  -- while its peer still exists, and the peer goes a second later.
+  for _, s in pairs(self.sessions) do self:push(s) end
+  local gone = self.sessions[name]
+  self.sessions[name] = nil
+  local t = uv.new_timer()
+  t:start(1000, 0, function()
+    t:close()
+    if gone then gone.conn:close() end
+    self:sync_peers()
+  end)
   log(self, "node %s removed", name)
   return true
 end
@@ -283,10 +289,14 @@ function Node:on_leader_line(line)
   end
   if res.changed then
     self:save_members()
-    if not self.view:get(self.node.name) and self.view.version > 0 and self.was_member then
-      log(self, "this node was removed from the cluster")
+    if self.view:get(self.node.name) then
+      self.was_member = true
+    elseif self.was_member then
+      log(self, "this node was removed from the cluster by the leader: stopping")
+      self.removed = true
+      self:stop()
+      return
     end
-    if self.view:get(self.node.name) then self.was_member = true end
     self:sync_peers()
   end
 end
@@ -579,6 +589,7 @@ function M.run(dir)
     self.view, err = membership.member.new({ self_name = node.name, members = saved.members,
                                               version = saved.version, epoch = saved.epoch })
     if not self.view then return nil, err end
+    self.was_member = self.view:get(node.name) ~= nil
   end
   -- containers of this node: addresses from its own slice
   local cs, cerr, ckind = state.load(paths.containers)
@@ -662,6 +673,7 @@ function M.run(dir)
   self.signals = signals
   log(self, "up: %s %s on %s, interface %s", node.role, node.self.overlay_ip, node.self.endpoint, node.ifname)
   uv.run()
+  if self.removed then return nil, "this node was removed from the cluster" end
   return 0
 end
 

@@ -567,6 +567,10 @@ table bridge wgo_count {
       end, 10, 0.2), n .. " still lists c")
     end
     assert.same({ "a", "b", "leader" }, leader_state().members)
+    -- the removed node is told, and its daemon stops with a clear message
+    assert(C.proc:wait(10), "c's daemon still runs after its removal")
+    assert.is_not.equal(0, C.proc:exit_code())
+    assert.matches("removed from the cluster", C.proc:log())
     -- the name and its container's name are gone from DNS
     for _, srv in ipairs({ L.ip, nodes.a.ip, nodes.b.ip }) do
       assert(wait_until(function()
