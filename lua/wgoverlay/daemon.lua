@@ -39,6 +39,18 @@ local function log(self, fmt, ...)
   io.stderr:write(string.format("wgoverlay[%s]: " .. fmt .. "\n", self.node.name, ...))
 end
 
+M.EVENTS_KEPT = 64
+
+-- Cluster events (health transitions, joins, removals, containers): logged,
+-- and the most recent ones kept for `status` (newest last).
+local function event(self, kind, fields)
+  local ev = { time = os.time(), type = kind }
+  for k, v in pairs(fields or {}) do ev[k] = v end
+  local list = self.events
+  list[#list + 1] = ev
+  if #list > M.EVENTS_KEPT then table.remove(list, 1) end
+end
+
 local function prefix_of(c) return assert(cidr.parse(c)).prefix end
 
 local function json_line(t) return cjson.encode(t) .. "\n" end
@@ -143,6 +155,7 @@ function Node:admit(p)
   end
   self:registry_changed()
   log(self, "node %s joined (%s)", p.name, slice.ip)
+  event(self, "node_joined", { peer = p.name })
   return { node = { overlay_ip = slice.ip, overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6 },
            cluster = { cidr4 = self.node.cluster.cidr4, cidr6 = self.node.cluster.cidr6, zone = self.node.cluster.zone,
                        dns_forward = self.node.cluster.dns_forward,
@@ -183,6 +196,7 @@ function Node:remove_node(name)
     self:sync_peers()
   end)
   log(self, "node %s removed", name)
+  event(self, "node_removed", { peer = name })
   return true
 end
 
@@ -375,6 +389,7 @@ function Node:probe_all()
         h.healthy = healthy
         h.changed_at = now
         log(self, "peer %s is now %s", r.name, healthy and "healthy" or "unhealthy")
+        event(self, healthy and "peer_healthy" or "peer_unhealthy", { peer = r.name })
       end
     end
   end
@@ -476,7 +491,8 @@ function Node:status()
                           overlay_ip6 = r.overlay_ip6, endpoint = p.endpoint or cjson.null,
                           last_handshake = p.last_handshake, healthy = h.healthy == true,
                           rtt_ms = h.rtt_ms and math.floor(h.rtt_ms * 1000 + 0.5) / 1000 or cjson.null,
-                          rx_bytes = p.rx_bytes, tx_bytes = p.tx_bytes, connection = "direct" }
+                          rx_bytes = p.rx_bytes, tx_bytes = p.tx_bytes, connection = "direct",
+                          health_changed_at = h.changed_at or cjson.null }
   end
   table.sort(peers, function(a, b) return (a.name or "") < (b.name or "") end)
   local s = self.node.self
@@ -487,6 +503,7 @@ function Node:status()
     peers = setmetatable(peers, cjson.array_mt),
     containers = setmetatable(self:container_records(), cjson.array_mt),
     version = self.registry and self.registry.version or self.view.version,
+    events = setmetatable({ table.unpack(self.events) }, cjson.array_mt),
     leader_connected = self.registry and true or (self.session and self.session.ready) or false,
   }
 end
@@ -569,7 +586,7 @@ function M.run(dir)
   local node, paths = load_node(dir)
   if not node then return nil, paths end
   local self = setmetatable({ node = node, paths = paths, peers = {}, health = {}, sessions = {}, timers = {},
-                              attached = {} }, Node)
+                              attached = {}, events = {} }, Node)
   if node.role == "leader" then
     local lead, err = state.load(paths.leader)
     if not lead then return nil, err end

@@ -426,6 +426,12 @@ table bridge wgo_count {
     wait_health(nodes.a, { "b" }, true, 20)
     wait_health(B, { "leader", "a" }, true, 20)
     wait_ping_name(ctrs.A, "back", 4)
+    -- both transitions were emitted as events, in order, after t0
+    local seen = {}
+    for _, ev in ipairs(assert(status(nodes.a)).events) do
+      if ev.peer == "b" and ev.time >= math.floor(t0) then seen[#seen + 1] = ev.type end
+    end
+    assert.same({ "peer_unhealthy", "peer_healthy" }, { seen[#seen - 1], seen[#seen] })
   end))
 
   it("a node restarted from its state keeps its address and reconnects", helpers.guard(function()
