@@ -276,8 +276,11 @@ static void send_tso(struct wg_device *dev, uint8_t *gso, const uint8_t *pkt, si
 		pkts[i] = gso + WG_HEADROOM + i * d;
 	if (!wg_proto_send_batch(&dev->proto, pkts, lens, n, mtu, &ep))
 		return;
-	/* One sendmsg per 64 KiB of datagrams (the UDP GSO limit). */
-	per = (65507 / d) < WG_TSO_MAX_SEGS ? 65507 / d : WG_TSO_MAX_SEGS;
+	/* One sendmsg per 64 KiB of datagrams (the UDP GSO limit), counting
+	 * the ChannelData header a relayed peer's segments carry. */
+	per = 65507 / (d + (ep.relay_channel ? 4 : 0));
+	if (per > WG_TSO_MAX_SEGS)
+		per = WG_TSO_MAX_SEGS;
 	pthread_rwlock_rdlock(&dev->sock_lock);
 	for (size_t i = 0; i < n; i += per) {
 		size_t k = n - i < per ? n - i : per, total = (k - 1) * d + lens[i + k - 1];

@@ -701,6 +701,13 @@ static int l_events(lua_State *L)
 		if (ev->type == WG_DEV_EVENT_DATAGRAM) {
 			push_endpoint(L, &ev->ep.addr.sa);
 			lua_setfield(L, -2, "from");
+		}
+		if (ev->ep.relay_channel) {
+			/* came through (or goes to) a TURN relay on this channel */
+			lua_pushinteger(L, ev->ep.relay_channel);
+			lua_setfield(L, -2, "relay_channel");
+		}
+		if (ev->type == WG_DEV_EVENT_DATAGRAM) {
 			lua_pushlstring(L, (const char *)ev->data, ev->len);
 			lua_setfield(L, -2, "data");
 		} else {

@@ -965,4 +965,52 @@ function helpers.file_mode(path)
   return ok and out:gsub("%s+$", "") or nil
 end
 
+---------------------------------------------------------------------------
+-- TURN helpers (spec/integration/turn_spec.lua): a coturn server in a
+-- namespace, configured entirely from the command line.
+---------------------------------------------------------------------------
+
+--- Starts coturn (`turnserver`) in `ns` with long-term credentials.
+-- opts: `listen` (list of IPs, required), `relay_ip` (default listen[1]),
+-- `port` (default 3478), `users` ({ "user:pass", ... }), `realm`
+-- (default "test.internal"), `extra` (more arguments, a string).  No
+-- config file (-n), no TLS/DTLS, no CLI; pid file, user database and log
+-- live in the fixture's temporary directory.  Waits until it listens.
+-- Returns the Proc, with `.turnlog` set to the log file.
+function helpers.turnserver(ns, opts)
+  local dir = helpers.tmpdir()
+  local tag = uniq()
+  local log = ("%s/coturn.%s.log"):format(dir, tag)
+  local port = opts.port or 3478
+  local args = { "turnserver", "-n", "--lt-cred-mech", "--realm", quote(opts.realm or "test.internal"),
+    "--listening-port", tostring(port), "--no-tls", "--no-dtls", "--no-cli",
+    "--relay-ip", quote(opts.relay_ip or opts.listen[1]),
+    "--pidfile", quote(("%s/turnserver.%s.pid"):format(dir, tag)),
+    "--userdb", quote(("%s/turndb.%s"):format(dir, tag)),
+    "--log-file", quote(log), "--simple-log", "--verbose" }
+  for _, ip in ipairs(opts.listen) do
+    args[#args + 1] = "--listening-ip"
+    args[#args + 1] = quote(ip)
+  end
+  for _, u in ipairs(opts.users or {}) do
+    args[#args + 1] = "--user"
+    args[#args + 1] = quote(u)
+  end
+  if opts.extra then args[#args + 1] = opts.extra end
+  local proc = ns:spawn(table.concat(args, " "), { name = "turnserver" })
+  proc.turnlog = log
+  local ok = helpers.wait_until(function()
+    if not proc:alive() then error("turnserver exited") end
+    local _, out = ns:exec(("ss -Hlun 'sport = :%d'"):format(port))
+    for _, ip in ipairs(opts.listen) do
+      if not out:find(ip .. ":" .. port, 1, true) then return false end
+    end
+    return true
+  end, 10, 0.05)
+  if not ok then
+    error("turnserver did not start:\n" .. proc:log() .. "\n" .. (read_file(log) or ""), 2)
+  end
+  return proc
+end
+
 return helpers
