@@ -428,6 +428,30 @@ static void test_cookie_under_load(void)
 	CHECK_EQ(atomic_load(&B.p.stats.rx_cookie_sent), 1);
 	teardown_pair();
 
+	/* the responder's cookie secret rotates every two minutes: a cookie
+	 * from before no longer passes as mac2 (A is made to believe its old
+	 * cookie is fresh, to show that B refuses it) */
+	setup_pair();
+	pa = peer_of(&A, &B);
+	B.under_load = true;
+	send_ip(&A, "10.9.0.1", "10.9.0.2", 10, 1);
+	pump();
+	CHECK_EQ(atomic_load(&B.p.stats.rx_cookie_sent), 1);
+	advance(COOKIE_SECRET_MAX_AGE + WG_NS_PER_SEC);
+	pa->cookie.birth = mono_ns;
+	wg_peer_initiate_handshake(pa, false);
+	CHECK_EQ(nnet, 1);
+	CHECK(!sodium_is_zero(net[0].data + MESSAGE_INITIATION_SIZE - COOKIE_LEN, COOKIE_LEN));
+	pump();
+	CHECK_EQ(atomic_load(&B.p.stats.rx_cookie_sent), 2); /* refused: a fresh cookie instead */
+	CHECK(pa->kp_current == NULL);
+	/* with the fresh cookie the next try gets through */
+	advance(REKEY_TIMEOUT + 400 * WG_NS_PER_MS);
+	wg_proto_tick(&A.p);
+	pump();
+	CHECK(pa->kp_current != NULL);
+	teardown_pair();
+
 	/* rate limit per source while under load: burst of 5, then 20/s */
 	setup_pair();
 	{
