@@ -51,6 +51,12 @@ local function event(self, kind, fields)
   if #list > M.EVENTS_KEPT then table.remove(list, 1) end
 end
 
+-- Closes a luv handle once: a connection may be closed by its peer and by
+-- us, in either order, and closing twice raises inside the event loop.
+local function close(h)
+  if h and not h:is_closing() then h:close() end
+end
+
 local function prefix_of(c) return assert(cidr.parse(c)).prefix end
 
 local function json_line(t) return cjson.encode(t) .. "\n" end
@@ -191,9 +197,9 @@ function Node:remove_node(name)
   self.sessions[name] = nil
   local t = uv.new_timer()
   t:start(1000, 0, function()
-    t:close()
-    if gone then gone.conn:close() end
-    self:sync_peers()
+    close(t)
+    if gone then close(gone.conn) end
+    if not self.stopping then self:sync_peers() end
   end)
   log(self, "node %s removed", name)
   event(self, "node_removed", { peer = name })
@@ -231,21 +237,21 @@ function Node:start_membership_server()
     -- authenticated by cryptokey routing, and names the member.
     local r = peer and self:member_by_ip(peer.ip)
     if not r then
-      conn:close()
+      close(conn)
       return
     end
     local old = self.sessions[r.name]
-    if old then old.conn:close() end
+    if old then close(old.conn) end
     local s = { conn = conn, name = r.name, buf = "" }
     self.sessions[r.name] = s
     conn:read_start(function(rerr, chunk)
       if rerr or not chunk then
         if self.sessions[r.name] == s then self.sessions[r.name] = nil end
-        conn:close()
+        close(conn)
         return
       end
       s.buf = s.buf .. chunk
-      if #s.buf > 1048576 then conn:close() return end
+      if #s.buf > 1048576 then close(conn) return end
       for line in s.buf:gmatch("([^\n]*)\n") do self:on_member_line(s, line) end
       s.buf = s.buf:match("[^\n]*$")
     end)
@@ -322,7 +328,7 @@ function Node:connect_leader()
   self.session = s
   conn:connect(self.node.cluster.leader.overlay_ip, cluster.MEMBERSHIP_PORT, function(err)
     if err then
-      conn:close()
+      close(conn)
       self.session = nil
       return
     end
@@ -331,12 +337,12 @@ function Node:connect_leader()
     self:send_containers()
     conn:read_start(function(rerr, chunk)
       if rerr or not chunk then
-        conn:close()
+        close(conn)
         if self.session == s then self.session = nil end
         return
       end
       s.buf = s.buf .. chunk
-      if #s.buf > 16777216 then conn:close() self.session = nil return end
+      if #s.buf > 16777216 then close(conn) self.session = nil return end
       for line in s.buf:gmatch("([^\n]*)\n") do self:on_leader_line(line) end
       s.buf = s.buf:match("[^\n]*$")
     end)
@@ -553,14 +559,14 @@ function Node:start_control()
     pipe:accept(conn)
     local buf = ""
     conn:read_start(function(rerr, chunk)
-      if rerr or not chunk then conn:close() return end
+      if rerr or not chunk then close(conn) return end
       buf = buf .. chunk
-      if #buf > 65536 then conn:close() return end
+      if #buf > 65536 then close(conn) return end
       local line = buf:match("^([^\n]*)\n")
       if line then
         local okd, req = pcall(cjson.decode, line)
         local resp = okd and self:control(req) or { ok = false, error = "bad request" }
-        conn:write(json_line(resp), function() conn:close() end)
+        conn:write(json_line(resp), function() close(conn) end)
       end
     end)
   end)
@@ -697,18 +703,18 @@ end
 function Node:stop()
   if self.stopping then return end
   self.stopping = true
-  for _, tm in ipairs(self.timers) do tm:close() end
-  if self.poll then self.poll:close() end
+  for _, tm in ipairs(self.timers) do close(tm) end
+  if self.poll then close(self.poll) end
   if self.dns then self.dns:stop() end
-  if self.health_udp then self.health_udp:close() end
-  if self.membership_server then self.membership_server:close() end
-  for _, s in pairs(self.sessions) do s.conn:close() end
-  if self.session then self.session.conn:close() end
+  if self.health_udp then close(self.health_udp) end
+  if self.membership_server then close(self.membership_server) end
+  for _, s in pairs(self.sessions) do close(s.conn) end
+  if self.session then close(self.session.conn) end
   if self.control_pipe then
-    self.control_pipe:close()
+    close(self.control_pipe)
     os.remove(self.paths.control)
   end
-  for _, h in ipairs(self.signals or {}) do h:close() end
+  for _, h in ipairs(self.signals or {}) do close(h) end
   if self.t then self.t:shutdown() end
   uv.stop()
 end
@@ -722,8 +728,8 @@ function M.request(dir, req)
   local resp, err
   local function done(e)
     err = err or e
-    if not pipe:is_closing() then pipe:close() end
-    if not timer:is_closing() then timer:close() end
+    close(pipe)
+    close(timer)
   end
   pipe:connect(path, function(cerr)
     if cerr then

@@ -581,7 +581,7 @@ table bridge wgo_count {
     for _, srv in ipairs({ L.ip, nodes.a.ip, nodes.b.ip }) do
       assert(wait_until(function()
         return helpers.dig(ctrs.A.ns, srv, fqdn("extra"), "A").status == "NXDOMAIN"
-      end, 10, 0.2))
+      end, 20, 0.2), "c's container name still answers at " .. srv)
       assert.equal("NXDOMAIN", helpers.dig(ctrs.A.ns, srv, fqdn("c"), "AAAA").status)
     end
     -- c's container reaches nobody, nobody reaches it
