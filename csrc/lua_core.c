@@ -66,6 +66,25 @@ static bool key_from_lua(lua_State *L, int idx, uint8_t key[32])
 	return s && wg_base64_to_key(key, s, len);
 }
 
+/* What an error message may show of a string that failed to parse as a
+ * key: its first 4 characters and its length.  A private or preshared key
+ * pasted where a public key belongs must not end up in a log. */
+static void key_excerpt(char *out, size_t outlen, const char *s, size_t len)
+{
+	snprintf(out, outlen, "\"%.4s%s\" (%zu characters)", s, len > 4 ? "..." : "", len);
+}
+
+static int l_key_excerpt(lua_State *L)
+{
+	size_t len;
+	const char *s = luaL_checklstring(L, 1, &len);
+	char buf[64];
+
+	key_excerpt(buf, sizeof(buf), s, len);
+	lua_pushstring(L, buf);
+	return 1;
+}
+
 static int l_generate_keys(lua_State *L)
 {
 	uint8_t priv[32], pub[32];
@@ -406,7 +425,10 @@ static const char *read_peer(lua_State *L, int t, struct wg_uapi_peer *op)
 		luaL_error(L, "peer.public_key: string expected");
 	s = lua_tolstring(L, -1, &len);
 	if (!wg_base64_to_key(op->public_key, s, len)) {
-		snprintf(errbuf, sizeof(errbuf), "bad key \"%.60s\": expected 32 bytes base64", s);
+		char ex[64];
+
+		key_excerpt(ex, sizeof(ex), s, len);
+		snprintf(errbuf, sizeof(errbuf), "bad key %s: expected 32 bytes base64", ex);
 		lua_pop(L, 1);
 		return errbuf;
 	}
@@ -1517,6 +1539,7 @@ static const luaL_Reg core_funcs[] = {
 	{ "generate_psk", l_generate_psk },
 	{ "public_key", l_public_key },
 	{ "valid_key", l_valid_key },
+	{ "key_excerpt", l_key_excerpt },
 	{ "random", l_random },
 	{ "blake2s", l_blake2s },
 	{ "x25519_keypair", l_x25519_keypair },

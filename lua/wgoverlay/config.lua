@@ -88,7 +88,9 @@ local interface_keys = {
 
 local peer_keys = {
   publickey = function(peer, v)
-    if not core.valid_key(v) then return string.format("PublicKey \"%s\": expected 32 bytes base64", v) end
+    if not core.valid_key(v) then
+      return string.format("PublicKey %s: expected 32 bytes base64", core.key_excerpt(v))
+    end
     peer.public_key = v
   end,
   presharedkey = function(peer, v)

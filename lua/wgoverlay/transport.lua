@@ -276,7 +276,7 @@ function Transport:remove_peer(public_key)
   local d = dev(self)
   check_type(public_key, "string", "remove_peer: public_key")
   if not core.valid_key(public_key) then
-    return nil, string.format("bad key \"%s\": expected 32 bytes base64", public_key)
+    return nil, string.format("bad key %s: expected 32 bytes base64", core.key_excerpt(public_key))
   end
   if not find_peer(self, public_key) then
     return nil, string.format("no peer %s", public_key)

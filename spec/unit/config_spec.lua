@@ -133,7 +133,7 @@ describe("config.parse", function()
     end)
 
     it("bad public key, quoting it", function()
-      fails_at(with({ "[Peer]", "PublicKey = notakey" }), 4, 'PublicKey "notakey": expected 32 bytes base64')
+      fails_at(with({ "[Peer]", "PublicKey = notakey" }), 4, 'PublicKey "nota..." (7 characters): expected 32 bytes base64')
     end)
 
     it("bad preshared key", function()
