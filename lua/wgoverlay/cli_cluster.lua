@@ -18,6 +18,11 @@ function M.register(p)
   c:option("--name", "Node name (a DNS label; default: host name).")
   c:option("--zone", "DNS zone.", "overlay.internal")
   c:option("--dns-forward", "Forward queries outside the zone to IP:PORT (default: REFUSED).")
+  c:option("--stun", "STUN server IP:PORT for NAT traversal (repeatable; any public node's endpoint works)."):count("*")
+  c:option("--turn", "TURN relay IP:PORT (used when no direct or hole-punched path works).")
+  c:option("--turn-user", "TURN username.")
+  c:option("--turn-password", "TURN password.")
+  c:option("--nat", "NAT traversal timing KEY=SECONDS (repeatable), e.g. dead_after=15, upgrade_interval=30."):count("*")
 
   c = p:command("token", "Issue a join token (leader).")
   c:option("--state", "State directory."):count(1)
@@ -53,7 +58,9 @@ M.commands = {}
 function M.commands.init(a)
   local cluster = require "wgoverlay.cluster"
   local node, err = cluster.init({ state = a.state, cidr = a.cidr, cidr6 = a.cidr6, endpoint = a.endpoint,
-                                   name = a.name, zone = a.zone, dns_forward = a.dns_forward })
+                                   name = a.name, zone = a.zone, dns_forward = a.dns_forward, stun = a.stun,
+                                   turn = a.turn, turn_user = a.turn_user, turn_password = a.turn_password,
+                                   nat = a.nat })
   if not node then return die("init: %s", err) end
   io.write(string.format("cluster created: leader %s, overlay %s (%s), public key %s\n", node.name,
     node.self.overlay_ip, node.self.slice, node.public_key))
@@ -137,12 +144,20 @@ function M.format_status(st, now)
   local s = st.self
   out[#out + 1] = string.format("node %s (%s)  overlay %s %s  slice %s  endpoint %s  interface %s",
     s.name, s.role, s.overlay_ip, s.overlay_ip6 or "", s.slice, s.endpoint, s.interface)
-  local rows = { { "PEER", "OVERLAY", "ENDPOINT", "HANDSHAKE", "HEALTH", "RTT", "CONNECTION" } }
+  if type(s.nat) == "table" then
+    local cands = {}
+    for _, c in ipairs(s.nat.candidates or {}) do cands[#cands + 1] = c.type .. " " .. c.endpoint end
+    out[#out + 1] = string.format("  nat %s  candidates %s", s.nat.nat or "unknown",
+      #cands > 0 and table.concat(cands, ", ") or "-")
+  end
+  local rows = { { "PEER", "OVERLAY", "ENDPOINT", "HANDSHAKE", "HEALTH", "RTT", "CONNECTION", "SINCE" } }
   for _, p in ipairs(st.peers) do
-    rows[#rows + 1] = { p.name or p.public_key:sub(1, 12), p.overlay_ip or "-",
-      type(p.endpoint) == "string" and p.endpoint or "-", age(p.last_handshake, now),
+    local via = type(p.endpoint) == "string" and p.endpoint or "-"
+    if type(p.relay_channel) == "number" then via = via .. string.format(" ch 0x%04X", p.relay_channel) end
+    rows[#rows + 1] = { p.name or p.public_key:sub(1, 12), p.overlay_ip or "-", via, age(p.last_handshake, now),
       p.healthy and "healthy" or "unhealthy",
-      type(p.rtt_ms) == "number" and string.format("%.2f ms", p.rtt_ms) or "-", p.connection }
+      type(p.rtt_ms) == "number" and string.format("%.2f ms", p.rtt_ms) or "-", p.connection,
+      type(p.connection_changed_at) == "number" and age(p.connection_changed_at, now) or "-" }
   end
   local w = {}
   for _, r in ipairs(rows) do for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end end

@@ -57,15 +57,64 @@ local function refuse_existing(p)
   return true
 end
 
+--- Checks the NAT traversal settings of `init`.
+-- @tparam table o `stun` (list of "IP:PORT"), `turn` ("IP:PORT"),
+--   `turn_user`, `turn_password`, `nat` (list of "KEY=SECONDS" policy
+--   settings, see wgoverlay.nat.policy, or a table)
+-- @return `{ stun, turn, nat }` for the cluster table, or nil and a message
+function M.nat_settings(o)
+  local out = {}
+  if o.stun and #o.stun > 0 then
+    out.stun = {}
+    for _, s in ipairs(o.stun) do
+      if not parse_endpoint(s) then return nil, string.format("STUN server \"%s\" invalid: expected IP:PORT", s) end
+      out.stun[#out.stun + 1] = s
+    end
+  end
+  if o.turn then
+    if not parse_endpoint(o.turn) then
+      return nil, string.format("TURN server \"%s\" invalid: expected IP:PORT", tostring(o.turn))
+    end
+    if type(o.turn_user) ~= "string" or type(o.turn_password) ~= "string" then
+      return nil, "a TURN server needs --turn-user and --turn-password"
+    end
+    out.turn = { server = o.turn, username = o.turn_user, password = o.turn_password }
+  elseif o.turn_user or o.turn_password then
+    return nil, "--turn-user and --turn-password need --turn"
+  end
+  local nat = o.nat
+  if type(nat) == "table" and #nat > 0 then
+    local t = {}
+    for _, kv in ipairs(nat) do
+      local k, v = tostring(kv):match("^([%w_]+)=([%d.]+)$")
+      if not k or not tonumber(v) then
+        return nil, string.format("NAT setting \"%s\" invalid: expected KEY=SECONDS", tostring(kv))
+      end
+      t[k] = math.tointeger(tonumber(v)) or tonumber(v)
+    end
+    nat = t
+  end
+  if type(nat) == "table" and next(nat) ~= nil then
+    local ok, err = require("wgoverlay.nat.policy").options(nat)
+    if not ok then return nil, err end
+    out.nat = nat
+  end
+  return out
+end
+
 --- Makes this node the leader of a new cluster.
 -- @tparam table o `state` (dir), `endpoint` ("IP:PORT", reachable by
 --   joiners), `cidr` (IPv4 cluster, default 10.200.0.0/16), `cidr6`,
---   `name`, `zone`, `dns_forward` ("IP:PORT" upstream, default: REFUSED)
+--   `name`, `zone`, `dns_forward` ("IP:PORT" upstream, default: REFUSED),
+--   and NAT traversal settings handed to every joiner: `stun`, `turn`,
+--   `turn_user`, `turn_password`, `nat` (see `nat_settings`)
 -- @return node table, or nil and a message
 function M.init(o)
   local p = M.paths(o.state)
   local host, port = parse_endpoint(o.endpoint)
   if not host then return nil, string.format("endpoint \"%s\" invalid: expected IP:PORT", tostring(o.endpoint)) end
+  local natset, nerr = M.nat_settings(o)
+  if not natset then return nil, nerr end
   local ok, err = state.ensure_dir(o.state)
   if not ok then return nil, err end
   ok, err = refuse_existing(p)
@@ -89,7 +138,7 @@ function M.init(o)
   local node = {
     name = name, private_key = priv, public_key = pub, role = "leader", ifname = M.ifname_for(pub),
     cluster = { cidr4 = cfg.cidr4, cidr6 = cfg.cidr6, zone = o.zone or M.DEFAULT_ZONE,
-                dns_forward = o.dns_forward,
+                dns_forward = o.dns_forward, stun = natset.stun, turn = natset.turn, nat = natset.nat,
                 leader = { name = name, endpoint = o.endpoint, public_key = pub, overlay_ip = slice.ip,
                            overlay_ip6 = slice.ip6, control_public = core.key_to_base64(cpub) } },
     self = { overlay_ip = slice.ip, overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6,

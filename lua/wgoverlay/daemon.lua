@@ -7,7 +7,11 @@
 --   and deltas to their peers and DNS zone;
 -- * an authoritative DNS server on the overlay address;
 -- * health: handshake age (epoch) plus UDP probes (port 7947) with RTT;
--- * containers attached through the root-only control socket.
+-- * containers attached through the root-only control socket;
+-- * NAT traversal (wgoverlay.nat.agent): STUN answered and used on the
+--   WireGuard port, candidates published through membership, per-peer
+--   direct / hole-punched / relayed paths; the leader relays "punch"
+--   requests so that both sides probe at once.
 -- @module wgoverlay.daemon
 local uv = require "luv"
 local cjson = require "cjson"
@@ -22,6 +26,8 @@ local containers = require "wgoverlay.containers"
 local cluster = require "wgoverlay.cluster"
 local cidr = require "wgoverlay.cidr"
 local transport = require "wgoverlay.transport"
+local nat_agent = require "wgoverlay.nat.agent"
+local candidates = require "wgoverlay.nat.candidates"
 
 local M = {}
 
@@ -30,7 +36,9 @@ M.RECONNECT = 2          -- seconds between membership reconnects
 M.PROBE_INTERVAL = 2     -- seconds between health probes
 M.PROBE_TIMEOUT = 6      -- a peer is unhealthy without a probe answer for this long
 M.HANDSHAKE_MAX = 180    -- ... or without a handshake for this long (REJECT_AFTER_TIME)
-M.KEEPALIVE = 25
+M.KEEPALIVE = 25         -- default; the cluster's NAT setting `keepalive` overrides it
+M.NAT_TICK = 0.25        -- seconds between NAT agent ticks
+M.PUNCH_DEDUP = 2        -- the leader relays one punch per pair in this many seconds
 
 local Node = {}
 Node.__index = Node
@@ -61,6 +69,12 @@ local function prefix_of(c) return assert(cidr.parse(c)).prefix end
 
 local function json_line(t) return cjson.encode(t) .. "\n" end
 
+-- Epoch seconds with microseconds.
+local function now_precise()
+  local sec, usec = uv.gettimeofday()
+  return sec + usec / 1e6
+end
+
 -- ---------------------------------------------------------------------
 -- peers and DNS from the member list
 -- ---------------------------------------------------------------------
@@ -88,8 +102,12 @@ function Node:sync_peers()
   end
   for _, list in ipairs({ diff.add, diff.update }) do
     for _, e in ipairs(list) do
-      local ok, err = self.t:add_peer({ public_key = e.public_key, endpoint = e.endpoint,
-                                         allowed_ips = e.allowed_ips, persistent_keepalive = M.KEEPALIVE })
+      -- A peer we have already is steered by the NAT agent: a new
+      -- advertised endpoint goes to its policy, not straight to the engine.
+      local endpoint = e.endpoint
+      if list == diff.update and self.nat then endpoint = nil end
+      local ok, err = self.t:add_peer({ public_key = e.public_key, endpoint = endpoint,
+                                         allowed_ips = e.allowed_ips, persistent_keepalive = self.keepalive })
       if ok then
         self.peers[e.public_key] = { name = e.name, endpoint = e.endpoint or (self.peers[e.public_key] or {}).endpoint,
                                      allowed_ips = e.allowed_ips }
@@ -97,6 +115,13 @@ function Node:sync_peers()
         log(self, "cannot configure peer %s: %s", e.name or e.public_key, err)
       end
     end
+  end
+  if self.nat then
+    local others = {}
+    for _, r in ipairs(self:member_list()) do
+      if r.name ~= self.node.name and self.peers[r.public_key] then others[#others + 1] = r end
+    end
+    self.nat:set_peers(others)
   end
   self:rebuild_zone()
 end
@@ -165,6 +190,7 @@ function Node:admit(p)
   return { node = { overlay_ip = slice.ip, overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6 },
            cluster = { cidr4 = self.node.cluster.cidr4, cidr6 = self.node.cluster.cidr6, zone = self.node.cluster.zone,
                        dns_forward = self.node.cluster.dns_forward,
+                       stun = self.node.cluster.stun, turn = self.node.cluster.turn, nat = self.node.cluster.nat,
                        leader = { control_public = self.node.cluster.leader.control_public } },
            leader = self.registry:get(self.node.name) }
 end
@@ -222,6 +248,42 @@ function Node:on_member_line(s, line)
   elseif msg.type == "containers" and type(msg.containers) == "table" then
     local up, err = self.registry:update(s.name, { containers = msg.containers })
     if up then self:registry_changed() else log(self, "containers of %s refused: %s", s.name, err) end
+  elseif msg.type == "candidates" then
+    self:set_candidates(s.name, msg.candidates)
+  elseif msg.type == "punch_request" and type(msg.peer) == "string" then
+    self:relay_punch(s.name, msg.peer)
+  end
+end
+
+-- A member's NAT candidates (checked, normalised) into its record.
+function Node:set_candidates(name, c)
+  local clean, err = candidates.sanitize(c)
+  if not clean then
+    log(self, "candidates of %s refused: %s", name, err)
+    return
+  end
+  local v, changed = self.registry:update(name, { candidates = candidates.publish(clean.key, clean.nat, clean.list) })
+  if not v then log(self, "candidates of %s refused: %s", name, changed) return end
+  if changed then self:registry_changed() end
+end
+
+-- Coordinated hole punching: tell both sides to probe each other now.
+function Node:relay_punch(a, b)
+  if a == b or not self.registry:get(a) or not self.registry:get(b) then return end
+  local key = a < b and (a .. "\0" .. b) or (b .. "\0" .. a)
+  local now = now_precise()
+  self.punches = self.punches or {}
+  if self.punches[key] and now - self.punches[key] < M.PUNCH_DEDUP then return end
+  self.punches[key] = now
+  log(self, "punch %s <-> %s", a, b)
+  for _, pair in ipairs({ { a, b }, { b, a } }) do
+    local side, other = pair[1], pair[2]
+    if side == self.node.name then
+      self.nat:on_punch(other)
+    else
+      local s = self.sessions[side]
+      if s and s.version then s.conn:write(json_line({ type = "punch", peer = other })) end
+    end
   end
 end
 
@@ -272,10 +334,16 @@ end
 function Node:check_endpoints()
   local st = self.t:status()
   local changed = false
+  local has_stun = type(self.node.cluster.stun) == "table" and #self.node.cluster.stun > 0
   for _, p in ipairs(st.peers) do
     local info = self.peers[p.public_key]
     local r = info and self.registry:get(info.name)
-    if r and p.endpoint and p.endpoint ~= r.endpoint and p.last_handshake > 0 then
+    -- A relayed path is not the member's address; and a member behind a
+    -- NAT (STUN says so, or has not said yet) is reached through its
+    -- candidates, not by publishing the NAT's mapping as its endpoint.
+    local behind_nat = has_stun and not (r and r.candidates and r.candidates.nat == "none")
+    if r and p.endpoint and p.endpoint ~= r.endpoint and p.last_handshake > 0 and not p.relay_channel
+       and not behind_nat then
       self.registry:update(r.name, { endpoint = p.endpoint })
       self.peers[p.public_key].endpoint = p.endpoint
       changed = true
@@ -299,9 +367,40 @@ function Node:send_containers()
   end
 end
 
+function Node:send_candidates()
+  local c = self.candidates_published
+  if c and self.session and self.session.ready then
+    self.session.conn:write(json_line({ type = "candidates", candidates = c }))
+  end
+end
+
+-- The NAT agent's candidate set: into the registry (leader) or to the
+-- leader (member).
+function Node:publish_candidates(c)
+  self.candidates_published = c
+  if self.registry then
+    local v, changed = self.registry:update(self.node.name, { candidates = c })
+    if v and changed then self:registry_changed() end
+  else
+    self:send_candidates()
+  end
+end
+
+function Node:request_punch(peer)
+  if self.registry then
+    self:relay_punch(self.node.name, peer)
+  elseif self.session and self.session.ready then
+    self.session.conn:write(json_line({ type = "punch_request", peer = peer }))
+  end
+end
+
 function Node:on_leader_line(line)
   local ok, msg = pcall(cjson.decode, line)
   if not ok or type(msg) ~= "table" then return end
+  if msg.type == "punch" then
+    if type(msg.peer) == "string" and self.nat then self.nat:on_punch(msg.peer) end
+    return
+  end
   local res = self.view:apply(msg)
   if not res then return end
   if res.need_snapshot then
@@ -335,6 +434,7 @@ function Node:connect_leader()
     s.ready = true
     conn:write(json_line(self.view:hello()))
     self:send_containers()
+    self:send_candidates()
     conn:read_start(function(rerr, chunk)
       if rerr or not chunk then
         close(conn)
@@ -367,6 +467,7 @@ function Node:start_health()
       if h and tonumber(sent) then
         h.rtt_ms = (uv.hrtime() - tonumber(sent)) / 1e6
         h.last_reply = os.time()
+        h.last_reply_at = now_precise()
       end
     end
   end)
@@ -493,11 +594,16 @@ function Node:status()
   for _, p in ipairs(st.peers) do
     local r = byname[p.public_key] or {}
     local h = self.health[p.public_key] or {}
+    local c = self.nat and self.nat:peer_status(p.public_key) or {}
     peers[#peers + 1] = { name = r.name, public_key = p.public_key, overlay_ip = r.overlay_ip,
                           overlay_ip6 = r.overlay_ip6, endpoint = p.endpoint or cjson.null,
                           last_handshake = p.last_handshake, healthy = h.healthy == true,
                           rtt_ms = h.rtt_ms and math.floor(h.rtt_ms * 1000 + 0.5) / 1000 or cjson.null,
-                          rx_bytes = p.rx_bytes, tx_bytes = p.tx_bytes, connection = "direct",
+                          rx_bytes = p.rx_bytes, tx_bytes = p.tx_bytes, connection = c.connection or "direct",
+                          connection_changed_at = c.connection_changed_at and math.floor(c.connection_changed_at)
+                                                  or cjson.null,
+                          connection_changed_at_precise = c.connection_changed_at or cjson.null,
+                          nat_phase = c.phase or cjson.null, relay_channel = p.relay_channel or cjson.null,
                           health_changed_at = h.changed_at or cjson.null }
   end
   table.sort(peers, function(a, b) return (a.name or "") < (b.name or "") end)
@@ -505,13 +611,25 @@ function Node:status()
   return {
     self = { name = self.node.name, public_key = self.node.public_key, overlay_ip = s.overlay_ip,
              overlay_ip6 = s.overlay_ip6, slice = s.slice, slice6 = s.slice6, endpoint = s.endpoint,
-             role = self.node.role, interface = self.node.ifname },
+             role = self.node.role, interface = self.node.ifname,
+             nat = self.nat and self:nat_status() or cjson.null },
     peers = setmetatable(peers, cjson.array_mt),
     containers = setmetatable(self:container_records(), cjson.array_mt),
     version = self.registry and self.registry.version or self.view.version,
     events = setmetatable({ table.unpack(self.events) }, cjson.array_mt),
     leader_connected = self.registry and true or (self.session and self.session.ready) or false,
   }
+end
+
+function Node:nat_status()
+  local n = self.nat:self_status()
+  local stun = {}
+  for server, mapped in pairs(n.stun or {}) do stun[#stun + 1] = { server = server, mapped = mapped } end
+  table.sort(stun, function(a, b) return a.server < b.server end)
+  local list = {}
+  for i, c in ipairs(n.candidates) do list[i] = { type = c.type, endpoint = c.endpoint } end
+  return { nat = n.nat, candidates = setmetatable(list, cjson.array_mt), stun = setmetatable(stun, cjson.array_mt),
+           relay = n.relay or cjson.null, stats = n.stats }
 end
 
 function Node:control(req)
@@ -630,6 +748,20 @@ function M.run(dir)
   self.t = t
   ok, err = t:configure({})
   if not ok then t:shutdown() return nil, err end
+  local nat_settings = type(node.cluster.nat) == "table" and node.cluster.nat or {}
+  self.keepalive = math.tointeger(nat_settings.keepalive) or M.KEEPALIVE
+  local turn_conf = node.cluster.turn
+  if type(turn_conf) ~= "table" or type(turn_conf.server) ~= "string" then turn_conf = nil end
+  self.nat, err = nat_agent.new({
+    t = t, public_key = node.public_key, endpoint = node.self.endpoint,
+    stun = type(node.cluster.stun) == "table" and node.cluster.stun or {}, turn = turn_conf,
+    settings = nat_settings, clock = now_precise,
+    publish = function(c) self:publish_candidates(c) end,
+    request_punch = function(peer) self:request_punch(peer) end,
+    log = function(fmt, ...) log(self, fmt, ...) end,
+    event = function(kind, fields) event(self, kind, fields) end,
+  })
+  if not self.nat then t:shutdown() return nil, "NAT settings: " .. tostring(err) end
   if not self.registry then
     -- a member always knows the leader, even before the first snapshot
     local l = node.cluster.leader
@@ -675,15 +807,24 @@ function M.run(dir)
   ok, err = self:start_control()
   if not ok then return fail(err) end
 
-  -- engine events: join requests (leader), handshakes
+  -- engine events: join requests (leader), STUN, TURN and punch datagrams
   self.poll = uv.new_poll(t:fd())
   self.poll:start("r", function()
     for ev in t:events() do
-      if ev.type == "datagram" and self.registry and joinproto.is_control(ev.data) then
-        self:on_join_datagram(ev.from, ev.data)
+      if ev.type == "datagram" then
+        if joinproto.is_control(ev.data) then
+          if self.registry then self:on_join_datagram(ev.from, ev.data) end
+        elseif not self.stopping then
+          self.nat:on_datagram(ev)
+        end
       end
     end
   end)
+  local nt = uv.new_timer()
+  nt:start(0, math.floor(M.NAT_TICK * 1000), function()
+    if not self.stopping then self.nat:tick(self.health) end
+  end)
+  self.timers[#self.timers + 1] = nt
   local signals = {}
   for _, sig in ipairs({ "sigterm", "sigint" }) do
     local h = uv.new_signal()
@@ -715,6 +856,7 @@ function Node:stop()
     os.remove(self.paths.control)
   end
   for _, h in ipairs(self.signals or {}) do close(h) end
+  if self.nat then self.nat:stop() end
   if self.t then self.t:shutdown() end
   uv.stop()
 end

@@ -3,7 +3,10 @@
 -- clock.
 --
 -- A member record: `{name, public_key, endpoint, overlay_ip, overlay_ip6,
--- slice, slice6, containers = {{name, ip, ip6}...}}`.
+-- slice, slice6, containers = {{name, ip, ip6}...}, candidates}`, where the
+-- optional `candidates` is the node's NAT traversal set `{key, nat, list =
+-- {{type, endpoint}...}}` (see wgoverlay.nat.candidates; only its string
+-- fields are kept here).
 --
 -- Messages (JSON lines over the overlay, see docs/ORCHESTRATION.md):
 --
@@ -30,7 +33,7 @@ local M = {}
 M.DEFAULT_LOG_SIZE = 1024
 
 local STRING_FIELDS = { "endpoint", "overlay_ip", "overlay_ip6", "slice", "slice6" }
-local UPDATABLE = { endpoint = true, public_key = true, containers = true }
+local UPDATABLE = { endpoint = true, public_key = true, containers = true, candidates = true }
 
 local function int(x)
   return type(x) == "number" and math.tointeger(x) or nil
@@ -51,6 +54,30 @@ local function copy_containers(list)
   return out
 end
 
+local function str(v) return type(v) == "string" and v or nil end
+
+-- NAT candidates: `{key, nat, list = {{type, endpoint}...}}`, strings only.
+local function copy_candidates(c)
+  if type(c) ~= "table" then return nil end
+  local list, src = {}, c.list
+  if type(src) == "table" then
+    for i = 1, #src do
+      local e = src[i]
+      if type(e) == "table" then list[#list + 1] = { type = str(e.type), endpoint = str(e.endpoint) } end
+    end
+  end
+  return { key = str(c.key), nat = str(c.nat), list = list }
+end
+
+local function same_candidates(a, b)
+  if a == nil or b == nil then return a == b end
+  if a.key ~= b.key or a.nat ~= b.nat or #a.list ~= #b.list then return false end
+  for i = 1, #a.list do
+    if a.list[i].type ~= b.list[i].type or a.list[i].endpoint ~= b.list[i].endpoint then return false end
+  end
+  return true
+end
+
 -- A copy with only the known fields (also strips JSON nulls).  Unrolled:
 -- this runs for every record of every snapshot and delta.
 local function copy_record(r)
@@ -61,7 +88,8 @@ local function copy_record(r)
            overlay_ip6 = type(ip6) == "string" and ip6 or nil,
            slice = type(s4) == "string" and s4 or nil,
            slice6 = type(s6) == "string" and s6 or nil,
-           containers = copy_containers(r.containers) }
+           containers = copy_containers(r.containers),
+           candidates = r.candidates ~= nil and copy_candidates(r.candidates) or nil }
 end
 
 local function check_containers(list)
@@ -94,6 +122,10 @@ function M.check_record(r)
   end
   local ok, err = check_containers(r.containers)
   if not ok then return nil, "member " .. r.name .. ": " .. err end
+  local c = r.candidates
+  if c ~= nil and type(c) ~= "table" and type(c) ~= "userdata" then
+    return nil, "member " .. r.name .. ": candidates must be a table"
+  end
   return true
 end
 
@@ -110,7 +142,7 @@ local function same_record(a, b)
   for _, f in ipairs(STRING_FIELDS) do
     if a[f] ~= b[f] then return false end
   end
-  return same_containers(a.containers, b.containers)
+  return same_containers(a.containers, b.containers) and same_candidates(a.candidates, b.candidates)
 end
 
 -- Records of a name -> record map, or of a list, sorted by name.
@@ -233,6 +265,8 @@ local function check_update(self, name, fields)
     if f == "containers" then
       local ok, err = check_containers(v)
       if not ok then return err end
+    elseif f == "candidates" then
+      if type(v) ~= "table" then return "candidates must be a table" end
     elseif type(v) ~= "string" or v == "" then
       return f .. " must be a non-empty string"
     end
@@ -242,9 +276,11 @@ local function check_update(self, name, fields)
   return nil
 end
 
---- Updates a member's endpoint, public key and/or containers.
+--- Updates a member's endpoint, public key, containers and/or NAT
+-- candidates.
 -- @tparam string name
--- @tparam table fields any of `endpoint`, `public_key`, `containers`
+-- @tparam table fields any of `endpoint`, `public_key`, `containers`,
+--   `candidates`
 -- @return version and whether anything changed, or nil and an error
 function Leader:update(name, fields)
   local old = self.members[name]
@@ -256,6 +292,7 @@ function Leader:update(name, fields)
   r.endpoint = fields.endpoint or r.endpoint
   r.public_key = fields.public_key or r.public_key
   if fields.containers then r.containers = copy_containers(fields.containers) end
+  if fields.candidates then r.candidates = copy_candidates(fields.candidates) end
   if same_record(old, r) then return self.version, false end
   self.by_key[old.public_key] = nil
   self.by_key[r.public_key] = name

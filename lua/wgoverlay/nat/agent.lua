@@ -1,0 +1,528 @@
+--- The NAT traversal agent of a running node: glue between the pure
+-- modules (candidates, policy, punch, stun, turn) and one transport.  It
+-- owns no sockets and no event loop: the daemon feeds it the datagram
+-- events of the WireGuard port (`on_datagram`), the leader's "punch" go
+-- (`on_punch`) and a periodic `tick`; it sends with `t:send_datagram` and
+-- steers peers with `t:set_peer_relay` / `t:initiate_handshake`.
+--
+-- What it does:
+--
+-- * answers STUN Binding requests on the WireGuard port (so any public
+--   node serves the others as a STUN server);
+-- * gathers candidates: host (the node's endpoint), server-reflexive (STUN
+--   Binding to each configured server from the WireGuard socket, every
+--   `stun_interval` s (a policy setting); two servers tell an endpoint-dependent mapping from
+--   an endpoint-independent one) and relayed (a TURN allocation on the
+--   WireGuard socket, reallocated when lost), and publishes them with its
+--   punch key (`opts.publish`);
+-- * binds a TURN channel to every peer's relayed address, so that a peer
+--   that relays can always reach it;
+-- * runs one wgoverlay.nat.policy per peer and carries out its actions;
+--   punch requests go to the leader (`opts.request_punch`), which starts
+--   both sides (`on_punch`).
+-- @module wgoverlay.nat.agent
+local core = require "wgoverlay.core"
+local stun = require "wgoverlay.nat.stun"
+local turn = require "wgoverlay.nat.turn"
+local cand = require "wgoverlay.nat.candidates"
+local policy = require "wgoverlay.nat.policy"
+local punch = require "wgoverlay.nat.punch"
+
+local M = {}
+
+M.STUN_ROUND = 2          -- s a round waits for answers (requests repeated every 0.5 s)
+M.REALLOCATE = 10         -- s before a lost or failed TURN allocation is tried again
+M.FIRST_PUBLISH = 1.5     -- s the first publication waits for STUN and TURN answers
+
+local Agent = {}
+Agent.__index = Agent
+
+local function noop() end
+
+--- Creates the agent.
+-- @tparam table o `t` (transport), `public_key` (ours, base64),
+--   `endpoint` (our advertised "IP:PORT"), `stun` (list of "IP:PORT"),
+--   `turn` (`{ server, username, password }` or nil), `settings` (policy
+--   settings, see wgoverlay.nat.policy), `clock` (epoch seconds, float),
+--   `publish` (function(candidate set)), `request_punch` (function(peer
+--   name)), `log` (function(fmt, ...)), `event` (function(kind, fields))
+-- @return agent, or nil and a message
+function M.new(o)
+  local settings, err = policy.options(o.settings)
+  if not settings then return nil, err end
+  local self = setmetatable({
+    t = o.t, clock = o.clock, settings = settings,
+    self_id = assert(core.key_from_base64(o.public_key)),
+    endpoint = o.endpoint and stun.normalize_endpoint(o.endpoint),
+    stun_servers = {}, turn_conf = o.turn,
+    publish_fn = o.publish or noop, request_punch_fn = o.request_punch or noop,
+    log = o.log or noop, event = o.event or noop,
+    peers = {},          -- WireGuard public key (base64) -> peer state
+    by_name = {},
+    mapped = {},         -- STUN server -> mapped "IP:PORT" (last round that answered)
+    nat = "unknown",
+    stats = { stun_answered = 0, stun_ignored = 0 },
+    refused_logged = 0,
+  }, Agent)
+  local listed = {}
+  local function add_server(s)
+    local n = stun.normalize_endpoint(s)
+    if n and n ~= self.endpoint and not listed[n] then
+      listed[n] = true
+      self.stun_servers[#self.stun_servers + 1] = n
+    end
+  end
+  for _, s in ipairs(o.stun or {}) do add_server(s) end
+  -- a TURN server answers Binding too: asking it tells when the NAT's
+  -- mapping towards it changed (and the allocation with it)
+  if o.turn then add_server(o.turn.server) end
+  self.punch_private, self.punch_public = core.x25519_keypair()
+  self.punch_key_b64 = core.key_to_base64(self.punch_public)
+  self.prober = punch.new({ self_id = self.self_id, clock = self.clock })
+  self.matcher = stun.matcher({ clock = self.clock })
+  local now = self.clock()
+  self.started = now
+  self.next_stun = now
+  if self.turn_conf then self:_allocate() end
+  return self
+end
+
+local function send_all(self, out)
+  for _, d in ipairs(out) do self.t:send_datagram(d.to, d.bytes) end
+end
+
+-- ---------------------------------------------------------------------
+-- TURN
+-- ---------------------------------------------------------------------
+
+function Agent:_allocate()
+  local c = self.turn_conf
+  local client, err
+  client, err = turn.new({
+    server = c.server, username = c.username, password = c.password, clock = self.clock,
+    software = "wgoverlay",
+    send = function(bytes, to) return self.t:send_datagram(to, bytes) end,
+    on_event = function(ev) if self.turn == client then self:_turn_event(ev) end end,
+  })
+  if not client then
+    self.log("TURN client: %s", err)
+    self.turn_error = err
+    return
+  end
+  self.turn = client
+  self.realloc_at = nil
+  client:allocate()
+end
+
+function Agent:_turn_lost(why)
+  self.log("TURN relay lost: %s", why)
+  self.turn_error = why
+  self.relayed = nil
+  self.channels = nil
+  for _, p in pairs(self.peers) do p.policy:set_relay(nil) end
+  self.realloc_at = self.clock() + M.REALLOCATE
+end
+
+function Agent:_turn_event(ev)
+  local c = self.turn
+  if ev.type == "allocated" then
+    self.t:set_relay(c.server)
+    self.relayed = ev.relayed
+    self.turn_error = nil
+    self.channels = {}
+    self.log("TURN allocation on %s: relayed address %s", c.server, ev.relayed)
+    for _, p in pairs(self.peers) do self:_bind(p) end
+  elseif ev.type == "channel" then
+    for _, p in pairs(self.peers) do
+      if p.relay_ep == ev.peer then
+        p.channel = ev.channel
+        p.policy:set_relay(c.server, ev.channel)
+      end
+    end
+  elseif ev.type == "error" then
+    self.log("TURN: %s", ev.message or "error")
+    if c.state == "failed" then self:_turn_lost(ev.message or "failed") end
+  elseif ev.type == "expired" or ev.type == "closed" then
+    if not self.stopping then self:_turn_lost(ev.type) end
+  end
+end
+
+-- Binds a channel on our allocation to the peer's relayed address.
+function Agent:_bind(p)
+  if not (self.turn and self.turn.state == "allocated" and p.relay_ep) then return end
+  local ch, state = self.turn:channel(p.relay_ep)
+  if ch and state == "bound" then
+    p.channel = ch
+    p.policy:set_relay(self.turn.server, ch)
+    return
+  end
+  if not ch then
+    local n, err = self.turn:bind_channel(p.relay_ep)
+    if not n then self.log("cannot bind a TURN channel to %s: %s", p.relay_ep, err) end
+  end
+end
+
+-- ---------------------------------------------------------------------
+-- candidates
+-- ---------------------------------------------------------------------
+
+function Agent:_srflx()
+  local list, seen = {}, {}
+  for _, s in ipairs(self.stun_servers) do
+    local m = self.mapped[s]
+    if m and not seen[m] then
+      seen[m] = true
+      list[#list + 1] = m
+    end
+  end
+  return list
+end
+
+--- Our candidate set as published: `{ key, nat, list }`.
+function Agent:candidate_set()
+  local list = cand.gather({ host = { self.endpoint }, srflx = self:_srflx(), relay = self.relayed })
+  return cand.publish(self.punch_key_b64, self.nat, list)
+end
+
+local function set_key(c)
+  local parts = { c.key or "", c.nat or "" }
+  for _, e in ipairs(c.list) do parts[#parts + 1] = e.type .. "=" .. e.endpoint end
+  return table.concat(parts, ",")
+end
+
+function Agent:_maybe_publish(now)
+  if not self.published and now - self.started < M.FIRST_PUBLISH then
+    local stun_pending = #self.stun_servers > 0 and not self.stun_done
+    local turn_pending = self.turn and self.turn.state == "allocating"
+    if stun_pending or turn_pending then return end
+  end
+  local c = self:candidate_set()
+  local k = set_key(c)
+  if k ~= self.published_key then
+    self.published_key = k
+    self.published = c
+    if os.getenv("WGO_NAT_DEBUG") then
+      local l = {}
+      for _, e in ipairs(c.list) do l[#l + 1] = e.type .. " " .. e.endpoint end
+      self.log("%.3f publish nat=%s %s", now, c.nat, table.concat(l, ", "))
+    end
+    self.publish_fn(c)
+  end
+end
+
+function Agent:_stun_round(now)
+  local r = self.round
+  if not r then
+    if now < self.next_stun or #self.stun_servers == 0 then return end
+    r = { started = now, answers = {}, next_send = now }
+    self.round = r
+  end
+  local pending = 0
+  for _, s in ipairs(self.stun_servers) do
+    if not r.answers[s] then pending = pending + 1 end
+  end
+  if pending == 0 or now - r.started >= M.STUN_ROUND then
+    local answered = {}
+    for _, s in ipairs(self.stun_servers) do
+      if r.answers[s] then answered[#answered + 1] = r.answers[s] end
+    end
+    if #answered > 0 then
+      self.mapped = r.answers
+      self.nat = cand.nat_kind({ self.endpoint }, answered)
+      for _, p in pairs(self.peers) do p.policy:set_local_nat(self.nat) end
+    end
+    -- The NAT now maps us elsewhere towards the TURN server: the server
+    -- knows our allocation by the old address, so it is gone for us.
+    local tc = self.turn
+    local seen = tc and r.answers[tc.server]
+    if tc and tc.state == "allocated" and tc.mapped and seen and seen ~= tc.mapped then
+      self.log("the NAT maps us to %s now (was %s): new TURN allocation", seen, tc.mapped)
+      self:_turn_lost("mapping changed")
+      self:_allocate()
+    end
+    self.matcher:expire(0, math.huge)
+    self.round = nil
+    self.stun_done = true
+    self.next_stun = now + self.settings.stun_interval
+    return
+  end
+  if now >= r.next_send then
+    for _, s in ipairs(self.stun_servers) do
+      if not r.answers[s] then
+        local bytes = self.matcher:binding_request(s)
+        if bytes then self.t:send_datagram(s, bytes) end
+      end
+    end
+    r.next_send = now + 0.5
+  end
+end
+
+-- ---------------------------------------------------------------------
+-- peers
+-- ---------------------------------------------------------------------
+
+--- Updates the peer set from member records (all but this node).
+function Agent:set_peers(records)
+  local seen = {}
+  local now = self.clock()
+  for _, r in ipairs(records) do
+    local pk = r.public_key
+    if pk and r.public_key ~= nil and core.valid_key(pk) then
+      seen[pk] = true
+      local p = self.peers[pk]
+      if not p then
+        -- (initiated: the engine starts a handshake itself with a new peer)
+        p = { name = r.name, public_key = pk, id = core.key_from_base64(pk),
+              policy = policy.new(self:_policy_opts(now)), initiated = now }
+        p.policy:set_local_nat(self.nat)
+        self.peers[pk] = p
+      end
+      p.name = r.name
+      self.by_name[r.name] = p
+      self.busy = true
+      local c = r.candidates and cand.sanitize(r.candidates) or nil
+      p.cands = c
+      p.endpoint = r.endpoint
+      -- the pair key, when the peer's punch key changed
+      local key_b64 = c and c.key
+      if key_b64 ~= p.key_b64 then
+        p.key_b64 = key_b64
+        local key
+        local peer_pub = key_b64 and core.key_from_base64(key_b64)
+        if peer_pub then
+          key = punch.pair_key(self.punch_private, self.punch_public, peer_pub, self.self_id, p.id)
+        end
+        self.prober:set_key(p.id, key)
+        p.has_key = key ~= nil
+        -- a new punch key: the peer (re)started; try again now
+        if key then p.policy:restart(now) end
+      end
+      p.policy:set_remote({ endpoint = r.endpoint, nat = c and c.nat or "unknown",
+                            punchable = p.has_key and #self:_targets(p) > 0 })
+      local relay = c and cand.find(c.list, "relay")
+      local relay_ep = relay and relay.endpoint
+      if relay_ep ~= p.relay_ep then
+        p.relay_ep = relay_ep
+        p.channel = nil
+        p.policy:set_relay(nil)
+        self:_bind(p)
+      end
+    end
+  end
+  for pk, p in pairs(self.peers) do
+    if not seen[pk] then
+      self.peers[pk] = nil
+      if self.by_name[p.name] == p then self.by_name[p.name] = nil end
+      self.prober:set_key(p.id, nil)
+    end
+  end
+  for name, exp in pairs(self.pending_punch or {}) do
+    local p = self.by_name[name]
+    if now >= exp then
+      self.pending_punch[name] = nil
+    elseif p and p.has_key then
+      self:on_punch(name)
+    end
+  end
+end
+
+function Agent:_policy_opts(now)
+  local o = { clock = self.clock, now = now }
+  for k, v in pairs(self.settings) do o[k] = v end
+  return o
+end
+
+function Agent:_targets(p)
+  return cand.probe_targets(p.cands and p.cands.list or {}, { p.endpoint })
+end
+
+M.PUNCH_PENDING = 5       -- s a go for a peer whose punch key we lack yet is kept
+
+--- The leader's go for a coordinated punch with `name`.  When the peer
+-- (or its punch key) is not known here yet, the go is kept for a few
+-- seconds and acted upon as soon as it is.
+-- @return true when probing started
+function Agent:on_punch(name)
+  local p = self.by_name[name]
+  if not p or not p.has_key then
+    self.pending_punch = self.pending_punch or {}
+    self.pending_punch[name] = self.clock() + M.PUNCH_PENDING
+    return false
+  end
+  if self.pending_punch then self.pending_punch[name] = nil end
+  local targets = self:_targets(p)
+  local out = self.prober:start(p.id, targets)
+  if not out then return false end
+  self.log("punch with %s: probing %s", name, table.concat(targets, " "))
+  send_all(self, out)
+  p.policy:punch_started(self.clock())
+  self.busy = true
+  return true
+end
+
+function Agent:_punch_results(results)
+  for _, r in ipairs(results) do
+    local pk = core.key_to_base64(r.peer)
+    local p = self.peers[pk]
+    if p then
+      self.log("punch with %s: %s", p.name, r.endpoint and ("answered at " .. r.endpoint) or "no answer")
+      p.policy:punch_result(r.endpoint, self.clock())
+      self.busy = true
+    end
+  end
+end
+
+--- A datagram event of the WireGuard port (not a WireGuard message).
+-- @return true when the agent used it
+function Agent:on_datagram(ev)
+  local data, from = ev.data, ev.from
+  if type(data) ~= "string" or type(from) ~= "string" then return false end
+  if ev.relay_channel then return false end -- only WireGuard goes through the relay
+  if punch.is_punch(data) then
+    local out, results, why = self.prober:input(from, data)
+    if why and self.refused_logged < 20 then
+      self.refused_logged = self.refused_logged + 1
+      self.log("punch message from %s refused: %s", from, why)
+    end
+    send_all(self, out)
+    self:_punch_results(results)
+    return true
+  end
+  local b1 = data:byte(1)
+  if self.turn and (stun.is_stun(data) or (b1 and b1 >= 0x40 and b1 <= 0x4F)) then
+    if self.turn:input(from, data) then return true end
+  end
+  if not stun.is_stun(data) then return false end
+  local msg = stun.decode(data)
+  if not msg then
+    self.stats.stun_ignored = self.stats.stun_ignored + 1
+    return true
+  end
+  if msg.class == "request" and msg.method == stun.BINDING then
+    local resp = stun.binding_response(msg, from, nil, { software = "wgoverlay" })
+    if resp then
+      self.stats.stun_answered = self.stats.stun_answered + 1
+      self.t:send_datagram(from, resp)
+    end
+    return true
+  end
+  local m, req = self.matcher:match(from, data)
+  if m and self.round and m.class == "success" then
+    local x = m.attrs["XOR-MAPPED-ADDRESS"] or m.attrs["MAPPED-ADDRESS"]
+    if x then self.round.answers[req.server] = stun.format_endpoint(x) end
+  else
+    self.stats.stun_ignored = self.stats.stun_ignored + 1
+  end
+  return true
+end
+
+local function alive_time(p, h)
+  local t = nil
+  if p.last_handshake and p.last_handshake > 0 then t = p.last_handshake_precise end
+  if h and h.last_reply_at and (not t or h.last_reply_at > t) then t = h.last_reply_at end
+  return t
+end
+
+--- Periodic work: STUN rounds, TURN timers, probes, the policies.
+-- @tparam table health public key -> `{ last_reply_at }` (answered health
+--   probes through the tunnel, epoch seconds)
+function Agent:tick(health)
+  local now = self.clock()
+  self:_stun_round(now)
+  if self.turn then self.turn:tick(now) end
+  if self.turn_conf and self.realloc_at and now >= self.realloc_at then self:_allocate() end
+  self:_maybe_publish(now)
+  local out, results = self.prober:tick(now)
+  send_all(self, out)
+  self:_punch_results(results)
+
+  -- every tick while something is being tried, else once a second
+  if not self.busy and self.full_at and now - self.full_at < 1 then return end
+  self.full_at = now
+  local busy = next(self.prober.sessions) ~= nil
+  local st = self.t:status()
+  for _, sp in ipairs(st.peers) do
+    local p = self.peers[sp.public_key]
+    if p then
+      local pol = p.policy
+      if sp.endpoint then pol:observe(sp.endpoint, sp.relay_channel, now) end
+      pol:alive(alive_time(sp, health and health[sp.public_key]))
+      local before, was_up = pol.connection, pol.phase == "up"
+      for _, a in ipairs(pol:tick(now)) do self:_act(p, a, sp, now) end
+      if os.getenv("WGO_NAT_DEBUG") and pol.phase ~= p.last_phase then
+        self.log("%.3f peer %s phase %s (%s) nat %s/%s", now, p.name, pol.phase, pol.connection, pol.local_nat,
+          pol.remote_nat)
+        p.last_phase = pol.phase
+      end
+      if was_up and pol.phase ~= "up" and not pol.upgrading then
+        -- a path died: perhaps our NAT mapping changed; ask STUN now
+        self.next_stun = math.min(self.next_stun, now)
+      end
+      if pol.connection ~= before then
+        self.log("peer %s: connection %s (was %s)", p.name, pol.connection, before)
+        self.event("connection", { peer = p.name, connection = pol.connection, previous = before })
+      end
+      if pol.phase ~= "up" then busy = true end
+    end
+  end
+  self.busy = busy
+end
+
+-- Starts a handshake, at most one a second per peer: WireGuard refuses a
+-- second initiation within 20 ms (flood protection), and a new initiation
+-- voids the answer to the previous one.
+function Agent:_initiate(p, now)
+  if p.initiated and now - p.initiated < 1 then return end
+  p.initiated = now
+  self.t:initiate_handshake(p.public_key)
+end
+
+function Agent:_act(p, a, sp, now)
+  local t = self.t
+  if a.type == "set_endpoint" then
+    if sp.endpoint == a.endpoint and not sp.relay_channel then return self:_initiate(p, now) end
+    local ok, err = t:set_peer_relay(p.public_key, a.endpoint, 0)
+    if not ok then self.log("peer %s: cannot use %s: %s", p.name, a.endpoint, tostring(err)) end
+    self:_initiate(p, now)
+  elseif a.type == "use_relay" then
+    if sp.endpoint == a.server and sp.relay_channel == a.channel then return end
+    local ok, err = t:set_peer_relay(p.public_key, a.server, a.channel)
+    if not ok then self.log("peer %s: cannot use the relay: %s", p.name, tostring(err)) end
+    self:_initiate(p, now)
+  elseif a.type == "handshake" then
+    self:_initiate(p, now)
+  elseif a.type == "request_punch" then
+    self.request_punch_fn(p.name)
+  end
+end
+
+--- Connection of a peer: `{ connection, connection_changed_at, phase }`
+-- or nil.
+function Agent:peer_status(public_key)
+  local p = self.peers[public_key]
+  if not p then return nil end
+  local pol = p.policy
+  return { connection = pol.connection, connection_changed_at = pol.changed_at, phase = pol.phase }
+end
+
+--- This node's NAT view for status.
+function Agent:self_status()
+  local relay
+  if self.turn_conf then
+    relay = { server = self.turn_conf.server, state = self.turn and self.turn.state or "failed",
+              relayed = self.relayed, error = self.turn_error }
+  end
+  local c = self:candidate_set()
+  local stats = {}
+  for k, v in pairs(self.stats) do stats[k] = v end
+  for k, v in pairs(self.prober.stats) do stats["punch_" .. k] = v end
+  return { nat = self.nat, candidates = c.list, stun = self.mapped, relay = relay, stats = stats }
+end
+
+--- Releases the TURN allocation.
+function Agent:stop()
+  self.stopping = true
+  if self.turn then self.turn:close() end
+end
+
+return M

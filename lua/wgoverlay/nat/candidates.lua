@@ -1,0 +1,223 @@
+--- NAT traversal candidates: the addresses at which a node's WireGuard
+-- socket may be reached, ranked as ICE does (RFC 8445 §5.1.2), and the
+-- pairs two nodes check.  Pure: no I/O.
+--
+-- A candidate is `{ type = "host"|"srflx"|"prflx"|"relay", endpoint =
+-- "IP:PORT", priority = n, family = 4|6 }`:
+--
+-- * host: the node's own address (its configured endpoint);
+-- * srflx (server-reflexive): the mapping a STUN server saw for the
+--   WireGuard socket (the NAT's public side);
+-- * prflx (peer-reflexive): an address a peer's probe arrived from;
+-- * relay: the TURN allocation's relayed address.
+--
+-- What a node publishes (membership record field `candidates`):
+-- `{ key = base64 X25519 public key for hole-punch probes (see
+-- wgoverlay.nat.punch), nat = "none"|"endpoint-independent"|
+-- "endpoint-dependent"|"unknown", list = { candidate... } }`.
+-- @module wgoverlay.nat.candidates
+local stun = require "wgoverlay.nat.stun"
+
+local M = {}
+
+--- Type preferences (RFC 8445 §5.1.2.2 recommended values).
+M.TYPE_PREF = { host = 126, prflx = 110, srflx = 100, relay = 0 }
+
+--- NAT mapping kinds a node may publish.
+M.NAT_KINDS = { none = true, ["endpoint-independent"] = true, ["endpoint-dependent"] = true, unknown = true }
+
+--- Most candidates accepted from a record (the rest are ignored).
+M.MAX_CANDIDATES = 8
+
+--- Priority of a candidate: 2^24 * type preference + 2^8 * local
+-- preference + (256 - component); component is always 1 (one socket).
+function M.priority(ctype, local_pref)
+  local tp = M.TYPE_PREF[ctype]
+  assert(tp, "candidates: unknown type " .. tostring(ctype))
+  local_pref = local_pref or 65535
+  return (tp << 24) | ((local_pref & 0xFFFF) << 8) | (256 - 1)
+end
+
+--- A candidate.
+-- @string ctype "host", "srflx", "prflx" or "relay"
+-- @string endpoint "IP:PORT" or "[IPv6]:PORT"
+-- @tparam[opt] integer local_pref 0..65535 (default 65535)
+-- @return candidate, or nil and a message
+function M.new(ctype, endpoint, local_pref)
+  if not M.TYPE_PREF[ctype] then return nil, string.format("candidate type \"%s\" invalid", tostring(ctype)) end
+  local ip, port, family = stun.parse_endpoint(endpoint)
+  if not ip then return nil, port end
+  if port == 0 then return nil, "candidate port 0 invalid" end
+  return { type = ctype, endpoint = stun.format_endpoint(ip, port), family = family,
+           priority = M.priority(ctype, local_pref) }
+end
+
+local function by_priority(a, b)
+  if a.priority ~= b.priority then return a.priority > b.priority end
+  return a.endpoint < b.endpoint
+end
+
+--- Sorts candidates by priority (highest first; ties by endpoint) and
+-- drops duplicate endpoints (the highest-priority one stays).  Returns a
+-- new list.
+function M.rank(list)
+  local sorted = {}
+  for i, c in ipairs(list) do sorted[i] = c end
+  table.sort(sorted, by_priority)
+  local out, seen = {}, {}
+  for _, c in ipairs(sorted) do
+    if not seen[c.endpoint] then
+      seen[c.endpoint] = true
+      out[#out + 1] = c
+    end
+  end
+  return out
+end
+
+--- Builds a node's candidate list.
+-- @tparam table g `host` (list of "IP:PORT"), `srflx` (list of mapped
+--   "IP:PORT" from STUN), `relay` ("IP:PORT" relayed address or nil)
+-- @return ranked list (invalid addresses are skipped)
+function M.gather(g)
+  local list = {}
+  local function add(ctype, ep, pref)
+    local c = ep and M.new(ctype, ep, pref)
+    if c then list[#list + 1] = c end
+  end
+  for i, ep in ipairs(g.host or {}) do add("host", ep, 65535 - i + 1) end
+  for i, ep in ipairs(g.srflx or {}) do add("srflx", ep, 65535 - i + 1) end
+  add("relay", g.relay)
+  return M.rank(list)
+end
+
+--- The NAT mapping kind from the host endpoints and what STUN servers
+-- reported for the same socket.
+-- @tparam table host list of "IP:PORT" the node itself holds
+-- @tparam table mapped list of "IP:PORT" (one per server that answered)
+-- @return "unknown" (no answers), "none" (a server saw a host address),
+--   "endpoint-independent" or "endpoint-dependent" (two servers saw
+--   different mappings)
+function M.nat_kind(host, mapped)
+  if #mapped == 0 then return "unknown" end
+  local own = {}
+  for _, h in ipairs(host) do
+    local n = stun.normalize_endpoint(h)
+    if n then own[n] = true end
+  end
+  for _, m in ipairs(mapped) do
+    if own[stun.normalize_endpoint(m) or ""] then return "none" end
+  end
+  for i = 2, #mapped do
+    if stun.classify_mapping(mapped[1], mapped[i]) == "endpoint-dependent" then return "endpoint-dependent" end
+  end
+  return "endpoint-independent"
+end
+
+--- Checks and copies a published candidate set (from a member record:
+-- leader-relayed, so well-formed but not trusted beyond that).  Unknown
+-- fields are dropped, candidates beyond MAX_CANDIDATES ignored, and
+-- priorities recomputed from the type (a peer cannot rank its relay above
+-- its host candidates for us).
+-- @return `{ key, nat, list }`, or nil and a message
+function M.sanitize(c)
+  if type(c) ~= "table" then return nil, "candidates must be a table" end
+  local key = c.key
+  if key ~= nil and (type(key) ~= "string" or #key ~= 44) then return nil, "candidates: key must be base64 of 32 bytes" end
+  local nat = c.nat
+  if nat == nil then nat = "unknown" end
+  if not M.NAT_KINDS[nat] then return nil, string.format("candidates: nat \"%s\" invalid", tostring(nat)) end
+  local list = c.list
+  if list == nil then list = {} end
+  if type(list) ~= "table" then return nil, "candidates: list must be a list" end
+  local out = {}
+  for i = 1, math.min(#list, M.MAX_CANDIDATES) do
+    local e = list[i]
+    if type(e) ~= "table" then return nil, "candidates: entry " .. i .. " must be a table" end
+    local cand, err = M.new(e.type, e.endpoint)
+    if not cand then return nil, "candidates: entry " .. i .. ": " .. err end
+    out[#out + 1] = cand
+  end
+  return { key = key, nat = nat, list = M.rank(out) }
+end
+
+--- The published form of a candidate set (what goes into the member
+-- record): `{ key, nat, list = { { type, endpoint } } }`.
+function M.publish(key, nat, list)
+  local out = {}
+  for i, c in ipairs(M.rank(list)) do out[i] = { type = c.type, endpoint = c.endpoint } end
+  return { key = key, nat = nat or "unknown", list = out }
+end
+
+--- First candidate of a type, or nil.
+function M.find(list, ctype)
+  for _, c in ipairs(list or {}) do
+    if c.type == ctype then return c end
+  end
+end
+
+--- Pair priority (RFC 8445 §6.1.2.3): G = the controlling side's
+-- candidate priority, D = the controlled side's.
+function M.pair_priority(g, d)
+  return (math.min(g, d) << 32) + 2 * math.max(g, d) + (g > d and 1 or 0)
+end
+
+--- The candidate pairs two nodes check, highest priority first: every
+-- local candidate with every remote one of the same family.  Relayed
+-- candidates are left out unless `opts.relay` (a relayed path goes
+-- through the TURN client, not through probes).
+-- @tparam table local_list our candidates
+-- @tparam table remote_list the peer's candidates
+-- @tparam[opt] table opts `controlling` (true: our priorities are G;
+--   the side with the smaller public key should pass true so both sides
+--   order pairs alike), `relay`
+-- @return list of `{ ["local"] = cand, remote = cand, priority = n }`
+function M.pairs(local_list, remote_list, opts)
+  opts = opts or {}
+  local out = {}
+  for _, l in ipairs(local_list) do
+    for _, r in ipairs(remote_list) do
+      local skip = not opts.relay and (l.type == "relay" or r.type == "relay")
+      if l.family == r.family and not skip then
+        local g, d = l.priority, r.priority
+        if not opts.controlling then g, d = d, g end
+        out[#out + 1] = { ["local"] = l, remote = r, priority = M.pair_priority(g, d) }
+      end
+    end
+  end
+  table.sort(out, function(a, b)
+    if a.priority ~= b.priority then return a.priority > b.priority end
+    if a.remote.endpoint ~= b.remote.endpoint then return a.remote.endpoint < b.remote.endpoint end
+    return a["local"].endpoint < b["local"].endpoint
+  end)
+  return out
+end
+
+--- The remote endpoints to probe (one socket here, so the pairs reduce
+-- to the remote side): the peer's non-relayed candidates by priority, plus
+-- `extra` endpoints (its advertised endpoint, peer-reflexive addresses)
+-- not already listed.  At most `max` (default MAX_CANDIDATES).
+-- @return list of "IP:PORT"
+function M.probe_targets(remote_list, extra, max)
+  max = max or M.MAX_CANDIDATES
+  local out, seen = {}, {}
+  local function add(ep)
+    local n = ep and stun.normalize_endpoint(ep)
+    if n and not seen[n] and #out < max then
+      seen[n] = true
+      out[#out + 1] = n
+    end
+  end
+  for _, c in ipairs(M.rank(remote_list or {})) do
+    if c.type ~= "relay" then add(c.endpoint) end
+  end
+  for _, ep in ipairs(extra or {}) do add(ep) end
+  return out
+end
+
+--- Whether a hole punch between two mapping kinds can work: not when
+-- both sides map per destination (symmetric NATs).
+function M.punch_possible(nat_a, nat_b)
+  return not (nat_a == "endpoint-dependent" and nat_b == "endpoint-dependent")
+end
+
+return M

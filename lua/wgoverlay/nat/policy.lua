@@ -1,0 +1,399 @@
+--- How one peer is reached: a per-peer state machine choosing the WireGuard
+-- path.  Pure: the caller feeds observations and the clock, and carries out
+-- the actions `tick` returns.
+--
+-- Order of preference: **direct** (the peer's advertised endpoint, or one
+-- WireGuard learned by roaming, answers; when STUN says both sides are
+-- behind NATs the advertised endpoint is only probed, together with the
+-- other candidates, without waiting `direct_timeout`), then **hole-punched**
+-- (coordinated probing of the peer's candidates found an address that
+-- answers), then **relayed** (a TURN channel).  A relayed peer is offered
+-- an upgrade every `upgrade_interval` seconds (a punch round; the relayed
+-- path stays in use while it runs); a direct or hole-punched path that
+-- shows no sign of life for `dead_after` seconds falls back to the relay
+-- (or, without one, starts over).
+--
+-- `connection` is always exactly one of "direct", "hole-punched",
+-- "relayed": the kind of the last path confirmed to work (initially
+-- "direct", what a freshly configured peer uses); `changed_at` is when it
+-- last changed.  `phase` says what the machine is doing ("start",
+-- "direct", "punch-wait", "punching", "confirm", "relay-wait", "relay",
+-- "up", "failed").
+--
+-- Inputs:
+--
+-- * `alive(t)`: proof of a round trip with the peer at time t (a completed
+--   WireGuard handshake, an answered health probe through the tunnel);
+-- * `observe(endpoint, relay_channel)`: the endpoint the engine uses now
+--   (WireGuard roams to the source of the latest authenticated packet);
+-- * `set_remote{ endpoint, nat, punchable }`: the peer's record;
+-- * `set_local_nat(kind)`, `set_relay(server, channel)` (a channel to the
+--   peer's relayed address is bound on our allocation; nil: none);
+-- * `punch_started()`: the coordinated probing began (the leader's go);
+--   `punch_result(endpoint or nil)`: it found an address, or gave up.
+--
+-- Actions (from `tick`):
+--
+-- * `{ type = "set_endpoint", endpoint, connection }`: point the peer at a
+--   direct address (leaving any relay) and start a handshake;
+-- * `{ type = "use_relay", server, channel }`: reach the peer through the
+--   relay channel and start a handshake;
+-- * `{ type = "handshake" }`: start a handshake on the endpoint the engine
+--   has (one WireGuard learnt by roaming is kept, not replaced by the
+--   advertised one);
+-- * `{ type = "request_punch" }`: ask the leader to start a coordinated
+--   punch with this peer.
+-- @module wgoverlay.nat.policy
+local candidates = require "wgoverlay.nat.candidates"
+
+local M = {}
+
+--- Defaults, in seconds.
+M.DEFAULTS = {
+  direct_timeout = 5,     -- for the advertised endpoint to answer
+  punch_wait = 3,         -- for the leader's go after asking for a punch
+  punch_timeout = 7,      -- for the probing to find an address
+  confirm_timeout = 5,    -- for WireGuard to answer on the punched address
+  relay_timeout = 10,     -- for the relayed path to answer (or a channel to appear)
+  dead_after = 15,        -- no handshake and no health answer for this long: the path is dead
+  upgrade_interval = 30,  -- between upgrade attempts of a relayed peer
+  retry_interval = 10,    -- before starting over when nothing worked
+  roam_settle = 1,        -- a roamed endpoint counts once it held this long
+  handshake_retry = 1,    -- while a new path is being tried, a handshake this often (WireGuard waits 5 s)
+  keepalive = 25,         -- WireGuard persistent keepalive (keeps NAT mappings and channels warm)
+  stun_interval = 30,     -- between STUN rounds (used by wgoverlay.nat.agent: refreshes the mapping)
+}
+
+--- The connection kinds.
+M.KINDS = { direct = true, ["hole-punched"] = true, relayed = true }
+
+--- Checks and completes an options table (unknown keys and non-positive
+-- values are errors).
+-- @return options with defaults filled in, or nil and a message
+function M.options(o)
+  local out = {}
+  for k, v in pairs(M.DEFAULTS) do out[k] = v end
+  for k, v in pairs(o or {}) do
+    if k ~= "clock" and k ~= "now" then
+      if M.DEFAULTS[k] == nil then return nil, string.format("unknown NAT setting \"%s\"", tostring(k)) end
+      if type(v) ~= "number" or v <= 0 then
+        return nil, string.format("NAT setting %s must be a positive number", k)
+      end
+      out[k] = v
+    end
+  end
+  return out
+end
+
+local Peer = {}
+Peer.__index = Peer
+
+--- Creates the state of one peer.
+-- @tparam[opt] table opts settings (see DEFAULTS) and `clock` (seconds;
+--   default os.time), `now` (creation time)
+function M.new(opts)
+  opts = opts or {}
+  local o = assert(M.options(opts))
+  local clock = opts.clock or os.time
+  local now = opts.now or clock()
+  return setmetatable({
+    o = o, clock = clock,
+    connection = "direct", changed_at = now,
+    phase = "start", phase_at = now,
+    remote_nat = "unknown", local_nat = "unknown", punchable = false,
+    queue = {}, attempts = 0,
+  }, Peer)
+end
+
+function Peer:_push(a)
+  self.queue[#self.queue + 1] = a
+  if a.type == "set_endpoint" then
+    self.set_path = { endpoint = a.endpoint, relay = false }
+  elseif a.type == "use_relay" then
+    self.set_path = { endpoint = a.server, relay = true }
+  end
+end
+
+-- Whether the engine's endpoint is one WireGuard learnt from the peer's
+-- own authenticated packets since we last chose one (roaming): fresher
+-- than any advertised address.
+function Peer:_roamed()
+  local o, s = self.observed, self.set_path
+  if not o or o.relay then return false end
+  if not s then return o.endpoint ~= self.advertised end
+  return s.relay or o.endpoint ~= s.endpoint
+end
+
+function Peer:_set_connection(kind, now)
+  if kind ~= self.connection then
+    self.previous = self.connection
+    self.connection = kind
+    self.changed_at = now
+  end
+end
+
+function Peer:_phase(p, now)
+  self.phase = p
+  self.phase_at = now
+end
+
+--- Proof of a round trip with the peer at time `t`.
+function Peer:alive(t)
+  if t and (not self.alive_at or t > self.alive_at) then self.alive_at = t end
+end
+
+--- The endpoint the engine uses now (`relay_channel` set: via the relay).
+function Peer:observe(endpoint, relay_channel, now)
+  now = now or self.clock()
+  local relay = relay_channel ~= nil and relay_channel ~= 0
+  local o = self.observed
+  if not o or o.endpoint ~= endpoint or o.relay ~= relay then
+    self.observed = { endpoint = endpoint, relay = relay, since = now }
+  end
+end
+
+--- The peer's record: `endpoint` (advertised), `nat` (its mapping kind),
+-- `punchable` (it published candidates and a punch key).
+function Peer:set_remote(r)
+  self.advertised = r.endpoint
+  self.remote_nat = r.nat or "unknown"
+  self.punchable = r.punchable and true or false
+end
+
+function Peer:set_local_nat(kind) self.local_nat = kind or "unknown" end
+
+--- A bound relay channel to the peer (nil: no relay).
+function Peer:set_relay(server, channel)
+  if server and channel then
+    self.relay = { server = server, channel = channel }
+  else
+    self.relay = nil
+  end
+end
+
+local function after(t, since) return t ~= nil and t > since end
+
+-- The kind a working non-relayed path at `ep` counts as: "direct" when it
+-- is the peer's advertised endpoint or when either side has no NAT (STUN
+-- saw its own address: the NATed side's packets open the way by
+-- themselves); else "hole-punched" for an address found by probing
+-- (`punched`), and for a roamed one the kind it had, if not relayed.
+function Peer:_kind_of(ep, punched)
+  if ep ~= nil and ep == self.advertised then return "direct" end
+  if self.local_nat == "none" or self.remote_nat == "none" then return "direct" end
+  if punched or self.connection == "relayed" then return "hole-punched" end
+  return self.connection
+end
+
+function Peer:_established(kind, now)
+  local o = self.observed
+  if o and o.relay then
+    kind = "relayed"
+  elseif kind == "relayed" then
+    kind = self:_kind_of(o and o.endpoint)
+  end
+  self:_set_connection(kind, now)
+  self:_phase("up", now)
+  self.upgrading, self.before, self.pending = false, nil, nil
+  self.attempts = 0
+  self.upgrade_at = kind == "relayed" and now + self.o.upgrade_interval or nil
+end
+
+-- Whether the observed path agrees with the intended kind (a relayed path
+-- is expected to come from the relay, any other from elsewhere).
+function Peer:_consistent(kind)
+  local o = self.observed
+  if not o then return true end
+  return o.relay == (kind == "relayed")
+end
+
+local NATTED = { ["endpoint-independent"] = true, ["endpoint-dependent"] = true }
+
+-- Both sides are behind NATs (STUN says so): the advertised (private)
+-- endpoint cannot answer across them, and it is one of the probe targets
+-- anyway, so the punch (or, when it cannot work, the relay) comes at once
+-- instead of after direct_timeout.
+function Peer:_punch_first()
+  return NATTED[self.local_nat] and NATTED[self.remote_nat] or false
+end
+
+--- Starts over now (the peer came back: it published a new punch key)
+-- unless the path works.
+function Peer:restart(now)
+  if self.phase ~= "up" then self:_phase("start", now or self.clock()) end
+end
+
+function Peer:_begin_direct(now)
+  self.attempts = self.attempts + 1
+  if self:_roamed() then
+    -- keep the address the peer's packets came from; just test it
+    self:_push({ type = "handshake" })
+    self:_phase("direct", now)
+  elseif self.advertised then
+    -- (the caller also starts a handshake when the endpoint is already there)
+    self:_push({ type = "set_endpoint", endpoint = self.advertised, connection = "direct" })
+    self:_phase("direct", now)
+  else
+    self:_begin_punch(now, false)
+  end
+end
+
+function Peer:_begin_punch(now, upgrade)
+  if not self.punchable or (not upgrade and not candidates.punch_possible(self.local_nat, self.remote_nat)) then
+    if upgrade then
+      self.upgrade_at = now + self.o.upgrade_interval
+      return
+    end
+    return self:_begin_relay(now)
+  end
+  self.upgrading = upgrade
+  self:_push({ type = "request_punch" })
+  self:_phase("punch-wait", now)
+end
+
+function Peer:_begin_relay(now)
+  if self.relay then
+    self:_push({ type = "use_relay", server = self.relay.server, channel = self.relay.channel })
+    self:_phase("relay", now)
+  else
+    self:_phase("relay-wait", now)
+  end
+end
+
+function Peer:_punch_failed(now)
+  if self.upgrading then
+    self.upgrading = false
+    self:_phase("up", now)
+    self.upgrade_at = now + self.o.upgrade_interval
+  else
+    self:_begin_relay(now)
+  end
+end
+
+--- The coordinated probing with this peer began.
+function Peer:punch_started(now)
+  now = now or self.clock()
+  if self.phase == "punch-wait" then self:_phase("punching", now) end
+end
+
+--- The probing found `endpoint` (it acked our probe), or gave up (nil).
+function Peer:punch_result(endpoint, now)
+  now = now or self.clock()
+  local p = self.phase
+  if endpoint == nil then
+    if p == "punch-wait" or p == "punching" then self:_punch_failed(now) end
+    return
+  end
+  local alive = after(self.alive_at, now - self.o.dead_after)
+  if p == "up" and self.connection ~= "relayed" and alive then return end -- a working direct path stays
+  if p == "confirm" then return end
+  self.before = ((p == "up" or self.upgrading) and self.connection == "relayed") and "relayed" or nil
+  self.upgrading = false
+  self.pending = self:_kind_of(endpoint, true)
+  self:_push({ type = "set_endpoint", endpoint = endpoint, connection = self.pending })
+  self:_phase("confirm", now)
+end
+
+local PHASE_KIND = { direct = "direct", relay = "relayed" }
+
+--- Advances the machine.
+-- @return list of actions (see the module comment)
+function Peer:tick(now)
+  now = now or self.clock()
+  local o = self.o
+  local p = self.phase
+  local since = now - self.phase_at
+
+  if p == "start" then
+    if after(self.alive_at, now - o.dead_after) then
+      self:_established("direct", now)
+    else
+      self:_begin_direct(now)
+    end
+  elseif p == "up" then
+    local last = math.max(self.alive_at or -math.huge, self.phase_at)
+    if now - last >= o.dead_after then
+      if self.connection ~= "relayed" and self.relay then
+        self:_begin_relay(now)
+      else
+        self:_begin_direct(now)
+      end
+    else
+      local ob = self.observed
+      if ob and now - ob.since >= o.roam_settle then
+        if ob.relay and self.connection ~= "relayed" then
+          self:_set_connection("relayed", now)
+          self.upgrade_at = now + o.upgrade_interval
+        elseif not ob.relay and self.connection == "relayed" then
+          self:_set_connection(self:_kind_of(ob.endpoint, true), now)
+          self.upgrade_at = nil
+        end
+      end
+      if self.connection == "relayed" and self.upgrade_at and now >= self.upgrade_at then
+        self:_begin_punch(now, true)
+      end
+    end
+  elseif p == "direct" or p == "relay" or p == "confirm" then
+    local kind = p == "confirm" and self.pending or PHASE_KIND[p]
+    if after(self.alive_at, self.phase_at) and self:_consistent(kind) then
+      self:_established(kind, now)
+    elseif since >= o.handshake_retry and now - (self.nudged or 0) >= o.handshake_retry
+        and since < (p == "direct" and o.direct_timeout or p == "relay" and o.relay_timeout or o.confirm_timeout) then
+      -- the first handshake may have been lost (a relay channel or a NAT
+      -- mapping on the other side was not ready yet): try again sooner
+      self.nudged = now
+      self:_push({ type = "handshake" })
+    elseif p == "direct" and (since >= o.direct_timeout or self:_punch_first()) then
+      self:_begin_punch(now, false)
+    elseif p == "relay" and since >= o.relay_timeout then
+      self:_phase("failed", now)
+    elseif p == "confirm" and since >= o.confirm_timeout then
+      if self.before == "relayed" and self.relay then
+        -- the upgrade did not work: back to the relay, which still works
+        self:_push({ type = "use_relay", server = self.relay.server, channel = self.relay.channel })
+        self:_phase("up", now)
+        self.upgrade_at = now + o.upgrade_interval
+        self.before, self.pending = nil, nil
+      else
+        self.pending = nil
+        self:_begin_relay(now)
+      end
+    end
+  elseif p == "punch-wait" or p == "punching" then
+    if not self.upgrading and after(self.alive_at, self.phase_at) then
+      -- the peer's side of the punch worked first: WireGuard followed it
+      local ob = self.observed
+      self:_established(ob and ob.relay and "relayed" or self:_kind_of(ob and ob.endpoint, true), now)
+    elseif (p == "punch-wait" and since >= o.punch_wait) or (p == "punching" and since >= o.punch_timeout) then
+      self:_punch_failed(now)
+    end
+  elseif p == "relay-wait" then
+    if after(self.alive_at, self.phase_at) then
+      local ob = self.observed
+      self:_established(ob and ob.relay and "relayed" or self:_kind_of(ob and ob.endpoint, true), now)
+    elseif self.relay then
+      self:_begin_relay(now)
+    elseif since >= o.relay_timeout then
+      self:_phase("failed", now)
+    end
+  elseif p == "failed" then
+    if after(self.alive_at, self.phase_at) then
+      local ob = self.observed
+      self:_established(ob and ob.relay and "relayed" or self:_kind_of(ob and ob.endpoint, true), now)
+    elseif since >= o.retry_interval then
+      self:_begin_direct(now)
+    end
+  end
+  local q = self.queue
+  self.queue = {}
+  return q
+end
+
+--- A summary for status: `connection`, `changed_at`, `phase`,
+-- `phase_at`, `alive_at`.
+function Peer:summary()
+  return { connection = self.connection, changed_at = self.changed_at, phase = self.phase,
+           phase_at = self.phase_at, alive_at = self.alive_at }
+end
+
+return M

@@ -1,0 +1,460 @@
+-- NAT traversal end to end (#netns, root), with the real CLI and daemons:
+-- an "internet" bridge with the leader, a coturn server (STUN and TURN), a
+-- public node and NAT routers made with nftables (`masquerade` keeps source
+-- ports: endpoint-independent mapping; `masquerade random` maps per
+-- destination: a symmetric NAT), nodes on private networks behind them,
+-- and an attacker.  Every case prints how long the connection took.
+--
+--   hub (bridge br0, 203.0.113.0/24; nftables counters and blocks)
+--     ├─ L  leader        203.0.113.1:51820   (also serves STUN on its WireGuard port)
+--     ├─ S  coturn        203.0.113.10:3478   (STUN + TURN, relays from .10)
+--     ├─ R1 masquerade    203.0.113.21 ── A 10.1.0.2:51820
+--     ├─ R2 masquerade    203.0.113.22 ── B 10.2.0.2:51820
+--     ├─ R3 masq. random  203.0.113.23 ── C 10.3.0.2:51820
+--     ├─ R4 masq. random  203.0.113.24 ── D 10.4.0.2:51820
+--     ├─ P  public node   203.0.113.30:51820
+--     └─ X  attacker      203.0.113.66
+--
+-- Like a home router, each NAT drops unsolicited packets addressed to
+-- itself (`ct state new drop` on its WAN side in the input hook).  Without
+-- that, Linux conntrack records the first unsolicited probe from the other
+-- side as a flow to the router itself, and the router's next mapping for
+-- the same address pair must take another port: the punch then fails and
+-- the pair stays relayed (see README, NAT traversal, limits).
+--
+-- The cluster: `init --stun 203.0.113.10:3478 --stun 203.0.113.1:51820
+-- --turn 203.0.113.10:3478 ...`; nodes join with their private endpoints.
+-- The `it`s share the cluster and run in order.
+
+local helpers = require "spec.helpers"
+local cjson = require "cjson"
+local state = require "wgoverlay.state"
+
+local quote = helpers.quote
+local wait_until = helpers.wait_until
+
+local PORT = 51820
+local TURN = "203.0.113.10:3478"
+local TURN_USER, TURN_PASS = "wgo", "relay-s3cret"
+-- faster than the defaults (15 and 30 s) so that the spec stays short
+local NAT_SETTINGS = { "dead_after=8", "upgrade_interval=20", "stun_interval=10" }
+
+describe("NAT traversal #netns", function()
+  local hub, S, X, turnd
+  local nodes = {}    -- name -> { name, ns, under, endpoint, dir, proc, ip, ifname, public_key, router }
+  local ifnames = {}
+  local report = {}   -- lines printed at the end
+
+  local function cli(ns, args) return helpers.wgoverlay_cli(ns, args) end
+
+  local function must_cli(ns, args)
+    local code, out, err = cli(ns, args)
+    assert(code == 0, ("wgoverlay %s failed (exit %s):\n%s%s"):format(args, tostring(code), out, err))
+    return out
+  end
+
+  local function status(node)
+    local code, out = cli(node.ns, "status --state " .. quote(node.dir) .. " --json")
+    if code ~= 0 then return nil end
+    return cjson.decode(out)
+  end
+
+  local function peer(st, name)
+    for _, p in ipairs(st and st.peers or {}) do if p.name == name then return p end end
+  end
+
+  local function note(fmt, ...)
+    local line = string.format(fmt, ...)
+    report[#report + 1] = line
+    io.stderr:write("\n  nat: " .. line .. "\n")
+  end
+
+  -- Waits until `a` sees `b` with connection `kind` and vice versa;
+  -- returns the seconds since `t0` and both statuses.
+  local function wait_connection(a, b, kind, t0, timeout)
+    local last = {}
+    local ok = wait_until(function()
+      local sa, sb = status(a), status(b)
+      last = { sa, sb }
+      local pa, pb = peer(sa, b.name), peer(sb, a.name)
+      return pa and pb and pa.connection == kind and pb.connection == kind and pa.nat_phase == "up"
+        and pb.nat_phase == "up"
+    end, timeout or 40, 0.25)
+    local took = helpers.now() - t0
+    if not ok then
+      local function brief(st, name)
+        local p = peer(st, name)
+        return p and ("%s via %s (%s, phase %s)"):format(p.connection, tostring(p.endpoint), p.healthy and "healthy"
+          or "unhealthy", tostring(p.nat_phase)) or "no status"
+      end
+      error(("%s<->%s not %s after %.1f s: %s sees %s; %s sees %s"):format(a.name, b.name, kind, took, a.name,
+        brief(last[1], b.name), b.name, brief(last[2], a.name)), 2)
+    end
+    return took, last[1], last[2]
+  end
+
+  local function wait_ping(from, to, timeout)
+    local ok = wait_until(function() return from.ns:ping(to.ip, 1, 1) end, timeout or 15, 0.1)
+    assert(ok, ("%s cannot ping %s (%s)"):format(from.name, to.name, to.ip))
+  end
+
+  local function counters() return helpers.nft_counters(hub, "bridge", "natcount") end
+
+  local function on_hub(ns, addrs)
+    local hub_end, ns_end = helpers.netns.veth(hub, ns, { b = addrs })
+    hub:must("ip link set " .. hub_end .. " master br0")
+    return ns_end
+  end
+
+  local function new_node(name, under, wan_ip, nat)
+    local node = { name = name, under = under, endpoint = under .. ":" .. PORT,
+                   dir = helpers.tmpdir() .. "/state-" .. name }
+    node.ns = helpers.netns.new("n" .. name)
+    if not wan_ip then
+      on_hub(node.ns, { under .. "/24" })
+    else
+      local r = helpers.netns.new("r" .. name)
+      local wan = on_hub(r, { wan_ip .. "/24" })
+      local lan = under:gsub("%.%d+$", ".1")
+      helpers.netns.veth(r, node.ns, { a = { lan .. "/24" }, b = { under .. "/24" } })
+      node.ns:must("ip route add default via " .. lan)
+      r:must("sysctl -q -w net.ipv4.ip_forward=1")
+      r:must(([[nft -f - <<'EOF'
+table ip nat {
+  chain post {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "%s" masquerade%s
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "%s" ct state new drop
+  }
+}
+EOF]]):format(wan, nat == "symmetric" and " random" or "", wan))
+      node.router, node.wan, node.router_wan = r, wan_ip, wan
+    end
+    nodes[name] = node
+    return node
+  end
+
+  local function read_node(node)
+    local n = assert(state.load(node.dir .. "/node.json"))
+    node.ip, node.ifname, node.public_key = n.self.overlay_ip, n.ifname, n.public_key
+    node.over_ip = node.ip -- for helpers.iperf3
+    ifnames[#ifnames + 1] = n.ifname
+    return n
+  end
+
+  local function start(list)
+    local t0 = helpers.now()
+    local env = helpers.lua_env()
+    env.WGO_NAT_DEBUG = os.getenv("WGO_NAT_DEBUG") -- timestamps of the NAT agent's steps in the logs
+    for _, node in ipairs(list) do
+      node.proc = node.ns:spawn("lua5.4 bin/wgoverlay run --state " .. quote(node.dir),
+        { env = env, cwd = helpers.root, name = "run-" .. node.name })
+    end
+    for _, node in ipairs(list) do
+      local ok, err = wait_until(function()
+        if not node.proc:alive() then error("exited: " .. node.proc:log()) end
+        return status(node) ~= nil
+      end, 15, 0.1)
+      assert(ok, ("daemon %s did not come up: %s\n%s"):format(node.name, tostring(err), node.proc:log()))
+    end
+    return t0
+  end
+
+  local token
+
+  local function join(node)
+    must_cli(node.ns, ("join --state %s --token %s --endpoint %s --name %s --timeout 10"):format(
+      quote(node.dir), quote(token), node.endpoint, node.name))
+    read_node(node)
+  end
+
+  -- -------------------------------------------------------------------
+  -- set-up and teardown
+  -- -------------------------------------------------------------------
+
+  lazy_setup(function()
+    assert(helpers.is_root, "integration specs need root")
+    for _, tool in ipairs({ "nft", "ping", "iperf3", "turnserver", "conntrack" }) do
+      assert(helpers.sh("command -v " .. tool .. " >/dev/null"), tool .. " is not installed")
+    end
+    hub = helpers.netns.new("nhub")
+    hub:must("ip link add br0 type bridge && ip link set br0 up")
+    hub:must([[nft -f - <<'EOF'
+table bridge natcount {
+  chain filt {
+    type filter hook forward priority 0; policy accept;
+    ip saddr 203.0.113.21 ip daddr 203.0.113.22 counter comment "r1-to-r2"
+    ip saddr 203.0.113.22 ip daddr 203.0.113.21 counter comment "r2-to-r1"
+    ip saddr 203.0.113.21 ip daddr 203.0.113.10 counter comment "r1-to-turn"
+    ip saddr 203.0.113.22 ip daddr 203.0.113.10 counter comment "r2-to-turn"
+    ip saddr 203.0.113.23 ip daddr 203.0.113.10 counter comment "r3-to-turn"
+    ip saddr 203.0.113.23 ip daddr 203.0.113.24 counter comment "r3-to-r4"
+  }
+}
+EOF]])
+    S = helpers.netns.new("nturn")
+    on_hub(S, { "203.0.113.10/24" })
+    X = helpers.netns.new("nx")
+    on_hub(X, { "203.0.113.66/24" })
+    turnd = helpers.turnserver(S, { listen = { "203.0.113.10" }, relay_ip = "203.0.113.10",
+      users = { TURN_USER .. ":" .. TURN_PASS }, extra = "--min-port 49152 --max-port 49400" })
+
+    local L = new_node("leader", "203.0.113.1")
+    new_node("a", "10.1.0.2", "203.0.113.21", "cone")
+    new_node("b", "10.2.0.2", "203.0.113.22", "cone")
+    new_node("c", "10.3.0.2", "203.0.113.23", "symmetric")
+    new_node("d", "10.4.0.2", "203.0.113.24", "symmetric")
+    new_node("p", "203.0.113.30")
+    local nat = {}
+    for _, kv in ipairs(NAT_SETTINGS) do nat[#nat + 1] = "--nat " .. kv end
+    must_cli(L.ns, ("init --state %s --endpoint %s --name leader --stun %s --stun %s --turn %s --turn-user %s "
+      .. "--turn-password %s %s"):format(quote(L.dir), L.endpoint, TURN, L.endpoint, TURN, TURN_USER, TURN_PASS,
+      table.concat(nat, " ")))
+    read_node(L)
+    token = must_cli(L.ns, "token --state " .. quote(L.dir) .. " --uses 10"):gsub("%s+$", "")
+    start({ L })
+  end)
+
+  teardown(function()
+    local ok, err = pcall(helpers.cleanup)
+    for _, ifn in ipairs(ifnames) do os.remove("/var/run/wireguard/" .. ifn .. ".sock") end
+    if #report > 0 then io.stderr:write("\n  nat: summary\n    " .. table.concat(report, "\n    ") .. "\n") end
+    assert(ok, err)
+  end)
+
+  -- -------------------------------------------------------------------
+  -- the cases
+  -- -------------------------------------------------------------------
+
+  it("join hands the NAT settings to members; STUN sees each node's mapping", helpers.guard(function()
+    local A, B = nodes.a, nodes.b
+    join(A)
+    join(B)
+    local n = assert(state.load(A.dir .. "/node.json"))
+    assert.same({ TURN, nodes.leader.endpoint }, n.cluster.stun)
+    assert.same({ server = TURN, username = TURN_USER, password = TURN_PASS }, n.cluster.turn)
+    assert.same({ dead_after = 8, upgrade_interval = 20, stun_interval = 10 }, n.cluster.nat)
+  end))
+
+  it("case 1: two nodes behind port-preserving NATs connect hole-punched, not via the relay", helpers.guard(function()
+    local A, B = nodes.a, nodes.b
+    local t0 = start({ A, B })
+    local took, sa = wait_connection(A, B, "hole-punched", t0, 40)
+    wait_ping(A, B, 10)
+    note("case 1 (both behind port-preserving NATs): hole-punched %.1f s after the daemons started", took)
+    -- A reaches B at B's NAT mapping (the port is kept), not through a relay
+    local pb = peer(sa, "b")
+    assert.equal("203.0.113.22:51820", pb.endpoint)
+    assert.equal(cjson.null, pb.relay_channel)
+    -- what STUN told A: behind an endpoint-independent NAT, mapping kept
+    assert.equal("endpoint-independent", sa.self.nat.nat)
+    local kinds = {}
+    for _, c in ipairs(sa.self.nat.candidates) do kinds[c.type] = c.endpoint end
+    assert.equal("10.1.0.2:51820", kinds.host)
+    assert.equal("203.0.113.21:51820", kinds.srflx)
+    assert.matches("^203%.0%.113%.10:%d+$", kinds.relay)
+    -- the traffic goes from NAT to NAT, not to coturn
+    local before = counters()
+    assert.is_true(A.ns:ping(B.ip, 1, 2))
+    assert((A.ns:exec("ping -n -q -c 40 -i 0.02 -s 1000 -W 2 " .. B.ip)), "ping A -> B failed")
+    local after = counters()
+    local direct = after["r1-to-r2"].bytes - before["r1-to-r2"].bytes
+    local relayed = after["r1-to-turn"].bytes - before["r1-to-turn"].bytes
+    assert.truthy(direct >= 40 * 1000, "only " .. direct .. " bytes went from R1 to R2")
+    assert.truthy(relayed < direct / 10, ("%d bytes went to coturn for %d direct"):format(relayed, direct))
+    -- the leader is public: A and B reach it directly
+    local sl = assert(status(nodes.leader))
+    assert.equal("direct", peer(sl, "a").connection)
+    assert.equal("direct", peer(sa, "leader").connection)
+  end))
+
+  it("case 2: two nodes behind symmetric NATs go through the relay; ping and iperf3 work", helpers.guard(function()
+    local C, D = nodes.c, nodes.d
+    join(C)
+    join(D)
+    local t0 = start({ C, D })
+    local took, sc = wait_connection(C, D, "relayed", t0, 60)
+    wait_ping(C, D, 10)
+    note("case 2 (both behind symmetric NATs): relayed %.1f s after the daemons started", took)
+    assert.equal("endpoint-dependent", sc.self.nat.nat)
+    local pd = peer(sc, "d")
+    assert.equal(TURN, pd.endpoint)
+    assert.truthy(pd.relay_channel)
+    local before = counters()
+    local res = helpers.iperf3(C, D, 2)
+    local received = res["end"].sum_received.bytes
+    local after = counters()
+    local to_turn = after["r3-to-turn"].bytes - before["r3-to-turn"].bytes
+    assert.truthy(received > 1e5, "iperf3 moved only " .. received .. " bytes")
+    assert.truthy(to_turn > received, ("C sent %d bytes to coturn for %d received"):format(to_turn, received))
+    assert.equal(before["r3-to-r4"].packets, after["r3-to-r4"].packets)
+    note("case 2: iperf3 through coturn %.0f Mbit/s", res["end"].sum_received.bits_per_second / 1e6)
+    assert.is_true(D.ns:ping(C.ip, 3, 2))
+  end))
+
+  it("case 3: a public node and one behind a NAT connect directly", helpers.guard(function()
+    local P, A = nodes.p, nodes.a
+    join(P)
+    local t0 = start({ P })
+    local took, sp = wait_connection(P, A, "direct", t0, 40)
+    wait_ping(P, A, 10)
+    wait_ping(A, P, 10)
+    note("case 3 (one public, one behind a NAT): direct %.1f s after the public node started", took)
+    -- P reaches A at A's NAT mapping, learnt from A's packets
+    assert.equal("203.0.113.21:51820", peer(sp, "a").endpoint)
+    assert.equal("none", sp.self.nat.nat)
+    -- and the symmetric ones too (their packets open their NAT for P)
+    wait_connection(P, nodes.c, "direct", t0, 30)
+  end))
+
+  it("case 6: forged STUN responses and forged hole-punch probes change nothing", helpers.guard(function()
+    local P, A, L = nodes.p, nodes.a, nodes.leader
+    -- P's candidates are complete (its TURN allocation is there)
+    local before_p = assert(wait_until(function()
+      local s = status(P)
+      return s and type(s.self.nat.relay) == "table" and s.self.nat.relay.state == "allocated" and s
+    end, 10, 0.2), "P has no TURN allocation")
+    local before_a = assert(status(A))
+    -- from X, and with the source address of coturn and of A's NAT
+    -- X sends with the addresses of coturn and of A's NAT as well: they sit
+    -- on its loopback, and it neither answers ARP for them nor uses them
+    -- in its own ARP requests (the others' neighbour tables stay right)
+    X:must("sysctl -q -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2")
+    X:must("ip addr add 203.0.113.10/32 dev lo && ip addr add 203.0.113.21/32 dev lo")
+    local code = [[
+      local socket = require "socket"
+      local core = require "wgoverlay.core"
+      local stun = require "wgoverlay.nat.stun"
+      local punch = require "wgoverlay.nat.punch"
+      local targets, a_id, ids = ...
+      local n = 0
+      for _, src in ipairs({ { "203.0.113.66", 40000 }, { "203.0.113.10", 3478 }, { "203.0.113.21", 51820 } }) do
+        local u = assert(socket.udp())
+        assert(u:setsockname(src[1], src[2]))
+        for _, tgt in ipairs(targets) do
+          local ip, port = tgt[1], tgt[2]
+          local recv = core.key_from_base64(ids[tgt[3] ] )
+          for i = 1, 10 do
+            local resp = stun.encode({ method = stun.BINDING, class = "success", attributes = {
+              { name = "XOR-MAPPED-ADDRESS", value = "203.0.113.66:6666" } } }, { fingerprint = true })
+            assert(u:sendto(resp, ip, port))
+            for _, kind in ipairs({ punch.PROBE, punch.ACK }) do
+              assert(u:sendto(punch.encode({ kind = kind, sender = core.key_from_base64(a_id), receiver = recv,
+                nonce = core.random(12), time = socket.gettime(), echo = core.random(12) }, core.random(32)), ip, port))
+            end
+            n = n + 3
+          end
+        end
+        u:close()
+      end
+      print(n)
+    ]]
+    local args = helpers.lua_literal({ { "203.0.113.30", PORT, "p" }, { "203.0.113.1", PORT, "leader" } })
+    local ok, out, err = helpers.lua_run(X, "local f = assert(load(" .. helpers.lua_literal(code) .. ")); f("
+      .. args .. ", " .. helpers.lua_literal(A.public_key) .. ", "
+      .. helpers.lua_literal({ p = P.public_key, leader = L.public_key }) .. ")")
+    assert(ok, "forger failed: " .. tostring(err) .. out)
+    assert.equal(180, tonumber(out:match("%d+")))
+    helpers.sleep(1)
+    local last
+    local after_p = wait_until(function()
+      local s = status(P)
+      last = s
+      return s and s.self.nat.stats.punch_rejected >= before_p.self.nat.stats.punch_rejected + 60 and s
+    end, 5, 0.2)
+    assert(after_p, "P did not see all the forged probes: stats before " .. cjson.encode(before_p.self.nat.stats)
+      .. ", after " .. cjson.encode(last and last.self.nat.stats))
+    local sl = assert(status(L))
+    -- nothing moved: candidates, NAT kind, the peer's endpoint and connection
+    assert.same(before_p.self.nat.candidates, after_p.self.nat.candidates)
+    assert.equal("none", after_p.self.nat.nat)
+    assert.is_true(after_p.self.nat.stats.stun_ignored >= before_p.self.nat.stats.stun_ignored + 30)
+    local pa_before, pa_after = peer(before_p, "a"), peer(after_p, "a")
+    assert.equal(pa_before.endpoint, pa_after.endpoint)
+    assert.equal("direct", pa_after.connection)
+    assert.equal(pa_before.connection_changed_at, pa_after.connection_changed_at)
+    assert.equal("203.0.113.21:51820", peer(sl, "a").endpoint)
+    assert.equal("direct", peer(sl, "a").connection)
+    for _, c in ipairs(sl.self.nat.candidates) do assert.is_nil(c.endpoint:find("203.0.113.66", 1, true)) end
+    -- A (whose identity the forger used) kept its paths too
+    local sa = assert(status(A))
+    assert.equal(peer(before_a, "b").endpoint, peer(sa, "b").endpoint)
+    assert.equal("hole-punched", peer(sa, "b").connection)
+    assert.is_true(P.ns:ping(A.ip, 2, 2))
+    note("case 6: 180 forged STUN responses / probes / acks from a third namespace: nothing changed "
+      .. "(P refused %d punch messages, ignored %d STUN responses)",
+      after_p.self.nat.stats.punch_rejected - before_p.self.nat.stats.punch_rejected,
+      after_p.self.nat.stats.stun_ignored - before_p.self.nat.stats.stun_ignored)
+  end))
+
+  it("case 4: NAT mappings flushed mid-traffic: the hole-punched pair recovers by itself", helpers.guard(function()
+    local A, B = nodes.a, nodes.b
+    wait_connection(A, B, "hole-punched", helpers.now(), 20)
+    wait_ping(A, B, 10)
+    local function both_ways() return A.ns:ping(B.ip, 1, 1) and B.ns:ping(A.ip, 1, 1) end
+    -- (a) both NATs forget every mapping while a ping runs
+    local pinger = A.ns:spawn("ping -n -D -i 0.1 " .. B.ip, { name = "ping-flush" })
+    helpers.sleep(1)
+    local t0 = helpers.now()
+    A.router:must("conntrack -F 2>/dev/null")
+    B.router:must("conntrack -F 2>/dev/null")
+    local ok = wait_until(both_ways, 30, 0.1)
+    local took = helpers.now() - t0
+    assert(ok, ("no traffic A <-> B %.1f s after the NAT mappings were flushed"):format(took))
+    assert.is_true(took <= 20, ("recovered only after %.1f s"):format(took))
+    note("case 4a (conntrack -F on both NATs while pinging): traffic again after %.1f s (%s)", took,
+      peer(assert(status(A)), "b").connection)
+    -- (b) A's NAT "reboots" with another public port (new rule, mappings
+    -- flushed): B's path to A is stale, A's new port unknown to B
+    A.router:must(("nft flush chain ip nat post && nft add rule ip nat post oifname %s meta l4proto udp "
+      .. "snat to 203.0.113.21:61000 && nft add rule ip nat post oifname %s masquerade && conntrack -F 2>/dev/null")
+      :format(A.router_wan, A.router_wan))
+    t0 = helpers.now()
+    ok = wait_until(both_ways, 30, 0.1)
+    took = helpers.now() - t0
+    assert(ok, ("no traffic A <-> B %.1f s after A's NAT changed its mapping"):format(took))
+    assert.is_true(took <= 20, ("recovered only after %.1f s"):format(took))
+    local sa = assert(status(A))
+    note("case 4b (A's NAT maps to a new port, mappings flushed): traffic again after %.1f s (%s)", took,
+      peer(sa, "b").connection)
+    -- and back to a hole-punched path once STUN saw the new mapping
+    local again = wait_connection(A, B, "hole-punched", t0, 60)
+    sa = assert(status(A))
+    local sb = assert(status(B))
+    assert.equal("203.0.113.21:61000", peer(sb, "a").endpoint)
+    assert.equal("endpoint-independent", sa.self.nat.nat)
+    note("case 4b: hole-punched again %.1f s after the change", again)
+    pinger:stop(2)
+    assert.is_true(A.ns:ping(B.ip, 3, 2))
+  end))
+
+  it("case 5: a dead direct path falls back to the relay; when the relay goes and the way is open, back to direct",
+    helpers.guard(function()
+    local P, A = nodes.p, nodes.a
+    wait_connection(P, A, "direct", helpers.now(), 20)
+    -- cut P <-> A (R1) on the internet; everything else still flows
+    hub:must([[nft -f - <<'EOF'
+table bridge natblock {
+  chain filt {
+    type filter hook forward priority -10; policy accept;
+    ip saddr 203.0.113.30 ip daddr 203.0.113.21 drop
+    ip saddr 203.0.113.21 ip daddr 203.0.113.30 drop
+  }
+}
+EOF]])
+    local t0 = helpers.now()
+    local took = wait_connection(P, A, "relayed", t0, 45)
+    wait_ping(P, A, 10)
+    note("case 5a (direct path cut): relayed %.1f s after the cut", took)
+    -- the relay goes away and the direct way opens again
+    turnd:stop(5)
+    hub:must("nft delete table bridge natblock")
+    t0 = helpers.now()
+    took = wait_connection(P, A, "direct", t0, 60)
+    wait_ping(P, A, 10)
+    note("case 5b (relay stopped, direct path open again): direct %.1f s later", took)
+  end))
+end)

@@ -1,0 +1,400 @@
+-- The per-peer connection policy (wgoverlay.nat.policy): direct first,
+-- hole punching next, the relay last; fallback when a path dies; upgrades
+-- of relayed peers; roaming.  Injected clock, no I/O.
+
+local policy = require "wgoverlay.nat.policy"
+
+local function new(opts)
+  local clock = { t = 1000 }
+  opts = opts or {}
+  opts.clock = function() return clock.t end
+  local p = policy.new(opts)
+  return p, clock
+end
+
+local function types(actions)
+  local out = {}
+  for i, a in ipairs(actions) do out[i] = a.type end
+  return out
+end
+
+-- advance the clock by `dt` in steps, collecting actions (but the
+-- handshake nudges while a path is tried, unless `nudges`)
+local function run(p, clock, dt, step, nudges)
+  step = step or 0.5
+  local all = {}
+  local stop = clock.t + dt
+  while clock.t < stop - 1e-9 do
+    clock.t = clock.t + step
+    for _, a in ipairs(p:tick()) do
+      if nudges or a.type ~= "handshake" then all[#all + 1] = a end
+    end
+  end
+  return all
+end
+
+describe("nat.policy", function()
+  it("has sane defaults and checks settings", function()
+    local o = assert(policy.options({ dead_after = 8 }))
+    assert.equal(8, o.dead_after)
+    assert.equal(policy.DEFAULTS.upgrade_interval, o.upgrade_interval)
+    assert.is_nil(policy.options({ bogus = 1 }))
+    assert.is_nil(policy.options({ dead_after = 0 }))
+    assert.is_nil(policy.options({ dead_after = "x" }))
+    local p = new()
+    assert.equal("direct", p.connection)
+    assert.equal(1000, p.changed_at)
+    assert.equal("start", p.phase)
+  end)
+
+  it("keeps a direct path that answers", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "192.0.2.2:51820", nat = "none", punchable = true })
+    local a = p:tick()
+    assert.same({ { type = "set_endpoint", endpoint = "192.0.2.2:51820", connection = "direct" } }, a)
+    assert.equal("direct", p.phase)
+    clock.t = 1000.3
+    p:observe("192.0.2.2:51820", nil)
+    p:alive(1000.2)
+    assert.same({}, p:tick())
+    assert.equal("up", p.phase)
+    assert.equal("direct", p.connection)
+    assert.equal(1000, p.changed_at) -- it was "direct" all along
+    -- kept alive: nothing happens for a long time
+    for _ = 1, 100 do
+      clock.t = clock.t + 1
+      p:alive(clock.t)
+      assert.same({}, p:tick())
+    end
+    assert.equal("up", p.phase)
+  end)
+
+  it("starts up at once when the peer already answers", function()
+    local p = new()
+    p:set_remote({ endpoint = "192.0.2.2:51820" })
+    p:alive(999)
+    assert.same({}, p:tick())
+    assert.equal("up", p.phase)
+  end)
+
+  it("punches when the direct path does not answer, and keeps the punched path", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "10.2.0.2:51820", nat = "endpoint-independent", punchable = true })
+    p:set_local_nat("unknown")
+    p:tick()
+    local a = run(p, clock, 5)
+    assert.same({ "request_punch" }, types(a))
+    assert.equal("punch-wait", p.phase)
+    p:punch_started()
+    assert.equal("punching", p.phase)
+    clock.t = clock.t + 0.4
+    p:punch_result("198.51.100.2:50000")
+    a = p:tick()
+    assert.same({ { type = "set_endpoint", endpoint = "198.51.100.2:50000", connection = "hole-punched" } }, a)
+    assert.equal("confirm", p.phase)
+    clock.t = clock.t + 0.1
+    p:observe("198.51.100.2:50000", nil)
+    p:alive(clock.t)
+    p:tick()
+    assert.equal("up", p.phase)
+    assert.equal("hole-punched", p.connection)
+    assert.equal(clock.t, p.changed_at)
+    assert.is_nil(p.upgrade_at)
+  end)
+
+  it("goes to the relay at once when both sides are behind symmetric NATs", function()
+    local p = new()
+    p:set_remote({ endpoint = "10.4.0.2:51820", nat = "endpoint-dependent", punchable = true })
+    p:set_local_nat("endpoint-dependent")
+    p:set_relay("203.0.113.10:3478", 0x4000)
+    assert.same({ "set_endpoint" }, types(p:tick()))
+    assert.same({ "use_relay" }, types(p:tick()))
+  end)
+
+  it("starts over at once when told the peer came back", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "192.0.2.2:51820", punchable = true })
+    p:tick()
+    run(p, clock, 30)
+    assert.is_true(p.phase ~= "up" and p.phase ~= "start")
+    p:restart()
+    assert.same({ "set_endpoint" }, types(p:tick()))
+    assert.equal("direct", p.phase)
+    -- a working peer is left alone
+    p:alive(clock.t + 0.1)
+    clock.t = clock.t + 0.2
+    p:tick()
+    p:restart()
+    assert.equal("up", p.phase)
+  end)
+
+  it("punches at once when both sides are behind NATs that a punch can cross", function()
+    local p = new()
+    p:set_remote({ endpoint = "10.2.0.2:51820", nat = "endpoint-independent", punchable = true })
+    p:set_local_nat("endpoint-dependent")
+    assert.same({ "set_endpoint" }, types(p:tick()))
+    assert.same({ "request_punch" }, types(p:tick()))
+    -- an advertised endpoint that answers the probes is still "direct"
+    p:punch_started()
+    p:punch_result("10.2.0.2:51820")
+    assert.same({ { type = "set_endpoint", endpoint = "10.2.0.2:51820", connection = "direct" } }, p:tick())
+  end)
+
+  it("goes to the relay when punching fails, and straight there for two symmetric NATs", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "10.2.0.2:51820", nat = "endpoint-independent", punchable = true })
+    p:set_relay("203.0.113.10:3478", 0x4001)
+    p:tick()
+    run(p, clock, 5)
+    p:punch_started()
+    local a = run(p, clock, policy.DEFAULTS.punch_timeout)
+    assert.same({ { type = "use_relay", server = "203.0.113.10:3478", channel = 0x4001 } }, a)
+    assert.equal("relay", p.phase)
+    p:observe("203.0.113.10:3478", 0x4001)
+    p:alive(clock.t + 0.1)
+    clock.t = clock.t + 0.2
+    p:tick()
+    assert.equal("relayed", p.connection)
+    assert.equal("up", p.phase)
+
+    local q, c2 = new()
+    q:set_remote({ endpoint = "10.4.0.2:51820", nat = "endpoint-dependent", punchable = true })
+    q:set_local_nat("endpoint-dependent")
+    q:set_relay("203.0.113.10:3478", 0x4000)
+    q:tick()
+    a = run(q, c2, 5)
+    assert.same({ "use_relay" }, types(a))
+  end)
+
+  it("waits for a relay channel, then gives up and starts over", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "10.4.0.2:51820", nat = "endpoint-dependent", punchable = true })
+    p:set_local_nat("unknown")
+    p:tick()
+    run(p, clock, 5)
+    assert.equal("punch-wait", p.phase)
+    run(p, clock, policy.DEFAULTS.punch_wait)
+    assert.equal("relay-wait", p.phase)
+    run(p, clock, policy.DEFAULTS.relay_timeout)
+    assert.equal("failed", p.phase)
+    local a = run(p, clock, policy.DEFAULTS.retry_interval)
+    assert.same({ "set_endpoint" }, types(a))
+    assert.equal("direct", p.phase)
+    -- a channel that appears while waiting is used at once
+    run(p, clock, 5 + policy.DEFAULTS.punch_wait)
+    assert.equal("relay-wait", p.phase)
+    p:set_relay("203.0.113.10:3478", 0x4002)
+    assert.same({ "use_relay" }, types(p:tick()))
+  end)
+
+  it("a peer without a punch key or candidates is not punched", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "10.2.0.2:51820", punchable = false })
+    p:set_relay("203.0.113.10:3478", 0x4001)
+    p:tick()
+    assert.same({ "use_relay" }, types(run(p, clock, 5)))
+  end)
+
+  it("a peer with no endpoint goes straight to punching", function()
+    local p = new()
+    p:set_remote({ punchable = true })
+    assert.same({ "request_punch" }, types(p:tick()))
+  end)
+
+  it("falls back to the relay when a direct path dies, within dead_after", function()
+    local p, clock = new({ dead_after = 6 })
+    p:set_remote({ endpoint = "192.0.2.2:51820", nat = "none", punchable = true })
+    p:set_relay("203.0.113.10:3478", 0x4001)
+    p:tick()
+    p:observe("192.0.2.2:51820", nil)
+    p:alive(clock.t + 0.1)
+    clock.t = clock.t + 0.2
+    p:tick()
+    assert.equal("up", p.phase)
+    local last = clock.t
+    local a = run(p, clock, 5.5)
+    assert.same({}, a)
+    a = run(p, clock, 1)
+    assert.same({ { type = "use_relay", server = "203.0.113.10:3478", channel = 0x4001 } }, a)
+    assert.is_true(clock.t - last >= 6 and clock.t - last <= 7)
+    p:observe("203.0.113.10:3478", 0x4001)
+    p:alive(clock.t + 0.1)
+    clock.t = clock.t + 0.2
+    p:tick()
+    assert.equal("relayed", p.connection)
+    assert.equal(clock.t, p.changed_at)
+  end)
+
+  it("repeats the handshake every second while a new path is tried", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "192.0.2.2:51820", punchable = false })
+    p:tick()
+    local a = run(p, clock, 6, 0.25, true)
+    assert.same({ "handshake", "handshake", "handshake", "handshake", "relay-wait" },
+      { a[1].type, a[2].type, a[3].type, a[4].type, p.phase })
+    assert.equal(4, #a)
+  end)
+
+  it("keeps an endpoint learnt by roaming when it starts over", function()
+    local p, clock = new({ dead_after = 4 })
+    p:set_remote({ endpoint = "10.3.0.2:51820", punchable = false })
+    p:tick()
+    -- the peer's packets came from its NAT: WireGuard roamed there
+    p:observe("203.0.113.23:40000", nil)
+    p:alive(clock.t + 0.1)
+    clock.t = clock.t + 0.2
+    p:tick()
+    assert.equal("up", p.phase)
+    -- silence: start over, but on the roamed address, not the private one
+    local a = run(p, clock, 4.5, 0.5, true)
+    assert.same({ { type = "handshake" } }, a)
+    assert.equal("direct", p.phase)
+  end)
+
+  it("a dead path without a relay starts over with the direct endpoint", function()
+    local p, clock = new({ dead_after = 4 })
+    p:set_remote({ endpoint = "192.0.2.2:51820", punchable = true })
+    p:alive(999.5)
+    p:tick()
+    assert.equal("up", p.phase)
+    local a = run(p, clock, 4)
+    assert.same({ "set_endpoint" }, types(a))
+    assert.equal("direct", p.phase)
+  end)
+
+  it("periodically tries to upgrade a relayed peer, keeping the relay while it tries", function()
+    local p, clock = new({ upgrade_interval = 20 })
+    p:set_remote({ endpoint = "192.0.2.2:51820", nat = "endpoint-independent", punchable = true })
+    p:set_relay("203.0.113.10:3478", 0x4001)
+    -- relayed and alive
+    p.phase = "relay"
+    p:observe("203.0.113.10:3478", 0x4001)
+    p:alive(clock.t + 0.1)
+    clock.t = clock.t + 0.2
+    p:tick()
+    assert.equal("relayed", p.connection)
+    local function keep_alive(dt)
+      local all = {}
+      local stop = clock.t + dt
+      while clock.t < stop do
+        clock.t = clock.t + 0.5
+        p:alive(clock.t)
+        for _, a in ipairs(p:tick()) do all[#all + 1] = a end
+      end
+      return all
+    end
+    -- nothing before the interval
+    assert.same({}, keep_alive(19))
+    assert.same({ "request_punch" }, types(keep_alive(1.5)))
+    -- the attempt fails: still relayed, next attempt scheduled
+    p:punch_started()
+    keep_alive(policy.DEFAULTS.punch_timeout + 0.5)
+    assert.equal("up", p.phase)
+    assert.equal("relayed", p.connection)
+    assert.same({}, keep_alive(15))
+    assert.same({ "request_punch" }, types(keep_alive(6)))
+    -- the next one finds the advertised endpoint: direct
+    p:punch_started()
+    p:punch_result("192.0.2.2:51820")
+    local a = p:tick()
+    assert.same({ { type = "set_endpoint", endpoint = "192.0.2.2:51820", connection = "direct" } }, a)
+    -- the relay still answers (health probes), but the engine uses the
+    -- direct address now: that is what counts
+    p:observe("192.0.2.2:51820", nil)
+    keep_alive(1)
+    assert.equal("up", p.phase)
+    assert.equal("direct", p.connection)
+  end)
+
+  it("goes back to the relay when an upgrade's address does not answer", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "10.2.0.2:51820", nat = "endpoint-independent", punchable = true })
+    p:set_relay("203.0.113.10:3478", 0x4001)
+    p.phase = "relay"
+    p:observe("203.0.113.10:3478", 0x4001)
+    p:alive(clock.t + 0.1)
+    clock.t = clock.t + 0.2
+    p:tick()
+    assert.equal("relayed", p.connection)
+    -- a punch the peer asked for finds an address
+    p:punch_result("198.51.100.2:50000")
+    assert.same({ "set_endpoint" }, types(p:tick()))
+    -- the engine keeps hearing the peer only through the relay
+    local acts = {}
+    for _ = 1, 12 do
+      clock.t = clock.t + 0.5
+      p:alive(clock.t)
+      p:observe("203.0.113.10:3478", 0x4001)
+      for _, a in ipairs(p:tick()) do
+        if a.type ~= "handshake" then acts[#acts + 1] = a end
+      end
+    end
+    assert.same({ { type = "use_relay", server = "203.0.113.10:3478", channel = 0x4001 } }, acts)
+    assert.equal("up", p.phase)
+    assert.equal("relayed", p.connection)
+  end)
+
+  it("follows WireGuard roaming between the relay and a direct address", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "192.0.2.2:51820", punchable = true })
+    p:observe("192.0.2.2:51820", nil)
+    p:alive(999.9)
+    p:tick()
+    assert.equal("direct", p.connection)
+    -- the peer moved to the relay: our engine followed it
+    p:observe("203.0.113.10:3478", 0x4001)
+    p:alive(clock.t)
+    assert.same({}, p:tick())
+    assert.equal("direct", p.connection) -- not settled yet
+    clock.t = clock.t + 1
+    p:alive(clock.t)
+    p:tick()
+    assert.equal("relayed", p.connection)
+    assert.equal(clock.t, p.changed_at)
+    assert.truthy(p.upgrade_at)
+    -- and back, to a punched address
+    p:observe("198.51.100.2:50000", nil)
+    clock.t = clock.t + 1
+    p:alive(clock.t)
+    p:tick()
+    assert.equal("hole-punched", p.connection)
+    -- roaming between two direct addresses keeps the kind
+    p:observe("198.51.100.2:50001", nil)
+    clock.t = clock.t + 1
+    p:alive(clock.t)
+    p:tick()
+    assert.equal("hole-punched", p.connection)
+  end)
+
+  it("ignores a punch result while a direct path works", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "192.0.2.2:51820", punchable = true })
+    p:alive(999.9)
+    p:tick()
+    p:alive(clock.t)
+    p:punch_result("198.51.100.2:50000")
+    assert.same({}, p:tick())
+    assert.equal("direct", p.connection)
+  end)
+
+  it("a punched path to or from a node without NAT counts as direct", function()
+    local p, clock = new()
+    p:set_remote({ endpoint = "10.1.0.2:51820", nat = "endpoint-independent", punchable = true })
+    p:set_local_nat("none")
+    p:set_relay("203.0.113.10:3478", 0x4001)
+    p.phase = "relay"
+    p:observe("203.0.113.10:3478", 0x4001)
+    p:alive(clock.t + 0.1)
+    clock.t = clock.t + 0.2
+    p:tick()
+    assert.equal("relayed", p.connection)
+    p:punch_result("203.0.113.21:51820")
+    assert.same({ { type = "set_endpoint", endpoint = "203.0.113.21:51820", connection = "direct" } }, p:tick())
+  end)
+
+  it("reports a summary", function()
+    local p = new()
+    local s = p:summary()
+    assert.same({ connection = "direct", changed_at = 1000, phase = "start", phase_at = 1000 }, s)
+  end)
+end)
