@@ -68,5 +68,9 @@ bench: deps
 fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
+demo-nat: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo_nat.sh
+
 clean:
 	rm -rf build build-san build-fuzz
