@@ -68,6 +68,10 @@ bench: deps
 fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/soak.sh
+
 demo-nat: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo_nat.sh

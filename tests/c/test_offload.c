@@ -214,7 +214,7 @@ static void test_segment_refusals(void)
 
 static void test_csum_complete(void)
 {
-	uint8_t pkt[200];
+	uint8_t pkt[200] = { 0 };
 	size_t len = make_tso(pkt, 4, 60, 0x18);
 	struct wg_vnet_hdr h = { .flags = WG_VNET_F_NEEDS_CSUM, .csum_start = 20, .csum_offset = 16 };
 	uint32_t s;
