@@ -461,6 +461,25 @@ table bridge wgo_count {
       "a did not reconnect to the leader")
   end))
 
+  it("a node killed with SIGKILL restarts from its state and reconnects", helpers.guard(function()
+    local A = nodes.a
+    local before = assert(status(A))
+    A.proc:signal("KILL")
+    assert(A.proc:wait(5), "a did not die on SIGKILL")
+    -- it left its UAPI and control sockets behind; neither stops a restart
+    local t_restart = os.time()
+    start(A)
+    local st = assert(status(A))
+    assert.equal(before.self.overlay_ip, st.self.overlay_ip)
+    assert.equal(before.self.public_key, st.self.public_key)
+    wait_ping_name(ctrs.B, "front", 4)
+    wait_ping_name(ctrs.A, "back", 6)
+    st = wait_health(A, { "leader", "b" }, true, 20)
+    for _, p in ipairs(st.peers) do
+      assert.is_true(p.last_handshake >= t_restart, p.name .. ": no handshake since the restart")
+    end
+  end))
+
   it("the leader restarted keeps the cluster; a new token still joins a node", helpers.guard(function()
     local L, A, B = nodes.leader, nodes.a, nodes.b
     stop(L)
