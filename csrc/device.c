@@ -8,7 +8,8 @@
  *          queues handshakes, hands other datagrams to Lua as events;
  *   hs     does the Diffie-Hellman work of handshakes from a bounded queue,
  *          whose fill level is the "under load" signal for cookies;
- *   timer  sleeps until the earliest protocol timer (or a kick);
+ *   timer  sleeps on a timerfd set to the earliest protocol timer (hooks
+ *          that arm an earlier one move the timerfd, without a wake-up);
  *   uapi   serves /var/run/wireguard/<ifname>.sock. */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <sys/socket.h>
@@ -38,6 +40,8 @@
 #include "uapi_server.h"
 
 #define TUN_BATCH 32
+/* Packets the UDP thread reads from the TUN device after light traffic. */
+#define UDP_TUN_BATCH 4
 #define TUN_BUF (WG_HEADROOM + 65535 + WG_TAILROOM)
 /* Largest datagram of one TSO segment: MTU 65535 would not fit a GSO send. */
 #define TSO_STRIDE_MAX (WG_HEADROOM + 9216 + WG_TAILROOM)
@@ -106,12 +110,15 @@ static void flush_batch(struct wg_device *dev, struct wg_send_batch *b)
 /* The UDP receiver coalesces in-order TCP segments into one super-packet
  * per TUN write (userspace GRO); other packets are written one by one. */
 static __thread struct wg_gro *tls_gro;
+/* Packets the current thread wrote to the TUN device. */
+static __thread unsigned tls_tun_writes;
 
 static void tun_write(struct wg_device *dev, const struct wg_vnet_hdr *h, const uint8_t *ip, size_t len)
 {
 	struct iovec iov[2] = { { .iov_base = (void *)h, .iov_len = WG_VNET_HDR_LEN },
 				{ .iov_base = (void *)ip, .iov_len = len } };
 
+	tls_tun_writes++;
 	if (writev(dev->tun_fd, iov, 2) < 0)
 		atomic_fetch_add(&dev->stats.tun_write_errors, 1);
 	else
@@ -158,11 +165,34 @@ static void kick(int fd)
 	}
 }
 
+/* Programs the timer thread's timerfd for an absolute CLOCK_BOOTTIME
+ * deadline (0: disarmed).  Caller holds dev->timer_lock. */
+static void timer_program_locked(struct wg_device *dev, uint64_t deadline)
+{
+	struct itimerspec its = { 0 };
+
+	if (deadline) {
+		its.it_value.tv_sec = (time_t)(deadline / WG_NS_PER_SEC);
+		its.it_value.tv_nsec = (long)(deadline % WG_NS_PER_SEC);
+	}
+	if (timerfd_settime(dev->timer_fd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+		dev->timer_armed = deadline;
+}
+
+/* A hook armed a timer earlier than the earliest one known (proto
+ * next_deadline was lowered).  Rather than waking the timer thread to
+ * recompute, which costs a wake-up per packet of sparse traffic, move its
+ * timerfd earlier: the thread sleeps on until the new deadline. */
 static void dev_timer_kick(void *ctx)
 {
 	struct wg_device *dev = ctx;
+	uint64_t d;
 
-	kick(dev->kick_fd);
+	pthread_mutex_lock(&dev->timer_lock);
+	d = atomic_load(&dev->proto.next_deadline);
+	if (d && (!dev->timer_armed || d < dev->timer_armed))
+		timer_program_locked(dev, d);
+	pthread_mutex_unlock(&dev->timer_lock);
 }
 
 static void push_event(struct wg_device *dev, struct wg_dev_event *ev)
@@ -296,56 +326,95 @@ static void send_tso(struct wg_device *dev, uint8_t *gso, const uint8_t *pkt, si
 	atomic_fetch_add_explicit(&dev->stats.tx_packets, n, memory_order_relaxed);
 }
 
+/* Buffers of one thread that reads the TUN device. */
+struct tun_reader {
+	uint8_t *bufs; /* batch x TUN_BUF */
+	uint8_t *gso;  /* WG_TSO_MAX_SEGS x TSO_STRIDE_MAX */
+	struct wg_vnet_hdr hdrs[TUN_BATCH];
+	size_t lens[TUN_BATCH];
+	int batch;
+};
+
+static int tun_reader_init(struct tun_reader *r, int batch, struct wg_send_batch *sb)
+{
+	r->batch = batch;
+	r->bufs = malloc((size_t)batch * TUN_BUF);
+	r->gso = malloc((size_t)WG_TSO_MAX_SEGS * TSO_STRIDE_MAX);
+	if (!r->bufs || !r->gso) {
+		free(r->bufs);
+		free(r->gso);
+		r->bufs = r->gso = NULL;
+		return -1;
+	}
+	/* Encrypted packets are sent from the read buffers without a copy. */
+	sb->borrow_lo = r->bufs;
+	sb->borrow_hi = r->bufs + (size_t)batch * TUN_BUF;
+	return 0;
+}
+
+static void tun_reader_free(struct tun_reader *r)
+{
+	free(r->bufs);
+	free(r->gso);
+	r->bufs = r->gso = NULL;
+}
+
+/* Reads up to r->batch packets from the TUN device, encrypts and sends
+ * them (flushing sb).  Returns how many it read.  The caller holds
+ * dev->tun_read_lock, so that packets leave in the order they were read. */
+static int tun_service(struct wg_device *dev, struct tun_reader *r, struct wg_send_batch *sb)
+{
+	int n = 0;
+	unsigned mtu = atomic_load(&dev->mtu);
+
+	while (n < r->batch) {
+		struct iovec iov[2] = { { .iov_base = &r->hdrs[n], .iov_len = WG_VNET_HDR_LEN },
+					{ .iov_base = r->bufs + (size_t)n * TUN_BUF + WG_HEADROOM, .iov_len = 65535 } };
+		ssize_t len = readv(dev->tun_fd, iov, 2);
+
+		if (len <= WG_VNET_HDR_LEN)
+			break;
+		r->lens[n++] = (size_t)len - WG_VNET_HDR_LEN;
+	}
+	for (int i = 0; i < n; i++) {
+		uint8_t *pkt = r->bufs + (size_t)i * TUN_BUF + WG_HEADROOM;
+
+		if (r->hdrs[i].gso_type != WG_VNET_GSO_NONE) {
+			flush_batch(dev, sb); /* keep order with what is queued */
+			send_tso(dev, r->gso, pkt, r->lens[i], &r->hdrs[i], mtu);
+			continue;
+		}
+		if ((r->hdrs[i].flags & WG_VNET_F_NEEDS_CSUM) && !wg_csum_complete(pkt, r->lens[i], &r->hdrs[i])) {
+			atomic_fetch_add(&dev->proto.stats.tx_bad_offload, 1);
+			continue;
+		}
+		wg_proto_send_ip(&dev->proto, pkt, r->lens[i], mtu);
+	}
+	flush_batch(dev, sb);
+	return n;
+}
+
 static void *tun_thread(void *arg)
 {
 	struct wg_device *dev = arg;
 	struct wg_send_batch batch;
-	uint8_t *bufs = malloc((size_t)TUN_BATCH * TUN_BUF);
-	uint8_t *gso = malloc((size_t)WG_TSO_MAX_SEGS * TSO_STRIDE_MAX);
-	struct wg_vnet_hdr hdrs[TUN_BATCH];
-	size_t lens[TUN_BATCH];
+	struct tun_reader r;
 
-	if (!bufs || !gso || wg_send_batch_init(&batch) < 0) {
-		free(bufs);
-		free(gso);
+	if (wg_send_batch_init(&batch) < 0)
+		return NULL;
+	if (tun_reader_init(&r, TUN_BATCH, &batch) < 0) {
+		wg_send_batch_free(&batch);
 		return NULL;
 	}
-	batch.borrow_lo = bufs;
-	batch.borrow_hi = bufs + (size_t)TUN_BATCH * TUN_BUF;
 	tls_batch = &batch;
 	while (wait_readable(dev->tun_fd, dev->stop_fd, -1)) {
-		int n = 0;
-		unsigned mtu = atomic_load(&dev->mtu);
-
-		while (n < TUN_BATCH) {
-			struct iovec iov[2] = { { .iov_base = &hdrs[n], .iov_len = WG_VNET_HDR_LEN },
-						{ .iov_base = bufs + (size_t)n * TUN_BUF + WG_HEADROOM, .iov_len = 65535 } };
-			ssize_t r = readv(dev->tun_fd, iov, 2);
-
-			if (r <= WG_VNET_HDR_LEN)
-				break;
-			lens[n++] = (size_t)r - WG_VNET_HDR_LEN;
-		}
-		for (int i = 0; i < n; i++) {
-			uint8_t *pkt = bufs + (size_t)i * TUN_BUF + WG_HEADROOM;
-
-			if (hdrs[i].gso_type != WG_VNET_GSO_NONE) {
-				flush_batch(dev, &batch); /* keep order with what is queued */
-				send_tso(dev, gso, pkt, lens[i], &hdrs[i], mtu);
-				continue;
-			}
-			if ((hdrs[i].flags & WG_VNET_F_NEEDS_CSUM) && !wg_csum_complete(pkt, lens[i], &hdrs[i])) {
-				atomic_fetch_add(&dev->proto.stats.tx_bad_offload, 1);
-				continue;
-			}
-			wg_proto_send_ip(&dev->proto, pkt, lens[i], mtu);
-		}
-		flush_batch(dev, &batch);
+		pthread_mutex_lock(&dev->tun_read_lock);
+		tun_service(dev, &r, &batch);
+		pthread_mutex_unlock(&dev->tun_read_lock);
 	}
 	tls_batch = NULL;
+	tun_reader_free(&r);
 	wg_send_batch_free(&batch);
-	free(gso);
-	free(bufs);
 	return NULL;
 }
 
@@ -454,6 +523,7 @@ static void *udp_thread(void *arg)
 	struct wg_send_batch sb;
 	struct wg_gro gro = { 0 };
 	struct pollfd pfd[4];
+	struct tun_reader tr = { 0 };
 
 	if (wg_recv_batch_init(&rb) < 0)
 		return NULL;
@@ -461,6 +531,8 @@ static void *udp_thread(void *arg)
 		wg_recv_batch_free(&rb);
 		return NULL;
 	}
+	if (tun_reader_init(&tr, UDP_TUN_BATCH, &sb) < 0)
+		goto out;
 	tls_batch = &sb;
 	gro.buf = malloc(65536);
 	if (!gro.buf)
@@ -471,6 +543,9 @@ static void *udp_thread(void *arg)
 	pfd[2] = (struct pollfd){ .fd = dev->udp4, .events = POLLIN };
 	pfd[3] = (struct pollfd){ .fd = dev->udp6, .events = POLLIN };
 	for (;;) {
+		int got = 0;
+
+		tls_tun_writes = 0;
 		if (poll(pfd, 4, -1) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -498,14 +573,24 @@ static void *udp_thread(void *arg)
 				seg = wg_recv_batch_endpoint(&rb, i, &ep);
 				if (!seg || seg > len)
 					seg = len;
-				for (size_t off = 0; off < len; off += seg)
+				for (size_t off = 0; off < len; off += seg, got++)
 					receive_datagram(dev, &ep, buf + off, len - off < seg ? len - off : seg);
 			}
 		}
 		gro_flush(dev, &gro);
 		flush_batch(dev, &sb);
+		/* Light traffic: what we just wrote to the TUN device often has
+		 * its answer (an echo reply, an ACK) queued by the time the write
+		 * returns.  Encrypt and send it from here rather than waking the
+		 * TUN thread: that saves a thread wake-up per round trip.  Under
+		 * load the TUN thread does this work on the other core. */
+		if (tls_tun_writes && got <= UDP_TUN_BATCH && pthread_mutex_trylock(&dev->tun_read_lock) == 0) {
+			tun_service(dev, &tr, &sb);
+			pthread_mutex_unlock(&dev->tun_read_lock);
+		}
 	}
 out:
+	tun_reader_free(&tr);
 	tls_gro = NULL;
 	tls_batch = NULL;
 	free(gro.buf);
@@ -549,20 +634,23 @@ static void *hs_thread(void *arg)
 static void *timer_thread(void *arg)
 {
 	struct wg_device *dev = arg;
-	struct pollfd pfd[2] = { { .fd = dev->stop_fd, .events = POLLIN }, { .fd = dev->kick_fd, .events = POLLIN } };
+	struct pollfd pfd[2] = { { .fd = dev->stop_fd, .events = POLLIN }, { .fd = dev->timer_fd, .events = POLLIN } };
 
 	for (;;) {
-		uint64_t next = wg_proto_tick(&dev->proto), now = mono_now(), v;
-		int timeout = -1;
+		uint64_t v;
 
-		if (next)
-			timeout = next <= now ? 0 : (int)((next - now) / WG_NS_PER_MS + 1);
-		if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
+		wg_proto_tick(&dev->proto);
+		/* Hooks may have lowered next_deadline while we ticked; what we
+		 * program here is the minimum of theirs and ours. */
+		pthread_mutex_lock(&dev->timer_lock);
+		timer_program_locked(dev, atomic_load(&dev->proto.next_deadline));
+		pthread_mutex_unlock(&dev->timer_lock);
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
 			break;
 		if (pfd[0].revents)
 			break;
-		if (pfd[1].revents && read(dev->kick_fd, &v, sizeof(v)) < 0) {
-			/* spurious */
+		if (pfd[1].revents && read(dev->timer_fd, &v, sizeof(v)) < 0) {
+			/* EAGAIN: re-armed meanwhile */
 		}
 	}
 	return NULL;
@@ -679,12 +767,14 @@ struct wg_device *wg_device_create(const char *ifname, const struct wg_device_op
 		return NULL;
 	}
 	snprintf(dev->ifname, sizeof(dev->ifname), "%s", ifname);
-	dev->tun_fd = dev->udp4 = dev->udp6 = dev->stop_fd = dev->kick_fd = dev->udp_stop_fd = dev->ev_fd = dev->uapi_fd = -1;
+	dev->tun_fd = dev->udp4 = dev->udp6 = dev->stop_fd = dev->timer_fd = dev->udp_stop_fd = dev->ev_fd = dev->uapi_fd = -1;
 	pthread_rwlock_init(&dev->sock_lock, NULL);
 	pthread_mutex_init(&dev->cfg_mutex, NULL);
 	pthread_mutex_init(&dev->hs_lock, NULL);
 	pthread_cond_init(&dev->hs_cond, NULL);
 	pthread_mutex_init(&dev->ev_lock, NULL);
+	pthread_mutex_init(&dev->tun_read_lock, NULL);
+	pthread_mutex_init(&dev->timer_lock, NULL);
 	pthread_mutex_init(&dev->relay_lock, NULL);
 	atomic_init(&dev->mtu, mtu);
 
@@ -695,10 +785,10 @@ struct wg_device *wg_device_create(const char *ifname, const struct wg_device_op
 	}
 	dev->hs_ring = calloc(WG_HANDSHAKE_QUEUE_MAX, sizeof(*dev->hs_ring));
 	dev->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	dev->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	dev->timer_fd = timerfd_create(CLOCK_BOOTTIME, TFD_CLOEXEC | TFD_NONBLOCK);
 	dev->udp_stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	dev->ev_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (!dev->hs_ring || dev->stop_fd < 0 || dev->kick_fd < 0 || dev->udp_stop_fd < 0 || dev->ev_fd < 0) {
+	if (!dev->hs_ring || dev->stop_fd < 0 || dev->timer_fd < 0 || dev->udp_stop_fd < 0 || dev->ev_fd < 0) {
 		r = -ENOMEM;
 		snprintf(msg, msglen, "cannot allocate engine resources");
 		goto fail;
@@ -789,8 +879,8 @@ void wg_device_destroy(struct wg_device *dev)
 	}
 	if (dev->stop_fd >= 0)
 		close(dev->stop_fd);
-	if (dev->kick_fd >= 0)
-		close(dev->kick_fd);
+	if (dev->timer_fd >= 0)
+		close(dev->timer_fd);
 	if (dev->udp_stop_fd >= 0)
 		close(dev->udp_stop_fd);
 	if (dev->ev_fd >= 0)
@@ -800,6 +890,8 @@ void wg_device_destroy(struct wg_device *dev)
 	pthread_mutex_destroy(&dev->hs_lock);
 	pthread_cond_destroy(&dev->hs_cond);
 	pthread_mutex_destroy(&dev->ev_lock);
+	pthread_mutex_destroy(&dev->tun_read_lock);
+	pthread_mutex_destroy(&dev->timer_lock);
 	pthread_mutex_destroy(&dev->relay_lock);
 	sodium_memzero(dev, sizeof(*dev));
 	free(dev);

@@ -64,7 +64,7 @@ struct wg_device {
 	uint32_t fwmark;
 
 	int stop_fd;                  /* eventfd: all threads stop */
-	int kick_fd;                  /* eventfd: timer loop re-reads deadlines */
+	int timer_fd;                 /* timerfd (CLOCK_BOOTTIME) of the timer thread */
 	int udp_stop_fd;              /* eventfd: the UDP receiver alone stops */
 	int uapi_fd;                  /* listening unix socket, -1 if none */
 	pthread_t tun_thread, udp_thread, hs_thread, timer_thread, uapi_thread;
@@ -78,6 +78,9 @@ struct wg_device {
 	uint64_t last_under_load;     /* monotonic ns */
 
 	pthread_mutex_t ev_lock;
+	pthread_mutex_t tun_read_lock; /* held while reading + sending a TUN batch */
+	pthread_mutex_t timer_lock;    /* serialises timerfd programming */
+	uint64_t timer_armed;          /* timerfd deadline (0: disarmed); timer_lock */
 	int ev_fd;                    /* eventfd: events pending (Lua polls it) */
 	struct wg_dev_event *ev_head, *ev_tail;
 	unsigned ev_count;

@@ -10,9 +10,21 @@
 #include "noise.h"
 #include "timers.h"
 
+/* Jitter only spreads handshakes in time; it need not be secret.  A
+ * per-thread generator seeded once from the system keeps a getrandom()
+ * system call off the path of every first packet after a quiet spell. */
 static uint64_t jitter(void)
 {
-	return (uint64_t)randombytes_uniform(REKEY_TIMEOUT_JITTER_MAX_MS + 1) * WG_NS_PER_MS;
+	static __thread uint64_t state;
+	uint64_t z;
+
+	if (!state)
+		randombytes_buf(&state, sizeof(state));
+	z = (state += 0x9e3779b97f4a7c15ull); /* splitmix64 */
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	z ^= z >> 31;
+	return (z % (REKEY_TIMEOUT_JITTER_MAX_MS + 1)) * WG_NS_PER_MS;
 }
 
 static void arm(struct wg_peer *peer, enum wg_timer t, uint64_t delay)
