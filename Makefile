@@ -1,7 +1,10 @@
 # wgoverlay build.  `make` builds the Lua module build/wgoverlay/core.so,
 # the pure-protocol library for C tests and the C test binaries.
 # Targets: all check demo bench fuzz soak deps clean.  SANITIZE=1 builds
-# everything with AddressSanitizer + UBSan into build-san/.
+# everything with AddressSanitizer + UBSan into build-san/.  AEAD=avx512
+# adds our AVX-512 ChaCha20-Poly1305 (csrc/aead_avx512.c, used when the CPU
+# has AVX-512, libsodium otherwise) and builds into build-avx512/
+# (build-san-avx512/ with SANITIZE=1); the default is libsodium only.
 
 CC      ?= cc
 LUA_INC ?= /usr/include/lua5.4
@@ -12,12 +15,19 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) -I$(LUA_INC) -Icsrc
 LDLIBS  := -lsodium -lmnl -lpthread
 
+ifeq ($(AEAD),avx512)
+CFLAGS  += -DWG_AEAD_AVX512
+AEAD_DIR := -avx512
+else ifneq ($(filter-out libsodium,$(AEAD)),)
+$(error AEAD=$(AEAD): use AEAD=avx512, or nothing for libsodium)
+endif
+
 ifeq ($(SANITIZE),1)
-BUILD   := build-san
+BUILD   := build-san$(AEAD_DIR)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 else
-BUILD   := build
+BUILD   := build$(AEAD_DIR)
 endif
 
 SRC      := $(wildcard csrc/*.c)
@@ -63,6 +73,7 @@ demo: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory AEAD=avx512 all
 	@scripts/bench.sh
 
 fuzz: deps
@@ -77,4 +88,4 @@ demo-nat: deps
 	@scripts/demo_nat.sh
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-fuzz build-avx512 build-san-avx512

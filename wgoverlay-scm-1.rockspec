@@ -35,6 +35,7 @@ build = {
     ["wgoverlay.core"] = {
       sources = {
         "csrc/aead.c",
+        "csrc/aead_avx512.c",
         "csrc/allowedips.c",
         "csrc/blake2s.c",
         "csrc/cookie.c",
