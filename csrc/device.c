@@ -56,25 +56,29 @@ static void dev_clock(void *ctx, uint64_t *mono, uint64_t *real)
 	struct timespec ts;
 
 	/* Boot time keeps counting across suspend, like the kernel's timers. */
-	clock_gettime(CLOCK_BOOTTIME, &ts);
-	*mono = (uint64_t)ts.tv_sec * WG_NS_PER_SEC + (uint64_t)ts.tv_nsec;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	*real = (uint64_t)ts.tv_sec * WG_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+	if (mono) {
+		clock_gettime(CLOCK_BOOTTIME, &ts);
+		*mono = (uint64_t)ts.tv_sec * WG_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+	}
+	if (real) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		*real = (uint64_t)ts.tv_sec * WG_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+	}
 }
 
 static uint64_t mono_now(void)
 {
-	uint64_t m, r;
+	uint64_t m;
 
-	dev_clock(NULL, &m, &r);
+	dev_clock(NULL, &m, NULL);
 	return m;
 }
 
 static uint64_t real_now(void)
 {
-	uint64_t m, r;
+	uint64_t r;
 
-	dev_clock(NULL, &m, &r);
+	dev_clock(NULL, NULL, &r);
 	return r;
 }
 

@@ -45,17 +45,17 @@ void wg_noise_init(void)
 
 uint64_t wg_mono_now(struct wg_proto *p)
 {
-	uint64_t mono, real;
+	uint64_t mono;
 
-	p->ops->clock(p->ctx, &mono, &real);
+	p->ops->clock(p->ctx, &mono, NULL);
 	return mono;
 }
 
 uint64_t wg_real_now(struct wg_proto *p)
 {
-	uint64_t mono, real;
+	uint64_t real;
 
-	p->ops->clock(p->ctx, &mono, &real);
+	p->ops->clock(p->ctx, NULL, &real);
 	return real;
 }
 

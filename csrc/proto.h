@@ -54,7 +54,8 @@ enum wg_event_type {
 };
 
 struct wg_proto_ops {
-	/* Monotonic and real (epoch) time in nanoseconds. */
+	/* Monotonic and real (epoch) time in nanoseconds; fills only the
+	 * non-NULL ones (the datapath asks for monotonic time per packet). */
 	void (*clock)(void *ctx, uint64_t *mono_ns, uint64_t *real_ns);
 	/* Send one UDP datagram; must consume buf before returning. */
 	void (*send_udp)(void *ctx, const struct wg_endpoint *to, const uint8_t *buf, size_t len);
