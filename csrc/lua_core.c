@@ -28,6 +28,7 @@
 #include <lua.h>
 #include <sodium.h>
 
+#include "aead.h"
 #include "blake2s.h"
 #include "device.h"
 #include "netlink.h"
@@ -72,6 +73,14 @@ static bool key_from_lua(lua_State *L, int idx, uint8_t key[32])
 static void key_excerpt(char *out, size_t outlen, const char *s, size_t len)
 {
 	snprintf(out, outlen, "\"%.4s%s\" (%zu characters)", s, len > 4 ? "..." : "", len);
+}
+
+/* core.aead_name() -> "libsodium" or "avx512": the transport-data AEAD
+ * this build selected on this CPU (see Makefile, AEAD=avx512). */
+static int l_aead_name(lua_State *L)
+{
+	lua_pushstring(L, wg_aead_name());
+	return 1;
 }
 
 static int l_key_excerpt(lua_State *L)
@@ -1539,6 +1548,7 @@ static const luaL_Reg core_funcs[] = {
 	{ "generate_psk", l_generate_psk },
 	{ "public_key", l_public_key },
 	{ "valid_key", l_valid_key },
+	{ "aead_name", l_aead_name },
 	{ "key_excerpt", l_key_excerpt },
 	{ "random", l_random },
 	{ "blake2s", l_blake2s },

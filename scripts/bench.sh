@@ -7,13 +7,16 @@
 #     (utime+stime from /proc/PID/stat) and CPU seconds per Gbit carried
 #   - UDP receive-buffer drops (UdpRcvbufErrors, IPv4+IPv6) in both
 #     namespaces during the throughput runs
-# and prints a table: metric | ours | wireguard-go | ratio | target.
+# and prints a table: metric | ours per build | wireguard-go | ratios |
+# target.  Our engine is measured once per build directory: build/ (the
+# default, libsodium) and, when present, build-avx512/ (`make AEAD=avx512`,
+# our AVX-512 ChaCha20-Poly1305); `make bench` builds both.
 #
 # Environment:
-#   WGO_BENCH_IMPL=wireguard-go   run the "ours" row with wireguard-go (to
+#   WGO_BENCH_IMPL=wireguard-go   run the "ours" rows with wireguard-go (to
 #                                 validate this script without our engine)
 #   BENCH_SECONDS=10              length of each iperf3 run
-#   WGO_BUILD_DIR=build           where wgoverlay/core.so is
+#   WGO_BENCH_BUILDS="build build-avx512"   build directories to measure
 # Needs root.  Everything it makes (namespaces, processes, UAPI sockets) is
 # removed on exit; nothing is configured in the root namespace.
 set -euo pipefail
@@ -22,7 +25,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OURS_IMPL=${WGO_BENCH_IMPL:-ours}
 SECS=${BENCH_SECONDS:-10}
-BUILD=${WGO_BUILD_DIR:-build}
+BUILDS=${WGO_BENCH_BUILDS:-build build-avx512}
 TAG=$$
 TMP=$(mktemp -d /tmp/wgo-bench.XXXXXX)
 CLK_TCK=$(getconf CLK_TCK)
@@ -85,13 +88,13 @@ print(string.format("%.0f", v))
 LUA
 }
 
-start_engine() { # NS IMPL IFNAME LOG -> sets ENGINE_PID
-  local ns=$1 impl=$2 ifname=$3 log=$4
+start_engine() { # NS IMPL IFNAME LOG [BUILD] -> sets ENGINE_PID
+  local ns=$1 impl=$2 ifname=$3 log=$4 build=${5:-build}
   case "$impl" in
     ours)
-      ip netns exec "$ns" env WGO_BUILD_DIR="$BUILD" \
+      ip netns exec "$ns" env WGO_BUILD_DIR="$ROOT/$build" \
         LUA_PATH_5_4="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
-        LUA_CPATH_5_4="$ROOT/$BUILD/?.so;;" \
+        LUA_CPATH_5_4="$ROOT/$build/?.so;;" \
         lua5.4 "$ROOT/bin/wgoverlay" interface "$ifname" </dev/null >"$log" 2>&1 &
       ;;
     wireguard-go)
@@ -115,9 +118,9 @@ start_engine() { # NS IMPL IFNAME LOG -> sets ENGINE_PID
   exit 1
 }
 
-# run_pair LABEL IMPL: measures one implementation, writes $TMP/LABEL.*
+# run_pair LABEL IMPL [BUILD]: measures one implementation, writes $TMP/LABEL.*
 run_pair() {
-  local label=$1 impl=$2
+  local label=$1 impl=$2 build=${3:-build}
   local nsa="wgo-bench-$TAG-${label}a" nsb="wgo-bench-$TAG-${label}b"
   local ifa="wgb${TAG}${label}a" ifb="wgb${TAG}${label}b"
   local out="$TMP/$label"
@@ -132,8 +135,8 @@ run_pair() {
   in_ns "$nsa" ip link set "vb${TAG}a" up
   in_ns "$nsb" ip link set "vb${TAG}b" up
 
-  start_engine "$nsa" "$impl" "$ifa" "$out.engine-a.log"; local pida=$ENGINE_PID
-  start_engine "$nsb" "$impl" "$ifb" "$out.engine-b.log"; local pidb=$ENGINE_PID
+  start_engine "$nsa" "$impl" "$ifa" "$out.engine-a.log" "$build"; local pida=$ENGINE_PID
+  start_engine "$nsb" "$impl" "$ifb" "$out.engine-b.log" "$build"; local pidb=$ENGINE_PID
 
   (umask 077; wg genkey >"$out.ka"; wg genkey >"$out.kb")
   local puba pubb
@@ -180,14 +183,40 @@ run_pair() {
   cleanup
 }
 
+# Each of our builds gets a row label o1, o2, ... and a column name.
+ROWS=()
+NAMES=()
+i=0
+for b in $BUILDS; do
+  if [ ! -f "$ROOT/$b/wgoverlay/core.so" ]; then
+    echo "bench: $b/wgoverlay/core.so not built: skipped" >&2
+    continue
+  fi
+  i=$((i + 1))
+  ROWS+=("o$i:$b")
+  case "$OURS_IMPL:$b" in
+    ours:build) NAMES+=("ours") ;;
+    ours:build-avx512) NAMES+=("ours AEAD=avx512") ;;
+    ours:*) NAMES+=("ours $b") ;;
+    *) NAMES+=("ours=$OURS_IMPL") ;;
+  esac
+done
+[ ${#ROWS[@]} -gt 0 ] || { echo "bench: nothing to measure (make all)" >&2; exit 1; }
+
 run_pair g wireguard-go
-run_pair o "$OURS_IMPL"
+for r in "${ROWS[@]}"; do
+  run_pair "${r%%:*}" "$OURS_IMPL" "${r#*:}"
+done
 
 # Print the table (numbers formatted in Lua for floating point).
-ours_name="ours"
-[ "$OURS_IMPL" = ours ] || ours_name="ours=$OURS_IMPL"
-lua5.4 - "$TMP" "$CLK_TCK" "$SECS" "$ours_name" <<'EOF'
-local dir, tck, secs, ours_name = arg[1], tonumber(arg[2]), arg[3], arg[4]
+labels=""
+for r in "${ROWS[@]}"; do labels="$labels ${r%%:*}"; done
+names=$(printf '%s\n' "${NAMES[@]}")
+lua5.4 - "$TMP" "$CLK_TCK" "$SECS" "$labels" "$names" <<'EOF'
+local dir, tck, secs = arg[1], tonumber(arg[2]), arg[3]
+local labels, names = {}, {}
+for l in arg[4]:gmatch("%S+") do labels[#labels + 1] = l end
+for n in arg[5]:gmatch("[^\n]+") do names[#names + 1] = n end
 local function num(row, what)
   local f = io.open(("%s/%s.%s"):format(dir, row, what))
   local v = f and tonumber((f:read("a"):match("[%d.]+")))
@@ -205,7 +234,9 @@ local function metrics(row)
   m.drops = num(row, "drops")
   return m
 end
-local o, g = metrics("o"), metrics("g")
+local g = metrics("g")
+local ours = {}
+for i, l in ipairs(labels) do ours[i] = metrics(l) end
 local rows = {
   { "TCP 1 stream, Gbit/s", "tcp1", "%.3f", ">= 8x", function(r) return r >= 8 end },
   { "TCP 2 streams, Gbit/s", "tcp2", "%.3f", ">= 8x", function(r) return r >= 8 end },
@@ -215,13 +246,28 @@ local rows = {
   { "UdpRcvbufErrors (TCP runs)", "drops", "%d", "-" },
 }
 local function fmt(f, v) return v and f:format(v) or "n/a" end
-local lines = { { "metric", ours_name, "wireguard-go", "ratio (ours/wg-go)", "target" } }
+local head = { "metric" }
+for _, n in ipairs(names) do head[#head + 1] = n end
+head[#head + 1] = "wireguard-go"
+for _, n in ipairs(names) do head[#head + 1] = "ratio " .. n end
+head[#head + 1] = "target"
+local lines = { head }
 for _, r in ipairs(rows) do
-  local ov, gv = o[r[2]], g[r[2]]
-  local ratio = ov and gv and gv ~= 0 and ov / gv or nil
+  local gv = g[r[2]]
+  local line, ratios, verdicts = { r[1] }, {}, {}
+  for i, o in ipairs(ours) do
+    local ov = o[r[2]]
+    line[#line + 1] = fmt(r[3], ov)
+    local ratio = ov and gv and gv ~= 0 and ov / gv or nil
+    ratios[i] = ratio and ("%.2fx"):format(ratio) or "-"
+    if r[5] and ratio then verdicts[#verdicts + 1] = r[5](ratio) and "met" or "not met" end
+  end
+  line[#line + 1] = fmt(r[3], gv)
+  for _, x in ipairs(ratios) do line[#line + 1] = x end
   local target = r[4]
-  if r[5] and ratio then target = target .. (r[5](ratio) and " (met)" or " (not met)") end
-  lines[#lines + 1] = { r[1], fmt(r[3], ov), fmt(r[3], gv), ratio and ("%.2fx"):format(ratio) or "-", target }
+  if #verdicts > 0 then target = target .. " (" .. table.concat(verdicts, " / ") .. ")" end
+  line[#line + 1] = target
+  lines[#lines + 1] = line
 end
 local width = {}
 for _, l in ipairs(lines) do

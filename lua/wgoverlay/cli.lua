@@ -48,8 +48,8 @@ function commands.interface(args)
     end
     return die("%s", err)
   end
-  io.stderr:write(string.format("wgoverlay: interface %s up, UAPI socket /var/run/wireguard/%s.sock\n",
-    args.ifname, args.ifname))
+  io.stderr:write(string.format("wgoverlay: interface %s up, UAPI socket /var/run/wireguard/%s.sock, AEAD %s\n",
+    args.ifname, args.ifname, core.aead_name()))
   local sig = core.wait_signal()
   dev:close()
   io.stderr:write(string.format("wgoverlay: SIG%s: interface %s removed\n", sig, args.ifname))

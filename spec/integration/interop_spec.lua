@@ -23,6 +23,24 @@ local function next_second()
   helpers.sleep(math.floor(now) + 1.05 - now)
 end
 
+-- With a `make AEAD=avx512` build on a CPU that has AVX-512 (with IFMA),
+-- the engine must really run our AEAD, or the specs below would test
+-- libsodium again.
+describe("the AEAD of the build under test #netns", function()
+  it("is avx512 for build-avx512 on an AVX-512 CPU, libsodium otherwise", function()
+    local core = require "wgoverlay.core"
+    local f = assert(io.open("/proc/cpuinfo"))
+    local flags = f:read("a")
+    f:close()
+    local cpu_ok = true
+    for _, fl in ipairs({ "avx512f", "avx512vl", "avx512bw", "avx512ifma", "bmi2" }) do
+      cpu_ok = cpu_ok and flags:find("%f[%w]" .. fl .. "%f[%W]") ~= nil
+    end
+    local want = (helpers.build_dir:find("avx512", 1, true) and cpu_ok) and "avx512" or "libsodium"
+    assert.are.equal(want, core.aead_name())
+  end)
+end)
+
 for _, pair in ipairs(PAIRS) do
   for _, family in ipairs({ "v4", "v6" }) do
     local title = ("%s <-> %s over %s #netns"):format(pair[1], pair[2], family)
