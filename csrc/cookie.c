@@ -114,6 +114,23 @@ void wg_cookie_add_macs(struct wg_peer *peer, uint8_t *msg, size_t len)
 		memset(msg + len - COOKIE_LEN, 0, COOKIE_LEN);
 }
 
+/* A fresh cookie-reply nonce without a getrandom() system call for each
+ * (under a flood these are made at line rate): ChaCha20 under a per-thread
+ * key from the system generator, over a per-thread counter.  Unique and
+ * unpredictable, which is all XChaCha20's 192-bit nonce asks for. */
+static void reply_nonce(uint8_t nonce[COOKIE_NONCE_LEN])
+{
+	static __thread uint8_t key[crypto_stream_chacha20_KEYBYTES];
+	static __thread uint64_t counter;
+	uint8_t n[crypto_stream_chacha20_NONCEBYTES];
+
+	if (!counter)
+		randombytes_buf(key, sizeof(key));
+	counter++;
+	memcpy(n, &counter, sizeof(n));
+	crypto_stream_chacha20(nonce, COOKIE_NONCE_LEN, n, key);
+}
+
 void wg_cookie_create_reply(struct wg_proto *p, uint8_t out[MESSAGE_COOKIE_REPLY_SIZE],
 			    const uint8_t *msg, size_t len, const struct wg_endpoint *src)
 {
@@ -123,7 +140,7 @@ void wg_cookie_create_reply(struct wg_proto *p, uint8_t out[MESSAGE_COOKIE_REPLY
 	out[0] = MESSAGE_HANDSHAKE_COOKIE;
 	/* Both handshake messages carry the sender index at offset 4. */
 	memcpy(out + COOKIE_REPLY_RECEIVER, msg + 4, 4);
-	randombytes_buf(out + COOKIE_REPLY_NONCE, COOKIE_NONCE_LEN);
+	reply_nonce(out + COOKIE_REPLY_NONCE);
 	make_cookie(p, cookie, src);
 	crypto_aead_xchacha20poly1305_ietf_encrypt(out + COOKIE_REPLY_COOKIE, NULL, cookie, COOKIE_LEN,
 						   msg + len - 2 * COOKIE_LEN, COOKIE_LEN, NULL,

@@ -425,8 +425,19 @@ static void *tun_thread(void *arg)
 static void queue_handshake(struct wg_device *dev, const struct wg_endpoint *src, const uint8_t *buf, size_t len)
 {
 	struct wg_hs_item *it;
+	uint64_t now = mono_now();
+	bool under_load;
 
 	pthread_mutex_lock(&dev->hs_lock);
+	under_load = dev->last_under_load && now - dev->last_under_load < UNDER_LOAD_AFTER_TIME;
+	pthread_mutex_unlock(&dev->hs_lock);
+	/* Under load, answer what lacks a cookie from here (as cheap as
+	 * queueing it), so the queue holds only messages worth the DH. */
+	if (under_load && wg_proto_answer_with_cookie(&dev->proto, src, buf, len))
+		return;
+	pthread_mutex_lock(&dev->hs_lock);
+	if (dev->hs_count >= WG_HANDSHAKE_QUEUE_MAX / 8)
+		dev->last_under_load = now;
 	if (dev->hs_count >= WG_HANDSHAKE_QUEUE_MAX) {
 		pthread_mutex_unlock(&dev->hs_lock);
 		atomic_fetch_add(&dev->stats.handshake_queue_dropped, 1);

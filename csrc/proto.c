@@ -652,6 +652,21 @@ bool wg_proto_check_mac1(struct wg_proto *p, const uint8_t *buf, size_t len)
 	return wg_cookie_validate(p, buf, len, NULL, false) != WG_MAC_INVALID;
 }
 
+bool wg_proto_answer_with_cookie(struct wg_proto *p, const struct wg_endpoint *src, const uint8_t *buf, size_t len)
+{
+	int type = wg_proto_message_type(buf, len);
+	uint8_t out[MESSAGE_COOKIE_REPLY_SIZE];
+
+	if (type != MESSAGE_HANDSHAKE_INITIATION && type != MESSAGE_HANDSHAKE_RESPONSE)
+		return false;
+	if (wg_cookie_validate(p, buf, len, src, true) != WG_MAC_VALID_NO_COOKIE)
+		return false; /* a valid cookie; (an invalid mac1 the worker counts) */
+	wg_cookie_create_reply(p, out, buf, len, src);
+	p->ops->send_udp(p->ctx, src, out, MESSAGE_COOKIE_REPLY_SIZE);
+	atomic_fetch_add(&p->stats.rx_cookie_sent, 1);
+	return true;
+}
+
 static bool endpoint_addr_equal(const struct wg_endpoint *a, const struct wg_endpoint *b)
 {
 	if (a->addr.sa.sa_family != b->addr.sa.sa_family || a->relay_channel != b->relay_channel)

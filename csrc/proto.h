@@ -283,6 +283,13 @@ void wg_peer_put(struct wg_peer *peer);
 int wg_proto_message_type(const uint8_t *buf, size_t len);
 /* Cheap pre-check (no DH) that a handshake message carries a valid mac1. */
 bool wg_proto_check_mac1(struct wg_proto *p, const uint8_t *buf, size_t len);
+/* While the handshake worker is under load, for the receiving thread: an
+ * initiation or response with a valid mac1 but no valid mac2 gets its
+ * cookie reply right here and true is returned (done with it); false means
+ * the message carries a valid cookie (or is a cookie reply) and should be
+ * queued for the worker.  This keeps a flood of spoofed initiations out of
+ * the worker's queue, where it would crowd out a legitimate peer's retry. */
+bool wg_proto_answer_with_cookie(struct wg_proto *p, const struct wg_endpoint *src, const uint8_t *buf, size_t len);
 /* Handshake messages (types 1..3).  under_load: the engine's handshake queue
  * is congested, so demand a valid mac2 (else reply with a cookie) and apply
  * the per-source rate limit. */

@@ -404,6 +404,55 @@ static void test_initiation_flood_limit(void)
 	teardown_pair();
 }
 
+/* The receiving thread's shortcut under load: cookie replies straight
+ * away for messages without mac2, the worker only for those with one. */
+static void test_answer_with_cookie(void)
+{
+	struct wg_peer *pa;
+	struct pkt q;
+
+	setup_pair();
+	pa = peer_of(&A, &B);
+	send_ip(&A, "10.9.0.1", "10.9.0.2", 10, 1);
+	CHECK_EQ(nnet, 1);
+	q = net[0];
+	nnet = 0;
+	CHECK(wg_proto_answer_with_cookie(&B.p, &q.from, q.data, q.len));
+	CHECK_EQ(atomic_load(&B.p.stats.rx_cookie_sent), 1);
+	CHECK_EQ(nnet, 1); /* the cookie reply, to A */
+	CHECK_EQ(wg_proto_message_type(net[0].data, net[0].len), MESSAGE_HANDSHAKE_COOKIE);
+	/* a cookie reply itself is for the worker */
+	CHECK(!wg_proto_answer_with_cookie(&B.p, &net[0].from, net[0].data, net[0].len));
+	pump();
+	CHECK(pa->cookie.birth != 0);
+	/* the retry carries mac2: to be queued, not answered */
+	advance(REKEY_TIMEOUT + 400 * WG_NS_PER_MS);
+	wg_proto_tick(&A.p);
+	CHECK_EQ(nnet, 1);
+	q = net[0];
+	CHECK(!wg_proto_answer_with_cookie(&B.p, &q.from, q.data, q.len));
+	CHECK_EQ(atomic_load(&B.p.stats.rx_cookie_sent), 1);
+	B.under_load = true;
+	pump();
+	CHECK(pa->kp_current != NULL);
+	/* the same message from another source has the wrong mac2 */
+	{
+		struct wg_endpoint other = q.from;
+
+		other.addr.in4.sin_port = htons(ntohs(other.addr.in4.sin_port) + 1);
+		nnet = 0;
+		CHECK(wg_proto_answer_with_cookie(&B.p, &other, q.data, q.len));
+		CHECK_EQ(atomic_load(&B.p.stats.rx_cookie_sent), 2);
+		nnet = 0;
+	}
+	/* data is not its business */
+	send_ip(&A, "10.9.0.1", "10.9.0.2", 10, 1);
+	CHECK_EQ(nnet, 1);
+	CHECK(!wg_proto_answer_with_cookie(&B.p, &net[0].from, net[0].data, net[0].len));
+	nnet = 0;
+	teardown_pair();
+}
+
 static void test_cookie_under_load(void)
 {
 	struct wg_peer *pa, *pb;
@@ -785,6 +834,7 @@ int main(void)
 	test_unknown_peer_and_zero_dh();
 	test_initiation_flood_limit();
 	test_cookie_under_load();
+	test_answer_with_cookie();
 	test_timers();
 	test_responder_confirmation_and_roaming();
 	test_psk_and_config();
