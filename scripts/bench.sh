@@ -183,6 +183,41 @@ run_pair() {
   cleanup
 }
 
+# run_floor: ping through a pair of build/bench/relay_floor (TUN <-> UDP,
+# no crypto, no protocol, one thread in poll()): the latency floor of any
+# userspace tunnel that does not busy-poll, on this machine.  Writes
+# $TMP/f.rtt.
+run_floor() {
+  local nsa="wgo-bench-$TAG-fa" nsb="wgo-bench-$TAG-fb" relay="$ROOT/build/bench/relay_floor"
+  [ -x "$relay" ] || { echo "bench: $relay not built: no latency floor" >&2; return 0; }
+  echo "bench: latency floor: relay_floor" >&2
+  ip netns add "$nsa"; NAMESPACES+=("$nsa")
+  ip netns add "$nsb"; NAMESPACES+=("$nsb")
+  in_ns "$nsa" ip link set lo up
+  in_ns "$nsb" ip link set lo up
+  in_ns "$nsa" ip link add "vf${TAG}a" type veth peer name "vf${TAG}b" netns "$nsb"
+  in_ns "$nsa" ip addr add 192.0.2.1/24 dev "vf${TAG}a"
+  in_ns "$nsb" ip addr add 192.0.2.2/24 dev "vf${TAG}b"
+  in_ns "$nsa" ip link set "vf${TAG}a" up
+  in_ns "$nsb" ip link set "vf${TAG}b" up
+  in_ns "$nsa" "$relay" "rf${TAG}a" 51001 192.0.2.2 51002 >"$TMP/f.a.log" 2>&1 &
+  PIDS+=("$!")
+  in_ns "$nsb" "$relay" "rf${TAG}b" 51002 192.0.2.1 51001 >"$TMP/f.b.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 50); do
+    in_ns "$nsa" ip link show "rf${TAG}a" >/dev/null 2>&1 && in_ns "$nsb" ip link show "rf${TAG}b" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  in_ns "$nsa" ip addr add 10.66.0.1/24 dev "rf${TAG}a"
+  in_ns "$nsb" ip addr add 10.66.0.2/24 dev "rf${TAG}b"
+  in_ns "$nsa" ip link set "rf${TAG}a" up
+  in_ns "$nsb" ip link set "rf${TAG}b" up
+  in_ns "$nsa" ping -c 1 -W 1 10.66.0.2 >/dev/null 2>&1 || true
+  in_ns "$nsa" ping -n -q -c 50 -i 0.05 10.66.0.2 >"$TMP/f.ping" 2>&1 || true
+  sed -n 's#^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*#\1#p' "$TMP/f.ping" >"$TMP/f.rtt"
+  cleanup
+}
+
 # Each of our builds gets a row label o1, o2, ... and a column name.
 ROWS=()
 NAMES=()
@@ -207,6 +242,7 @@ run_pair g wireguard-go
 for r in "${ROWS[@]}"; do
   run_pair "${r%%:*}" "$OURS_IMPL" "${r#*:}"
 done
+run_floor
 
 # Print the table (numbers formatted in Lua for floating point).
 labels=""
@@ -273,6 +309,7 @@ local width = {}
 for _, l in ipairs(lines) do
   for i, c in ipairs(l) do width[i] = math.max(width[i] or 0, #c) end
 end
+local floor = num("f", "rtt")
 for n, l in ipairs(lines) do
   local cells = {}
   for i, c in ipairs(l) do cells[i] = c .. (" "):rep(width[i] - #c) end
@@ -282,6 +319,12 @@ for n, l in ipairs(lines) do
     for i = 1, #l do sep[i] = ("-"):rep(width[i]) end
     print("| " .. table.concat(sep, " | ") .. " |")
   end
+end
+if floor and g.rtt and g.rtt > 0 then
+  print()
+  print(("latency floor on this machine: ping through a TUN <-> UDP relay with no crypto and no protocol "
+    .. "(one thread in poll(), no busy polling; build/bench/relay_floor): %.3f ms = %.2fx wireguard-go")
+    :format(floor, floor / g.rtt))
 end
 EOF
 
