@@ -118,13 +118,10 @@ start_engine() { # NS IMPL IFNAME LOG [BUILD] -> sets ENGINE_PID
   exit 1
 }
 
-# run_pair LABEL IMPL [BUILD]: measures one implementation, writes $TMP/LABEL.*
-run_pair() {
-  local label=$1 impl=$2 build=${3:-build}
-  local nsa="wgo-bench-$TAG-${label}a" nsb="wgo-bench-$TAG-${label}b"
-  local ifa="wgb${TAG}${label}a" ifb="wgb${TAG}${label}b"
-  local out="$TMP/$label"
-  echo "bench: $label row: $impl" >&2
+# underlay NSA NSB: two fresh namespaces joined by a veth, 192.0.2.1 in
+# NSA and 192.0.2.2 in NSB (one pair exists at a time).
+underlay() {
+  local nsa=$1 nsb=$2
   ip netns add "$nsa"; NAMESPACES+=("$nsa")
   ip netns add "$nsb"; NAMESPACES+=("$nsb")
   in_ns "$nsa" ip link set lo up
@@ -134,6 +131,23 @@ run_pair() {
   in_ns "$nsb" ip addr add 192.0.2.2/24 dev "vb${TAG}b"
   in_ns "$nsa" ip link set "vb${TAG}a" up
   in_ns "$nsb" ip link set "vb${TAG}b" up
+}
+
+# ping_rtt NS OUT: average RTT of 50 pings 0.05 s apart to 10.66.0.2 over
+# an otherwise idle tunnel, into OUT.rtt (OUT.ping: ping's output)
+ping_rtt() {
+  in_ns "$1" ping -n -q -c 50 -i 0.05 10.66.0.2 >"$2.ping" 2>&1 || true
+  sed -n 's#^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*#\1#p' "$2.ping" >"$2.rtt"
+}
+
+# run_pair LABEL IMPL [BUILD]: measures one implementation, writes $TMP/LABEL.*
+run_pair() {
+  local label=$1 impl=$2 build=${3:-build}
+  local nsa="wgo-bench-$TAG-${label}a" nsb="wgo-bench-$TAG-${label}b"
+  local ifa="wgb${TAG}${label}a" ifb="wgb${TAG}${label}b"
+  local out="$TMP/$label"
+  echo "bench: $label row: $impl" >&2
+  underlay "$nsa" "$nsb"
 
   start_engine "$nsa" "$impl" "$ifa" "$out.engine-a.log" "$build"; local pida=$ENGINE_PID
   start_engine "$nsb" "$impl" "$ifb" "$out.engine-b.log" "$build"; local pidb=$ENGINE_PID
@@ -157,8 +171,7 @@ run_pair() {
   [ $ok -eq 1 ] || { echo "bench: no tunnel for $impl" >&2; exit 1; }
 
   # latency over the idle tunnel
-  in_ns "$nsa" ping -n -q -c 50 -i 0.05 10.66.0.2 >"$out.ping" 2>&1 || true
-  sed -n 's#^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*#\1#p' "$out.ping" >"$out.rtt"
+  ping_rtt "$nsa" "$out"
 
   in_ns "$nsb" iperf3 -s -p 5201 >"$out.iperf-server.log" 2>&1 &
   PIDS+=("$!")
@@ -191,15 +204,7 @@ run_floor() {
   local nsa="wgo-bench-$TAG-fa" nsb="wgo-bench-$TAG-fb" relay="$ROOT/build/bench/relay_floor"
   [ -x "$relay" ] || { echo "bench: $relay not built: no latency floor" >&2; return 0; }
   echo "bench: latency floor: relay_floor" >&2
-  ip netns add "$nsa"; NAMESPACES+=("$nsa")
-  ip netns add "$nsb"; NAMESPACES+=("$nsb")
-  in_ns "$nsa" ip link set lo up
-  in_ns "$nsb" ip link set lo up
-  in_ns "$nsa" ip link add "vf${TAG}a" type veth peer name "vf${TAG}b" netns "$nsb"
-  in_ns "$nsa" ip addr add 192.0.2.1/24 dev "vf${TAG}a"
-  in_ns "$nsb" ip addr add 192.0.2.2/24 dev "vf${TAG}b"
-  in_ns "$nsa" ip link set "vf${TAG}a" up
-  in_ns "$nsb" ip link set "vf${TAG}b" up
+  underlay "$nsa" "$nsb"
   in_ns "$nsa" "$relay" "rf${TAG}a" 51001 192.0.2.2 51002 >"$TMP/f.a.log" 2>&1 &
   PIDS+=("$!")
   in_ns "$nsb" "$relay" "rf${TAG}b" 51002 192.0.2.1 51001 >"$TMP/f.b.log" 2>&1 &
@@ -213,8 +218,7 @@ run_floor() {
   in_ns "$nsa" ip link set "rf${TAG}a" up
   in_ns "$nsb" ip link set "rf${TAG}b" up
   in_ns "$nsa" ping -c 1 -W 1 10.66.0.2 >/dev/null 2>&1 || true
-  in_ns "$nsa" ping -n -q -c 50 -i 0.05 10.66.0.2 >"$TMP/f.ping" 2>&1 || true
-  sed -n 's#^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*#\1#p' "$TMP/f.ping" >"$TMP/f.rtt"
+  ping_rtt "$nsa" "$TMP/f"
   cleanup
 }
 
