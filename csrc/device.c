@@ -422,6 +422,16 @@ static void *tun_thread(void *arg)
 	return NULL;
 }
 
+/* Under load while the handshake queue is an eighth full, and for a
+ * second after (as the kernel), so a flood cannot toggle it cheaply.
+ * Caller holds hs_lock. */
+static bool under_load_locked(struct wg_device *dev, uint64_t now)
+{
+	if (dev->hs_count >= WG_HANDSHAKE_QUEUE_MAX / 8)
+		dev->last_under_load = now;
+	return dev->last_under_load && now - dev->last_under_load < UNDER_LOAD_AFTER_TIME;
+}
+
 static void queue_handshake(struct wg_device *dev, const struct wg_endpoint *src, const uint8_t *buf, size_t len)
 {
 	struct wg_hs_item *it;
@@ -429,15 +439,13 @@ static void queue_handshake(struct wg_device *dev, const struct wg_endpoint *src
 	bool under_load;
 
 	pthread_mutex_lock(&dev->hs_lock);
-	under_load = dev->last_under_load && now - dev->last_under_load < UNDER_LOAD_AFTER_TIME;
+	under_load = under_load_locked(dev, now);
 	pthread_mutex_unlock(&dev->hs_lock);
 	/* Under load, answer what lacks a cookie from here (as cheap as
 	 * queueing it), so the queue holds only messages worth the DH. */
 	if (under_load && wg_proto_answer_with_cookie(&dev->proto, src, buf, len))
 		return;
 	pthread_mutex_lock(&dev->hs_lock);
-	if (dev->hs_count >= WG_HANDSHAKE_QUEUE_MAX / 8)
-		dev->last_under_load = now;
 	if (dev->hs_count >= WG_HANDSHAKE_QUEUE_MAX) {
 		pthread_mutex_unlock(&dev->hs_lock);
 		atomic_fetch_add(&dev->stats.handshake_queue_dropped, 1);
@@ -619,7 +627,6 @@ static void *hs_thread(void *arg)
 	struct wg_device *dev = arg;
 	struct wg_hs_item it;
 	bool under_load;
-	uint64_t now;
 
 	for (;;) {
 		pthread_mutex_lock(&dev->hs_lock);
@@ -633,12 +640,7 @@ static void *hs_thread(void *arg)
 		}
 		it = dev->hs_ring[dev->hs_head];
 		dev->hs_head = (dev->hs_head + 1) % WG_HANDSHAKE_QUEUE_MAX;
-		/* Under load while the queue is an eighth full, and for a second
-		 * after (as the kernel), so a flood cannot toggle it cheaply. */
-		now = mono_now();
-		if (dev->hs_count >= WG_HANDSHAKE_QUEUE_MAX / 8)
-			dev->last_under_load = now;
-		under_load = dev->last_under_load && now - dev->last_under_load < UNDER_LOAD_AFTER_TIME;
+		under_load = under_load_locked(dev, mono_now());
 		dev->hs_count--;
 		pthread_mutex_unlock(&dev->hs_lock);
 		wg_proto_receive_handshake(&dev->proto, &it.src, it.data, it.len, under_load);
@@ -1194,6 +1196,19 @@ int wg_device_set_relay(struct wg_device *dev, const struct sockaddr *server, bo
 	return r;
 }
 
+/* The peer with that public key, referenced (wg_peer_put), or NULL. */
+static struct wg_peer *get_peer(struct wg_device *dev, const uint8_t public_key[32])
+{
+	struct wg_peer *peer;
+
+	wg_proto_cfg_rdlock(&dev->proto);
+	peer = wg_peer_lookup_locked(&dev->proto, public_key);
+	if (peer)
+		wg_peer_get(peer);
+	wg_proto_cfg_unlock(&dev->proto);
+	return peer;
+}
+
 int wg_device_set_peer_relay(struct wg_device *dev, const uint8_t public_key[32], const struct sockaddr *server,
 			     uint16_t channel)
 {
@@ -1201,11 +1216,7 @@ int wg_device_set_peer_relay(struct wg_device *dev, const uint8_t public_key[32]
 
 	if (channel && (channel < 0x4000 || channel > 0x4fff))
 		return -EINVAL;
-	wg_proto_cfg_rdlock(&dev->proto);
-	peer = wg_peer_lookup_locked(&dev->proto, public_key);
-	if (peer)
-		wg_peer_get(peer);
-	wg_proto_cfg_unlock(&dev->proto);
+	peer = get_peer(dev, public_key);
 	if (!peer)
 		return -ENOENT;
 	wg_peer_set_relay_endpoint(peer, server, channel);
@@ -1215,13 +1226,8 @@ int wg_device_set_peer_relay(struct wg_device *dev, const uint8_t public_key[32]
 
 int wg_device_initiate(struct wg_device *dev, const uint8_t public_key[32])
 {
-	struct wg_peer *peer;
+	struct wg_peer *peer = get_peer(dev, public_key);
 
-	wg_proto_cfg_rdlock(&dev->proto);
-	peer = wg_peer_lookup_locked(&dev->proto, public_key);
-	if (peer)
-		wg_peer_get(peer);
-	wg_proto_cfg_unlock(&dev->proto);
 	if (!peer)
 		return -ENOENT;
 	wg_peer_initiate_handshake(peer, false);
