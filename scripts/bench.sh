@@ -257,12 +257,8 @@ local dir, tck, secs = arg[1], tonumber(arg[2]), arg[3]
 local labels, names = {}, {}
 for l in arg[4]:gmatch("%S+") do labels[#labels + 1] = l end
 for n in arg[5]:gmatch("[^\n]+") do names[#names + 1] = n end
-local function num(row, what)
-  local f = io.open(("%s/%s.%s"):format(dir, row, what))
-  local v = f and tonumber((f:read("a"):match("[%d.]+")))
-  if f then f:close() end
-  return v
-end
+local lib = dofile("scripts/benchlib.lua")
+local function num(row, what) return lib.num(dir, row, what) end
 local function metrics(row)
   local m = {}
   m.tcp1 = num(row, "bps1") and num(row, "bps1") / 1e9
@@ -309,21 +305,8 @@ for _, r in ipairs(rows) do
   line[#line + 1] = target
   lines[#lines + 1] = line
 end
-local width = {}
-for _, l in ipairs(lines) do
-  for i, c in ipairs(l) do width[i] = math.max(width[i] or 0, #c) end
-end
+lib.print_table(lines)
 local floor = num("f", "rtt")
-for n, l in ipairs(lines) do
-  local cells = {}
-  for i, c in ipairs(l) do cells[i] = c .. (" "):rep(width[i] - #c) end
-  print("| " .. table.concat(cells, " | ") .. " |")
-  if n == 1 then
-    local sep = {}
-    for i = 1, #l do sep[i] = ("-"):rep(width[i]) end
-    print("| " .. table.concat(sep, " | ") .. " |")
-  end
-end
 if floor and g.rtt and g.rtt > 0 then
   print()
   print(("latency floor on this machine: ping through a TUN <-> UDP relay with no crypto and no protocol "

@@ -69,12 +69,8 @@ measure g "wbsg$TAG" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "wbsg$TAG"
 
 lua5.4 - "$TMP" "$N" <<'LUA'
 local dir, n = arg[1], arg[2]
-local function num(row, what)
-  local f = io.open(("%s/%s.%s"):format(dir, row, what))
-  local v = f and tonumber((f:read("a"):match("[%d.]+")))
-  if f then f:close() end
-  return v
-end
+local lib = dofile("scripts/benchlib.lua")
+local function num(row, what) return lib.num(dir, row, what) end
 local rows = {
   { "responder handshakes/s, one core", "hs", "%.0f", ">= 5000 (ours)", function(v) return v >= 5000 end },
   { n .. " peers: wg setconf, s", "setconf", "%.3f", "< 1 s", function(v) return v < 1 end },
@@ -89,16 +85,5 @@ for _, r in ipairs(rows) do
   if o and r[5] then t = t .. (r[5](o) and " (met)" or " (not met)") end
   lines[#lines + 1] = { r[1], o and r[3]:format(o) or "n/a", g and r[3]:format(g) or "-", t }
 end
-local w = {}
-for _, l in ipairs(lines) do for i, c in ipairs(l) do w[i] = math.max(w[i] or 0, #c) end end
-for k, l in ipairs(lines) do
-  local cells = {}
-  for i, c in ipairs(l) do cells[i] = c .. (" "):rep(w[i] - #c) end
-  print("| " .. table.concat(cells, " | ") .. " |")
-  if k == 1 then
-    local sep = {}
-    for i = 1, #l do sep[i] = ("-"):rep(w[i]) end
-    print("| " .. table.concat(sep, " | ") .. " |")
-  end
-end
+lib.print_table(lines)
 LUA
