@@ -1174,6 +1174,21 @@ static int l_wait_signal(lua_State *L)
 	return 1;
 }
 
+/* core.ignore_sigpipe(): a peer that closes a socket early must cost us that
+ * connection, never the process (and with it the tunnel): writes then fail
+ * with EPIPE instead.  Called first thing by bin/wgoverlay. */
+static int l_ignore_sigpipe(lua_State *L)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_IGN;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGPIPE, &sa, NULL) < 0)
+		return luaL_error(L, "sigaction(SIGPIPE): %s", strerror(errno));
+	return 0;
+}
+
 /* core.uapi_request(ifname, request) -> reply text: a UAPI client, used by
  * `wgoverlay status` to read an engine running in another process. */
 static int l_uapi_request(lua_State *L)
@@ -1571,6 +1586,7 @@ static const luaL_Reg core_funcs[] = {
 	{ "sysctl", l_sysctl },
 	{ "route_via", l_route_via },
 	{ "wait_signal", l_wait_signal },
+	{ "ignore_sigpipe", l_ignore_sigpipe },
 	{ "uapi_request", l_uapi_request },
 	{ "uapi_status", l_uapi_status },
 	{ "daemonize", l_daemonize },

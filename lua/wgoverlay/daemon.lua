@@ -24,6 +24,7 @@ local membership = require "wgoverlay.membership"
 local dns = require "wgoverlay.dns"
 local containers = require "wgoverlay.containers"
 local cluster = require "wgoverlay.cluster"
+local jsonlines = require "wgoverlay.jsonlines"
 local cidr = require "wgoverlay.cidr"
 local transport = require "wgoverlay.transport"
 local nat_agent = require "wgoverlay.nat.agent"
@@ -165,7 +166,7 @@ function Node:push(s)
   if not s.version then return end
   local msg = self.registry:delta_since(s.version, s.epoch)
   s.version, s.epoch = msg.version, msg.epoch
-  s.conn:write(json_line(msg))
+  s.conn:send(msg)
 end
 
 function Node:admit(p)
@@ -224,7 +225,7 @@ function Node:remove_node(name)
   local t = uv.new_timer()
   t:start(1000, 0, function()
     close(t)
-    if gone then close(gone.conn) end
+    if gone then gone.conn:close() end
     if not self.stopping then self:sync_peers() end
   end)
   log(self, "node %s removed", name)
@@ -282,7 +283,7 @@ function Node:relay_punch(a, b)
       self.nat:on_punch(other)
     else
       local s = self.sessions[side]
-      if s and s.version then s.conn:write(json_line({ type = "punch", peer = other })) end
+      if s and s.version then s.conn:send({ type = "punch", peer = other }) end
     end
   end
 end
@@ -293,7 +294,7 @@ function Node:start_membership_server()
   if not ok then return nil, "membership server: " .. tostring(err) end
   server:listen(128, function()
     local conn = uv.new_tcp()
-    server:accept(conn)
+    if not server:accept(conn) then close(conn) return end
     local peer = conn:getpeername()
     -- The connection came through WireGuard: its source address is
     -- authenticated by cryptokey routing, and names the member.
@@ -303,26 +304,21 @@ function Node:start_membership_server()
       return
     end
     local old = self.sessions[r.name]
-    if old then close(old.conn) end
-    local s = { conn = conn, name = r.name, buf = "" }
+    if old then old.conn:close() end
+    local s = { name = r.name }
+    s.conn = jsonlines.wrap(conn, {
+      on_line = function(_, line) self:on_member_line(s, line) end,
+      on_close = function() if self.sessions[r.name] == s then self.sessions[r.name] = nil end end,
+      log = function(fmt, ...) log(self, "membership session of %s: " .. fmt, r.name, ...) end,
+    })
     self.sessions[r.name] = s
-    conn:read_start(function(rerr, chunk)
-      if rerr or not chunk then
-        if self.sessions[r.name] == s then self.sessions[r.name] = nil end
-        close(conn)
-        return
-      end
-      s.buf = s.buf .. chunk
-      if #s.buf > 1048576 then close(conn) return end
-      for line in s.buf:gmatch("([^\n]*)\n") do self:on_member_line(s, line) end
-      s.buf = s.buf:match("[^\n]*$")
-    end)
+    s.conn:start()
   end)
   self.membership_server = server
   local hb = uv.new_timer()
   hb:start(M.HEARTBEAT * 1000, M.HEARTBEAT * 1000, function()
-    local beat = json_line(self.registry:heartbeat())
-    for _, s in pairs(self.sessions) do if s.version then s.conn:write(beat) end end
+    local beat = jsonlines.line(self.registry:heartbeat())
+    for _, s in pairs(self.sessions) do if s.version then s.conn:send(beat) end end
     self:check_endpoints()
   end)
   self.timers[#self.timers + 1] = hb
@@ -363,14 +359,14 @@ end
 
 function Node:send_containers()
   if self.session and self.session.ready then
-    self.session.conn:write(json_line({ type = "containers", containers = self:container_records() }))
+    self.session.conn:send({ type = "containers", containers = self:container_records() })
   end
 end
 
 function Node:send_candidates()
   local c = self.candidates_published
   if c and self.session and self.session.ready then
-    self.session.conn:write(json_line({ type = "candidates", candidates = c }))
+    self.session.conn:send({ type = "candidates", candidates = c })
   end
 end
 
@@ -390,7 +386,7 @@ function Node:request_punch(peer)
   if self.registry then
     self:relay_punch(self.node.name, peer)
   elseif self.session and self.session.ready then
-    self.session.conn:write(json_line({ type = "punch_request", peer = peer }))
+    self.session.conn:send({ type = "punch_request", peer = peer })
   end
 end
 
@@ -404,7 +400,7 @@ function Node:on_leader_line(line)
   local res = self.view:apply(msg)
   if not res then return end
   if res.need_snapshot then
-    self.session.conn:write(json_line(self.view:hello()))
+    self.session.conn:send(self.view:hello())
   end
   if res.changed then
     self:save_members()
@@ -422,31 +418,23 @@ end
 
 function Node:connect_leader()
   if self.stopping or self.session then return end
-  local conn = uv.new_tcp()
-  local s = { conn = conn, buf = "" }
+  local tcp = uv.new_tcp()
+  local s = {}
+  s.conn = jsonlines.wrap(tcp, {
+    on_line = function(_, line) self:on_leader_line(line) end,
+    on_close = function() if self.session == s then self.session = nil end end,
+    log = function(fmt, ...) log(self, "membership session: " .. fmt, ...) end,
+  })
   self.session = s
-  conn:connect(self.node.cluster.leader.overlay_ip, cluster.MEMBERSHIP_PORT, function(err)
-    if err then
-      close(conn)
-      self.session = nil
-      return
-    end
+  local ok, cerr = tcp:connect(self.node.cluster.leader.overlay_ip, cluster.MEMBERSHIP_PORT, function(err)
+    if err then return s.conn:close(err) end
     s.ready = true
-    conn:write(json_line(self.view:hello()))
+    s.conn:send(self.view:hello())
     self:send_containers()
     self:send_candidates()
-    conn:read_start(function(rerr, chunk)
-      if rerr or not chunk then
-        close(conn)
-        if self.session == s then self.session = nil end
-        return
-      end
-      s.buf = s.buf .. chunk
-      if #s.buf > 16777216 then close(conn) self.session = nil return end
-      for line in s.buf:gmatch("([^\n]*)\n") do self:on_leader_line(line) end
-      s.buf = s.buf:match("[^\n]*$")
-    end)
+    s.conn:start()
   end)
+  if not ok then s.conn:close(cerr) end
 end
 
 -- ---------------------------------------------------------------------
@@ -674,19 +662,19 @@ function Node:start_control()
   uv.fs_chmod(path, tonumber("600", 8))
   pipe:listen(16, function()
     local conn = uv.new_pipe(false)
-    pipe:accept(conn)
-    local buf = ""
-    conn:read_start(function(rerr, chunk)
-      if rerr or not chunk then close(conn) return end
-      buf = buf .. chunk
-      if #buf > 65536 then close(conn) return end
-      local line = buf:match("^([^\n]*)\n")
-      if line then
+    if not pipe:accept(conn) then close(conn) return end
+    -- one request, one answer, then the connection closes (after the
+    -- answer is written, or at once when the client has gone)
+    jsonlines.wrap(conn, {
+      on_line = function(c, line)
+        if c.answered then return end
+        c.answered = true
         local okd, req = pcall(cjson.decode, line)
         local resp = okd and self:control(req) or { ok = false, error = "bad request" }
-        conn:write(json_line(resp), function() close(conn) end)
-      end
-    end)
+        c:send(resp, function() c:close() end)
+      end,
+      log = function(fmt, ...) log(self, "control socket: " .. fmt, ...) end,
+    }):start()
   end)
   self.control_pipe = pipe
   return true
@@ -849,8 +837,8 @@ function Node:stop()
   if self.dns then self.dns:stop() end
   if self.health_udp then close(self.health_udp) end
   if self.membership_server then close(self.membership_server) end
-  for _, s in pairs(self.sessions) do close(s.conn) end
-  if self.session then close(self.session.conn) end
+  for _, s in pairs(self.sessions) do s.conn:close() end
+  if self.session then self.session.conn:close() end
   if self.control_pipe then
     close(self.control_pipe)
     os.remove(self.paths.control)
