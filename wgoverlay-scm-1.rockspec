@@ -69,6 +69,7 @@ build = {
     ["wgoverlay.dns"] = "lua/wgoverlay/dns.lua",
     ["wgoverlay.dns_server"] = "lua/wgoverlay/dns_server.lua",
     ["wgoverlay.joinproto"] = "lua/wgoverlay/joinproto.lua",
+    ["wgoverlay.health"] = "lua/wgoverlay/health.lua",
     ["wgoverlay.jsonlines"] = "lua/wgoverlay/jsonlines.lua",
     ["wgoverlay.membership"] = "lua/wgoverlay/membership.lua",
     ["wgoverlay.nat.agent"] = "lua/wgoverlay/nat/agent.lua",

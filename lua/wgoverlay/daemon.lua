@@ -25,6 +25,7 @@ local dns = require "wgoverlay.dns"
 local containers = require "wgoverlay.containers"
 local cluster = require "wgoverlay.cluster"
 local jsonlines = require "wgoverlay.jsonlines"
+local health = require "wgoverlay.health"
 local cidr = require "wgoverlay.cidr"
 local transport = require "wgoverlay.transport"
 local nat_agent = require "wgoverlay.nat.agent"
@@ -99,6 +100,7 @@ function Node:sync_peers()
     self.t:remove_peer(pk)
     self.peers[pk] = nil
     self.health[pk] = nil
+    if self.prober then self.prober:forget(pk) end
     log(self, "peer %s removed", pk)
   end
   for _, list in ipairs({ diff.add, diff.update }) do
@@ -445,15 +447,17 @@ function Node:start_health()
   local udp = uv.new_udp()
   local ok, err = udp:bind(self.node.self.overlay_ip, cluster.HEALTH_PORT)
   if not ok then return nil, "health responder: " .. tostring(err) end
+  self.prober = health.tracker({ random = core.random, clock = now_precise })
   udp:recv_start(function(rerr, data, addr)
     if rerr or not data or not addr then return end
-    if data:sub(1, 4) == "WGOP" then
-      udp:send("WGOR" .. data:sub(5), addr.ip, addr.port, function() end)
-    elseif data:sub(1, 4) == "WGOR" then
-      local pk, sent = data:match("^WGOR([^\n]+)\n(%d+)$")
+    local answer = health.answer(data)
+    if answer then
+      udp:send(answer, addr.ip, addr.port, function() end)
+    elseif health.is_reply(data) then
+      local pk, rtt = self.prober:on_reply(data, addr.ip)
       local h = pk and self.health[pk]
-      if h and tonumber(sent) then
-        h.rtt_ms = (uv.hrtime() - tonumber(sent)) / 1e6
+      if h then
+        h.rtt_ms = rtt * 1000
         h.last_reply = os.time()
         h.last_reply_at = now_precise()
       end
@@ -476,8 +480,8 @@ function Node:probe_all()
     if r then
       local h = self.health[p.public_key] or { healthy = false }
       self.health[p.public_key] = h
-      self.health_udp:send("WGOP" .. p.public_key .. "\n" .. string.format("%d", uv.hrtime()), r.overlay_ip,
-                           cluster.HEALTH_PORT, function() end)
+      self.health_udp:send(self.prober:probe(p.public_key, r.overlay_ip), r.overlay_ip, cluster.HEALTH_PORT,
+                           function() end)
       local healthy = p.last_handshake > 0 and now - p.last_handshake < M.HANDSHAKE_MAX
                       and h.last_reply ~= nil and now - h.last_reply <= M.PROBE_TIMEOUT
       if healthy ~= h.healthy then
@@ -600,7 +604,8 @@ function Node:status()
     self = { name = self.node.name, public_key = self.node.public_key, overlay_ip = s.overlay_ip,
              overlay_ip6 = s.overlay_ip6, slice = s.slice, slice6 = s.slice6, endpoint = s.endpoint,
              role = self.node.role, interface = self.node.ifname,
-             nat = self.nat and self:nat_status() or cjson.null },
+             nat = self.nat and self:nat_status() or cjson.null,
+             health = self.prober and self.prober.stats or cjson.null },
     peers = setmetatable(peers, cjson.array_mt),
     containers = setmetatable(self:container_records(), cjson.array_mt),
     version = self.registry and self.registry.version or self.view.version,

@@ -53,7 +53,7 @@ local payload = %q
 for _ = 1, %d do
   local c = assert((function() %s end)())
   c:settimeout(5)
-  assert(c:send(payload))
+  c:send(payload) -- the server may close first (the control socket answers one request)
   if %q == "reset" then c:setoption("linger", { on = true, timeout = 0 }) end
   if %q == "noread" then socket.sleep(%f) end
   c:close()
@@ -123,10 +123,44 @@ end
       assert(ok, "a no longer follows the registry (late." .. fixture.ZONE .. " unknown to a)")
     end))
 
-  it("the daemons stop cleanly afterwards (their interfaces and sockets go)", helpers.guard(function()
-    assert_alive()
-    cl:stop(A)
+  it("forged health replies do not keep a killed node healthy", helpers.guard(function()
+    -- A container on the leader claims to be a (a's overlay address added
+    -- in its own namespace) and answers health probes for it every 0.2 s,
+    -- in the old format and with made-up nonces, while a is killed.
+    local evil = cl:attach("E", L, "evil")
+    local dev = evil.ns:must("ip -o route get " .. L.ip):match("dev (%S+)")
+    evil.ns:must(("ip addr add %s/32 dev %s"):format(A.ip, dev))
+    local before = assert(cl:status(L)).self.health.refused
+    local forger = evil.ns:spawn("lua5.4 -e " .. quote(([[
+local socket = require "socket"
+local u = assert(socket.udp())
+assert(u:setsockname(%q, 7947))
+local pk = %q
+local stop = socket.gettime() + 25
+while socket.gettime() < stop do
+  u:sendto("WGOR" .. pk .. "\n" .. math.floor(socket.gettime() * 1e9), %q, 7947)
+  local f = io.open("/dev/urandom", "rb")
+  u:sendto("WGR2" .. f:read(16), %q, 7947)
+  f:close()
+  socket.sleep(0.2)
+end
+]]):format(A.ip, A.public_key, L.ip, L.ip)), { env = helpers.lua_env(), name = "forger" })
+    A.proc:signal("KILL")
+    assert(A.proc:wait(5), "a did not die on SIGKILL")
+    local t0 = os.time()
+    cl:wait_health(L, { "a" }, false, 15)
+    local took = os.time() - t0
+    assert.is_true(took <= 15, ("a reported unhealthy only after %d s"):format(took))
+    -- the forgeries arrived, and were refused
+    local after = assert(cl:status(L)).self.health.refused
+    assert.is_true(after - before >= 10, ("only %d forged replies refused"):format(after - before))
+    assert(forger:alive(), "the forger stopped early:\n" .. forger:log())
+    forger:stop(2)
+  end))
+
+  it("the leader stops cleanly afterwards (its control socket goes)", helpers.guard(function()
+    assert(L.proc:alive(), L.proc:log())
     cl:stop(L)
-    assert.is_nil(io.open(A.dir .. "/control.sock"), "control socket left behind")
+    assert.is_nil(io.open(L.dir .. "/control.sock"), "control socket left behind")
   end))
 end)
