@@ -61,6 +61,23 @@ local function event(self, kind, fields)
   if #list > M.EVENTS_KEPT then table.remove(list, 1) end
 end
 
+-- Every callback the daemon gives luv goes through this.  An error raised
+-- in one is a bug: it is logged with its traceback and the daemon stops
+-- cleanly (interface, sockets and control socket removed) and `run`
+-- returns the reason, instead of luv's bare exit(255).  Errors caused by
+-- one client's input are handled lower down and close only that
+-- connection (wgoverlay.jsonlines, the DNS server).
+function Node:guard(where, fn)
+  return function(...)
+    local ok, err = xpcall(fn, debug.traceback, ...)
+    if not ok then
+      log(self, "internal error in %s: %s", where, tostring(err))
+      self.fatal = self.fatal or string.format("internal error in %s: %s", where, tostring(err):match("^[^\n]*"))
+      self:stop()
+    end
+  end
+end
+
 -- Closes a luv handle once: a connection may be closed by its peer and by
 -- us, in either order, and closing twice raises inside the event loop.
 local function close(h)
@@ -225,11 +242,11 @@ function Node:remove_node(name)
   local gone = self.sessions[name]
   self.sessions[name] = nil
   local t = uv.new_timer()
-  t:start(1000, 0, function()
+  t:start(1000, 0, self:guard("remove-node timer", function()
     close(t)
     if gone then gone.conn:close() end
     if not self.stopping then self:sync_peers() end
-  end)
+  end))
   log(self, "node %s removed", name)
   event(self, "node_removed", { peer = name })
   return true
@@ -294,7 +311,7 @@ function Node:start_membership_server()
   local server = uv.new_tcp()
   local ok, err = server:bind(self.node.self.overlay_ip, cluster.MEMBERSHIP_PORT)
   if not ok then return nil, "membership server: " .. tostring(err) end
-  server:listen(128, function()
+  server:listen(128, self:guard("membership accept", function()
     local conn = uv.new_tcp()
     if not server:accept(conn) then close(conn) return end
     local peer = conn:getpeername()
@@ -315,14 +332,14 @@ function Node:start_membership_server()
     })
     self.sessions[r.name] = s
     s.conn:start()
-  end)
+  end))
   self.membership_server = server
   local hb = uv.new_timer()
-  hb:start(M.HEARTBEAT * 1000, M.HEARTBEAT * 1000, function()
+  hb:start(M.HEARTBEAT * 1000, M.HEARTBEAT * 1000, self:guard("heartbeat", function()
     local beat = jsonlines.line(self.registry:heartbeat())
     for _, s in pairs(self.sessions) do if s.version then s.conn:send(beat) end end
     self:check_endpoints()
-  end)
+  end))
   self.timers[#self.timers + 1] = hb
   return true
 end
@@ -428,14 +445,15 @@ function Node:connect_leader()
     log = function(fmt, ...) log(self, "membership session: " .. fmt, ...) end,
   })
   self.session = s
-  local ok, cerr = tcp:connect(self.node.cluster.leader.overlay_ip, cluster.MEMBERSHIP_PORT, function(err)
+  local leader_ip = self.node.cluster.leader.overlay_ip
+  local ok, cerr = tcp:connect(leader_ip, cluster.MEMBERSHIP_PORT, self:guard("leader connect", function(err)
     if err then return s.conn:close(err) end
     s.ready = true
     s.conn:send(self.view:hello())
     self:send_containers()
     self:send_candidates()
     s.conn:start()
-  end)
+  end))
   if not ok then s.conn:close(cerr) end
 end
 
@@ -448,7 +466,7 @@ function Node:start_health()
   local ok, err = udp:bind(self.node.self.overlay_ip, cluster.HEALTH_PORT)
   if not ok then return nil, "health responder: " .. tostring(err) end
   self.prober = health.tracker({ random = core.random, clock = now_precise })
-  udp:recv_start(function(rerr, data, addr)
+  udp:recv_start(self:guard("health socket", function(rerr, data, addr)
     if rerr or not data or not addr then return end
     local answer = health.answer(data)
     if answer then
@@ -462,10 +480,10 @@ function Node:start_health()
         h.last_reply_at = now_precise()
       end
     end
-  end)
+  end))
   self.health_udp = udp
   local timer = uv.new_timer()
-  timer:start(500, M.PROBE_INTERVAL * 1000, function() self:probe_all() end)
+  timer:start(500, M.PROBE_INTERVAL * 1000, self:guard("health probes", function() self:probe_all() end))
   self.timers[#self.timers + 1] = timer
   return true
 end
@@ -665,7 +683,7 @@ function Node:start_control()
   local ok, err = pipe:bind(path)
   if not ok then return nil, "control socket: " .. tostring(err) end
   uv.fs_chmod(path, tonumber("600", 8))
-  pipe:listen(16, function()
+  pipe:listen(16, self:guard("control accept", function()
     local conn = uv.new_pipe(false)
     if not pipe:accept(conn) then close(conn) return end
     -- one request, one answer, then the connection closes (after the
@@ -680,7 +698,7 @@ function Node:start_control()
       end,
       log = function(fmt, ...) log(self, "control socket: " .. fmt, ...) end,
     }):start()
-  end)
+  end))
   self.control_pipe = pipe
   return true
 end
@@ -802,7 +820,7 @@ function M.run(dir)
 
   -- engine events: join requests (leader), STUN, TURN and punch datagrams
   self.poll = uv.new_poll(t:fd())
-  self.poll:start("r", function()
+  self.poll:start("r", self:guard("engine events", function()
     for ev in t:events() do
       if ev.type == "datagram" then
         if joinproto.is_control(ev.data) then
@@ -812,24 +830,25 @@ function M.run(dir)
         end
       end
     end
-  end)
+  end))
   local nt = uv.new_timer()
-  nt:start(0, math.floor(M.NAT_TICK * 1000), function()
+  nt:start(0, math.floor(M.NAT_TICK * 1000), self:guard("NAT tick", function()
     if not self.stopping then self.nat:tick(self.health) end
-  end)
+  end))
   self.timers[#self.timers + 1] = nt
   local signals = {}
-  for _, sig in ipairs({ "sigterm", "sigint" }) do
+  for _, sig in ipairs({ "sigterm", "sigint", "sighup" }) do
     local h = uv.new_signal()
-    h:start(sig, function()
+    h:start(sig, self:guard("signal", function()
       log(self, "%s: stopping", sig:upper())
       self:stop()
-    end)
+    end))
     signals[#signals + 1] = h
   end
   self.signals = signals
   log(self, "up: %s %s on %s, interface %s", node.role, node.self.overlay_ip, node.self.endpoint, node.ifname)
   uv.run()
+  if self.fatal then return nil, self.fatal end
   if self.removed then return nil, "this node was removed from the cluster" end
   return 0
 end
