@@ -419,36 +419,6 @@ int wg_nl_link_delete(int ifindex)
 	return nl_talk(nlh, NULL, NULL);
 }
 
-int wg_nl_link_set_netns(int ifindex, int netns_fd)
-{
-	NL_BUF(buf);
-	struct nlmsghdr *nlh;
-
-	if (ifindex <= 0)
-		return -ENODEV;
-	if (netns_fd < 0)
-		return -EBADF;
-	nlh = nl_setlink_init(buf, ifindex, NULL);
-	mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, (uint32_t)netns_fd);
-	return nl_talk(nlh, NULL, NULL);
-}
-
-int wg_nl_link_rename(int ifindex, const char *newname)
-{
-	NL_BUF(buf);
-	struct nlmsghdr *nlh;
-	int ret;
-
-	if (ifindex <= 0)
-		return -ENODEV;
-	ret = nl_check_name(newname);
-	if (ret)
-		return ret;
-	nlh = nl_setlink_init(buf, ifindex, NULL);
-	mnl_attr_put_strz(nlh, IFLA_IFNAME, newname);
-	return nl_talk(nlh, NULL, NULL);
-}
-
 int wg_nl_veth_create(const char *name, const char *peer_name,
 		      int peer_netns_fd)
 {

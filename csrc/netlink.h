@@ -99,15 +99,6 @@ int wg_nl_route_del(int ifindex, int family, const uint8_t *dst,
 int wg_nl_veth_create(const char *name, const char *peer_name,
 		      int peer_netns_fd);
 
-/* Move the link into the namespace referred to by @netns_fd (-EBADF if
- * negative).  Its ifindex is kept if free there, but may change: look it up
- * again by name from a thread inside that namespace. */
-int wg_nl_link_set_netns(int ifindex, int netns_fd);
-
-/* Rename the link; -EEXIST if the name is taken.  Kernels before 6.2
- * refuse (-EBUSY) to rename an interface that is up. */
-int wg_nl_link_rename(int ifindex, const char *newname);
-
 /* Human-readable text for a negative errno returned above; thread-safe,
  * never NULL. */
 const char *wg_nl_strerror(int err);

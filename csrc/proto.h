@@ -246,7 +246,6 @@ void wg_peer_remove_locked(struct wg_proto *p, struct wg_peer *peer);
 void wg_peer_remove_all_locked(struct wg_proto *p);
 void wg_peer_set_preshared_key(struct wg_peer *peer, const uint8_t psk[32]);
 void wg_peer_set_endpoint(struct wg_peer *peer, const struct sockaddr *sa);
-void wg_peer_clear_endpoint(struct wg_peer *peer);
 /* Reaches the peer through a TURN relay (server address, channel). */
 void wg_peer_set_relay_endpoint(struct wg_peer *peer, const struct sockaddr *server, uint16_t channel);
 /* Sets the persistent keepalive; a newly enabled one sends a keepalive now

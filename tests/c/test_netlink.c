@@ -306,7 +306,6 @@ static void count_cb(void *arg, int family, const uint8_t *addr,
 static void test_errors(void)
 {
 	uint8_t a4[4], a6[16];
-	int self;
 
 	ip4(a4, "10.66.0.1");
 	ip6(a6, "fd66::1");
@@ -323,7 +322,6 @@ static void test_errors(void)
 	CHECK_EQ(wg_nl_link_set_mtu(BAD_IFINDEX, 1400), -ENODEV);
 	CHECK_EQ(wg_nl_link_set_up(BAD_IFINDEX, true), -ENODEV);
 	CHECK_EQ(wg_nl_link_delete(BAD_IFINDEX), -ENODEV);
-	CHECK_EQ(wg_nl_link_rename(BAD_IFINDEX, "wgo-x"), -ENODEV);
 	CHECK_EQ(wg_nl_addr_add(BAD_IFINDEX, AF_INET, a4, 24), -ENODEV);
 	CHECK_EQ(wg_nl_addr_add(BAD_IFINDEX, AF_INET6, a6, 64), -ENODEV);
 	CHECK_EQ(wg_nl_addr_del(BAD_IFINDEX, AF_INET, a4, 24), -ENODEV);
@@ -338,10 +336,6 @@ static void test_errors(void)
 	CHECK_EQ(wg_nl_addr_list(BAD_IFINDEX, AF_INET6, count_cb, NULL),
 		 -ENODEV);
 	CHECK_EQ(never_called, 0);
-	self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
-	CHECK(self >= 0);
-	CHECK_EQ(wg_nl_link_set_netns(BAD_IFINDEX, self), -ENODEV);
-	close(self);
 	CHECK_EQ(wg_nl_link_set_mtu(0, 1400), -ENODEV);
 	CHECK_EQ(wg_nl_link_set_up(-1, true), -ENODEV);
 	CHECK_EQ(wg_nl_addr_add(0, AF_INET, a4, 24), -ENODEV);
@@ -363,7 +357,6 @@ static void test_errors(void)
 	CHECK_EQ(wg_nl_veth_create("", "wgo-e1", -1), -EINVAL);
 	CHECK_EQ(wg_nl_veth_create("wgo-e0", "0123456789abcdef", -1), -EINVAL);
 	CHECK_EQ(wg_nl_ifindex("wgo-e0"), -ENODEV);
-	CHECK_EQ(wg_nl_link_set_netns(1, -1), -EBADF);
 
 	CHECK(strcmp(wg_nl_strerror(-ENODEV), strerror(ENODEV)) == 0);
 	CHECK(wg_nl_strerror(-123456) != NULL);
@@ -539,20 +532,10 @@ static void test_local_veth(void)
 	CHECK_EQ(count_str(out, "fd77::"), 0);
 	free(out);
 
-	/* rename */
-	CHECK_EQ(wg_nl_link_set_up(i1, false), 0);
-	CHECK_EQ(wg_nl_link_rename(i1, "wgo-t1r"), 0);
-	CHECK_EQ(wg_nl_link_rename(i1, "wgo-t1r"), 0);
-	CHECK_EQ(wg_nl_ifindex("wgo-t1r"), i1);
-	CHECK_EQ(wg_nl_ifindex("wgo-t1"), -ENODEV);
-	CHECK_EQ(wg_nl_link_rename(i1, "wgo-t0"), -EEXIST);
-	CHECK_EQ(wg_nl_link_rename(i1, ""), -EINVAL);
-	CHECK_EQ(wg_nl_link_rename(i1, "0123456789abcdef"), -EINVAL);
-
 	/* deleting one end removes the pair */
 	CHECK_EQ(wg_nl_link_delete(i0), 0);
 	CHECK_EQ(wg_nl_ifindex("wgo-t0"), -ENODEV);
-	CHECK_EQ(wg_nl_ifindex("wgo-t1r"), -ENODEV);
+	CHECK_EQ(wg_nl_ifindex("wgo-t1"), -ENODEV);
 	CHECK_EQ(wg_nl_link_delete(i0), -ENODEV);
 	CHECK_EQ(wg_nl_link_delete(i1), -ENODEV);
 }
@@ -676,8 +659,6 @@ struct peer_probe {
 	int ifindex;		/* wg_nl_ifindex(name) there */
 	bool configure;		/* also set MTU/up/address/route */
 	int mtu, up, add1, add2, listed, route;
-	int move_back_fd;	/* >= 0: move the link into this ns */
-	int moved;
 };
 
 static void peer_probe_fn(void *arg)
@@ -697,13 +678,11 @@ static void peer_probe_fn(void *arg)
 				       NULL);
 		p->route = wg_nl_route_add(p->ifindex, AF_INET, r, 16, 0);
 	}
-	if (p->ifindex > 0 && p->move_back_fd >= 0)
-		p->moved = wg_nl_link_set_netns(p->ifindex, p->move_back_fd);
 }
 
 static int peer_ifindex(int nsfd, const char *name)
 {
-	struct peer_probe p = { .name = name, .move_back_fd = -1 };
+	struct peer_probe p = { .name = name };
 	int err = run_in_ns(nsfd, peer_probe_fn, &p);
 
 	return err ? err : p.ifindex;
@@ -711,9 +690,8 @@ static int peer_ifindex(int nsfd, const char *name)
 
 static void test_peer_netns(const char *peer_ns)
 {
-	struct peer_probe p = { .name = "wgo-x1", .configure = true,
-				.move_back_fd = -1 };
-	int nsfd, self, x0, m1, fds;
+	struct peer_probe p = { .name = "wgo-x1", .configure = true };
+	int nsfd, x0, fds;
 	char path[256];
 
 	fds = count_fds();
@@ -729,8 +707,6 @@ static void test_peer_netns(const char *peer_ns)
 			peer_ns ? path : "(anonymous)", strerror(errno));
 		return;
 	}
-	self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
-	CHECK(self >= 0);
 
 	CHECK_EQ(wg_nl_veth_create("wgo-x0", "wgo-x1", nsfd), 0);
 	x0 = wg_nl_ifindex("wgo-x0");
@@ -761,30 +737,10 @@ static void test_peer_netns(const char *peer_ns)
 	CHECK_EQ(wg_nl_veth_create("wgo-x0", "wgo-x3", nsfd), -EEXIST);
 	CHECK_EQ(peer_ifindex(nsfd, "wgo-x3"), -ENODEV);
 
-	/* move a link there and back */
-	CHECK_EQ(wg_nl_veth_create("wgo-m0", "wgo-m1", -1), 0);
-	m1 = wg_nl_ifindex("wgo-m1");
-	CHECK(m1 > 0);
-	CHECK_EQ(wg_nl_link_set_netns(m1, nsfd), 0);
-	CHECK_EQ(wg_nl_ifindex("wgo-m1"), -ENODEV);
-	CHECK(peer_ifindex(nsfd, "wgo-m1") > 0);
-	{
-		struct peer_probe back = { .name = "wgo-m1",
-					   .move_back_fd = self };
-
-		CHECK_EQ(run_in_ns(nsfd, peer_probe_fn, &back), 0);
-		CHECK_EQ(back.moved, 0);
-	}
-	CHECK(wg_nl_ifindex("wgo-m1") > 0);
-	CHECK_EQ(peer_ifindex(nsfd, "wgo-m1"), -ENODEV);
-	CHECK_EQ(wg_nl_link_delete(wg_nl_ifindex("wgo-m0")), 0);
-	CHECK_EQ(wg_nl_ifindex("wgo-m1"), -ENODEV);
-
 	/* deleting our end removes the far end too */
 	CHECK_EQ(wg_nl_link_delete(x0), 0);
 	CHECK_EQ(peer_ifindex(nsfd, "wgo-x1"), -ENODEV);
 
-	close(self);
 	close(nsfd);
 	CHECK_EQ(count_fds(), fds);
 }
