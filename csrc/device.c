@@ -27,7 +27,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <arpa/inet.h>
-#include <stdarg.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1026,114 +1025,42 @@ out:
 	return r;
 }
 
-struct strbuf {
-	char *s;
-	size_t len, cap;
-	bool oom;
-};
-
-static void __attribute__((format(printf, 2, 3))) sb_printf(struct strbuf *b, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	if (b->oom)
-		return;
-	for (;;) {
-		va_start(ap, fmt);
-		n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
-		va_end(ap);
-		if (n < 0) {
-			b->oom = true;
-			return;
-		}
-		if (b->s && b->len + (size_t)n < b->cap) {
-			b->len += (size_t)n;
-			return;
-		}
-		size_t ncap = b->cap ? b->cap * 2 : 4096;
-		while (ncap < b->len + (size_t)n + 1)
-			ncap *= 2;
-		char *ns = malloc(ncap);
-		if (!ns) {
-			b->oom = true;
-			return;
-		}
-		if (b->s) {
-			memcpy(ns, b->s, b->len);
-			/* The old buffer may hold a private key: wipe before free. */
-			sodium_memzero(b->s, b->cap);
-			free(b->s);
-		}
-		b->s = ns;
-		b->cap = ncap;
-	}
-}
-
 static void aip_cb(void *arg, int family, const uint8_t *addr, uint8_t cidr)
 {
-	struct strbuf *b = arg;
-	char ip[INET6_ADDRSTRLEN];
-
-	inet_ntop(family, addr, ip, sizeof(ip));
-	sb_printf(b, "allowed_ip=%s/%u\n", ip, cidr);
+	wg_uapi_put_allowed_ip(arg, family, addr, cidr);
 }
 
+/* The reply to get=1, formatted by uapi.c from a walk of the peers. */
 int wg_device_get_uapi(struct wg_device *dev, char **out, size_t *outlen)
 {
 	struct wg_proto *p = &dev->proto;
-	struct strbuf b = { 0 };
-	char hex[65];
+	struct wg_uapi_writer w = { 0 };
 	struct wg_peer *peer;
 
 	pthread_mutex_lock(&dev->cfg_mutex);
 	wg_proto_cfg_rdlock(p);
-	if (p->has_identity) {
-		wg_key_to_hex(hex, p->static_private);
-		sb_printf(&b, "private_key=%s\n", hex);
-	}
-	sb_printf(&b, "listen_port=%u\n", dev->listen_port);
-	if (dev->fwmark)
-		sb_printf(&b, "fwmark=%u\n", dev->fwmark);
+	wg_uapi_put_interface(&w, p->has_identity ? p->static_private : NULL, dev->listen_port, dev->fwmark);
 	for (peer = p->peers_head; peer; peer = peer->next) {
 		struct wg_peer_info info;
-		char ep[128];
+		struct wg_uapi_peer_state st;
 
 		wg_peer_info(peer, &info);
-		wg_key_to_hex(hex, info.public_key);
-		sb_printf(&b, "public_key=%s\n", hex);
-		wg_key_to_hex(hex, info.preshared_key);
-		sb_printf(&b, "preshared_key=%s\n", hex);
-		sb_printf(&b, "protocol_version=1\n");
-		if (info.has_endpoint && wg_format_endpoint(ep, sizeof(ep), &info.endpoint.addr.sa))
-			sb_printf(&b, "endpoint=%s\n", ep);
-		sb_printf(&b, "last_handshake_time_sec=%llu\nlast_handshake_time_nsec=%llu\n",
-			  (unsigned long long)(info.last_handshake_real / WG_NS_PER_SEC),
-			  (unsigned long long)(info.last_handshake_real % WG_NS_PER_SEC));
-		sb_printf(&b, "tx_bytes=%llu\nrx_bytes=%llu\n", (unsigned long long)info.tx_bytes,
-			  (unsigned long long)info.rx_bytes);
-		sb_printf(&b, "persistent_keepalive_interval=%u\n", info.persistent_keepalive);
-		wg_allowedips_foreach(&peer->aips, aip_cb, &b);
+		memset(&st, 0, sizeof(st));
+		memcpy(st.public_key, info.public_key, WG_KEY_LEN);
+		memcpy(st.preshared_key, info.preshared_key, WG_KEY_LEN);
+		st.endpoint = info.has_endpoint ? &info.endpoint.addr.sa : NULL;
+		st.last_handshake_ns = info.last_handshake_real;
+		st.tx_bytes = info.tx_bytes;
+		st.rx_bytes = info.rx_bytes;
+		st.persistent_keepalive = info.persistent_keepalive;
+		wg_uapi_put_peer(&w, &st);
+		wg_allowedips_foreach(&peer->aips, aip_cb, &w);
 		sodium_memzero(&info, sizeof(info));
+		sodium_memzero(&st, sizeof(st));
 	}
 	wg_proto_cfg_unlock(p);
 	pthread_mutex_unlock(&dev->cfg_mutex);
-	sodium_memzero(hex, sizeof(hex));
-	if (b.oom) {
-		if (b.s) {
-			sodium_memzero(b.s, b.cap);
-			free(b.s);
-		}
-		return -ENOMEM;
-	}
-	if (!b.s) {
-		b.s = calloc(1, 1);
-		if (!b.s)
-			return -ENOMEM;
-	}
-	*out = b.s;
-	*outlen = b.len;
-	return 0;
+	return wg_uapi_writer_finish(&w, out, outlen);
 }
 
 void wg_device_foreach_peer(struct wg_device *dev,

@@ -743,3 +743,107 @@ void wg_uapi_set_free(struct wg_uapi_set *s)
 	}
 	sodium_memzero(s, sizeof(*s));
 }
+
+/* ---- get: the reply text ---- */
+
+static void __attribute__((format(printf, 2, 3))) put(struct wg_uapi_writer *w, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (w->oom)
+		return;
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(w->s ? w->s + w->len : NULL, w->s ? w->cap - w->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			w->oom = true;
+			return;
+		}
+		if (w->s && w->len + (size_t)n < w->cap) {
+			w->len += (size_t)n;
+			return;
+		}
+		size_t ncap = w->cap ? w->cap * 2 : 4096;
+		while (ncap < w->len + (size_t)n + 1)
+			ncap *= 2;
+		char *ns = malloc(ncap);
+		if (!ns) {
+			w->oom = true;
+			return;
+		}
+		if (w->s) {
+			memcpy(ns, w->s, w->len);
+			/* The old buffer may hold a private key: wipe before free. */
+			sodium_memzero(w->s, w->cap);
+			free(w->s);
+		}
+		w->s = ns;
+		w->cap = ncap;
+	}
+}
+
+void wg_uapi_put_interface(struct wg_uapi_writer *w, const uint8_t *private_key, uint16_t listen_port,
+			   uint32_t fwmark)
+{
+	char hex[2 * WG_KEY_LEN + 1];
+
+	if (private_key) {
+		wg_key_to_hex(hex, private_key);
+		put(w, "private_key=%s\n", hex);
+		sodium_memzero(hex, sizeof(hex));
+	}
+	put(w, "listen_port=%u\n", listen_port);
+	if (fwmark)
+		put(w, "fwmark=%u\n", fwmark);
+}
+
+void wg_uapi_put_peer(struct wg_uapi_writer *w, const struct wg_uapi_peer_state *p)
+{
+	char hex[2 * WG_KEY_LEN + 1];
+	char ep[128];
+
+	wg_key_to_hex(hex, p->public_key);
+	put(w, "public_key=%s\n", hex);
+	wg_key_to_hex(hex, p->preshared_key);
+	put(w, "preshared_key=%s\n", hex);
+	sodium_memzero(hex, sizeof(hex));
+	put(w, "protocol_version=1\n");
+	if (p->endpoint && wg_format_endpoint(ep, sizeof(ep), p->endpoint))
+		put(w, "endpoint=%s\n", ep);
+	put(w, "last_handshake_time_sec=%llu\nlast_handshake_time_nsec=%llu\n",
+	    (unsigned long long)(p->last_handshake_ns / 1000000000ull),
+	    (unsigned long long)(p->last_handshake_ns % 1000000000ull));
+	put(w, "tx_bytes=%llu\nrx_bytes=%llu\n", (unsigned long long)p->tx_bytes, (unsigned long long)p->rx_bytes);
+	put(w, "persistent_keepalive_interval=%u\n", p->persistent_keepalive);
+}
+
+void wg_uapi_put_allowed_ip(struct wg_uapi_writer *w, int family, const uint8_t *addr, uint8_t cidr)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	inet_ntop(family, addr, ip, sizeof(ip));
+	put(w, "allowed_ip=%s/%u\n", ip, cidr);
+}
+
+int wg_uapi_writer_finish(struct wg_uapi_writer *w, char **out, size_t *outlen)
+{
+	if (w->oom) {
+		if (w->s) {
+			sodium_memzero(w->s, w->cap);
+			free(w->s);
+		}
+		memset(w, 0, sizeof(*w));
+		return -ENOMEM;
+	}
+	if (!w->s) {
+		w->s = calloc(1, 1);
+		if (!w->s)
+			return -ENOMEM;
+	}
+	*out = w->s;
+	*outlen = w->len;
+	memset(w, 0, sizeof(*w));
+	return 0;
+}

@@ -91,4 +91,31 @@ bool wg_parse_cidr(const char *s, size_t len, uint8_t *family, uint8_t addr[16],
  * or 0 (and out = "" if outlen > 0) for an unknown family or a too small
  * buffer. */
 size_t wg_format_endpoint(char *out, size_t outlen, const struct sockaddr *sa);
+/* ---- get=1: the reply text, in wg(8)'s order.  The writer grows one
+ * buffer and wipes every buffer it drops (the text holds the private key). */
+struct wg_uapi_writer {
+	char *s;
+	size_t len, cap;
+	bool oom;
+};
+
+/* What get=1 says of one peer (its allowed IPs follow with put_allowed_ip). */
+struct wg_uapi_peer_state {
+	uint8_t public_key[WG_KEY_LEN];
+	uint8_t preshared_key[WG_KEY_LEN];
+	const struct sockaddr *endpoint;     /* NULL: none */
+	uint64_t last_handshake_ns;          /* epoch ns, 0 = never */
+	uint64_t tx_bytes, rx_bytes;
+	uint16_t persistent_keepalive;
+};
+
+/* private_key NULL: the device has none. */
+void wg_uapi_put_interface(struct wg_uapi_writer *w, const uint8_t *private_key, uint16_t listen_port,
+			   uint32_t fwmark);
+void wg_uapi_put_peer(struct wg_uapi_writer *w, const struct wg_uapi_peer_state *p);
+void wg_uapi_put_allowed_ip(struct wg_uapi_writer *w, int family, const uint8_t *addr, uint8_t cidr);
+/* Hands the text over (*out, malloc'd, NUL-terminated) and resets the
+ * writer; -ENOMEM (and nothing to free) if any put ran out of memory. */
+int wg_uapi_writer_finish(struct wg_uapi_writer *w, char **out, size_t *outlen);
+
 #endif
