@@ -94,7 +94,7 @@ end
 function M.commands.join(a)
   local cluster = require "wgoverlay.cluster"
   local node, err = cluster.join({ state = a.state, token = a.token, endpoint = a.endpoint, name = a.name,
-                                   timeout = a.timeout })
+                             timeout = a.timeout })
   if not node then return die("join: %s", err) end
   io.write(string.format("joined: %s is %s (%s)\n", node.name, node.self.overlay_ip, node.self.slice))
   return 0

@@ -171,8 +171,39 @@ function M.token_offline(o)
   return str
 end
 
---- Joins a cluster: sends the authenticated join request from this node's
--- WireGuard port and waits for the leader's answer (retransmitting).
+--- File in the state directory that keeps the joiner's identity (name and
+-- WireGuard key pair, mode 0600) from its first attempt until a join
+-- succeeds, so that a retry after a lost answer is the same joiner.
+M.JOIN_PENDING = "join-pending.json"
+
+-- The key pair of an earlier, unfinished join of `name` from this state
+-- directory, or a new one (recorded before anything is sent).
+local function joiner_identity(path, name, token_id)
+  local old = state.load(path)
+  if type(old) == "table" and old.name == name and type(old.private_key) == "string"
+     and core.public_key(old.private_key) == old.public_key then
+    return old.private_key, old.public_key, true
+  end
+  local priv, pub = core.generate_keys()
+  local ok, err = state.save(path, { name = name, private_key = priv, public_key = pub, token = token_id,
+                                     created = os.time() })
+  if not ok then return nil, err end
+  return priv, pub, false
+end
+
+--- Joins a cluster: sends authenticated join requests from this node's
+-- WireGuard port to the leader and waits for its answer.
+--
+-- Retrying is safe: the identity (name, key pair) of an unfinished join
+-- is kept in `JOIN_PENDING`, so running the same command again after a
+-- lost answer is the same joiner, which the leader admits again with the
+-- same slice without using the token a second time (joinproto.handle);
+-- once `join` succeeds the file is removed.  A fresh request (new
+-- ephemeral key) goes out every second, since the leader answers each
+-- request once.  On failure the message is the last meaningful one: the
+-- leader's authenticated refusal, else an unauthenticated refusal (JOIN_ERR
+-- such as "bad token"), else the timeout; other traffic from the leader's
+-- port (its WireGuard handshakes to the address it admitted) is ignored.
 -- @tparam table o `state`, `token`, `endpoint` (this node's "IP:PORT"),
 --   `name`, `timeout` (seconds, default 15)
 -- @return node table, or nil and a message
@@ -192,9 +223,12 @@ function M.join(o)
   if not ok then return nil, err end
   local name = o.name or hostname()
   if not joinproto.valid_name(name) then return nil, string.format("node name \"%s\" invalid (a DNS label)", name) end
-  local priv, pub = core.generate_keys()
-  local req, session = joinproto.make_request(tok, { name = name, public_key = pub, endpoint = o.endpoint })
-  if not req then return nil, session end
+  local pending = p.dir .. "/" .. M.JOIN_PENDING
+  local priv, pub = joiner_identity(pending, name, tok.i)
+  if not priv then return nil, pub end
+  -- checked once before anything is sent (a bad payload is refused here)
+  local first, ferr = joinproto.make_request(tok, { name = name, public_key = pub, endpoint = o.endpoint }, 0)
+  if not first then return nil, ferr end
 
   local udp = uv.new_udp()
   local bound, berr = udp:bind(host:find(":") and "::" or "0.0.0.0", port)
@@ -202,33 +236,71 @@ function M.join(o)
     udp:close()
     return nil, string.format("cannot use UDP port %d: %s", port, berr)
   end
-  local resp, last_err
-  local deadline = uv.now() + (o.timeout or 15) * 1000
+  local timeout = o.timeout or 15
+  local deadline = uv.now() + timeout * 1000
+  local sessions, pad_to = {}, joinproto.REQUEST_MIN
+  local resp, refused, unauth, unverified = nil, nil, nil, 0
+  local function send()
+    local bytes, session = joinproto.make_request(tok, { name = name, public_key = pub, endpoint = o.endpoint }, pad_to)
+    if not bytes then return end
+    sessions[#sessions + 1] = session
+    if #sessions > 64 then table.remove(sessions, 1) end
+    udp:send(bytes, lhost, lport, function() end)
+  end
   udp:recv_start(function(rerr, data, addr)
-    if rerr or not data or not addr then return end
+    if rerr or not data or not addr or resp or refused then return end
     if addr.ip ~= lhost or addr.port ~= lport then return end -- only the leader answers
-    local r, e, final = joinproto.open_response(session, data)
-    if r then
-      resp = r
-    else
-      last_err = e
-      if final then resp = false end
+    if not joinproto.is_control(data) then return end          -- its WireGuard traffic, STUN: not an answer
+    local msg = joinproto.decode(data)
+    if not msg then return end
+    if msg.type == joinproto.JOIN_ERR then
+      unauth = "join refused: " .. msg.error -- anyone can send one: keep waiting for a sealed answer
+      return
     end
+    if msg.type ~= joinproto.JOIN_RESP then return end
+    for i = #sessions, 1, -1 do
+      local r, e, final, pad = joinproto.open_response(sessions[i], data)
+      if r then
+        resp = r
+        uv.stop()
+        return
+      elseif pad then
+        pad_to = math.max(pad_to, pad)
+        send()
+        return
+      elseif final then
+        refused = e
+        uv.stop()
+        return
+      end
+    end
+    unverified = unverified + 1
   end)
   local timer = uv.new_timer()
   timer:start(0, 1000, function()
-    if resp ~= nil or uv.now() >= deadline then
+    if resp or refused or uv.now() >= deadline then
       uv.stop()
       return
     end
-    udp:send(req, lhost, lport, function() end)
+    send()
   end)
   uv.run()
   timer:close()
   udp:close()
   uv.run("nowait")
+  if refused then return nil, refused end
   if not resp then
-    return nil, last_err or string.format("no answer from the leader at %s (timed out)", tok.e)
+    local where = string.format("the leader at %s", tok.e)
+    if unauth then
+      return nil, string.format("%s (unauthenticated answer from %s; no other answer within %g s)", unauth, where, timeout)
+    end
+    if unverified > 0 then
+      return nil, string.format("no valid answer from %s within %g s (%d answers did not authenticate: "
+        .. "another leader, or a token of another cluster?)", where, timeout, unverified)
+    end
+    return nil, string.format("timed out waiting for %s: no answer within %g s (lost, filtered, or the leader "
+      .. "is down); running the same command again is safe: this node is admitted once, with the same "
+      .. "address, and the token is not used twice", where, timeout)
   end
   local n, l = resp.node, resp.leader
   local node = {
@@ -243,6 +315,7 @@ function M.join(o)
   if not ok then return nil, err end
   ok, err = state.save(p.node, node)
   if not ok then return nil, err end
+  os.remove(pending)
   return node
 end
 

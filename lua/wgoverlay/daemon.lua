@@ -188,10 +188,17 @@ function Node:push(s)
   s.conn:send(msg)
 end
 
-function Node:admit(p)
+-- `retry`: the same joiner (token, name, key) was admitted before and
+-- its answer was lost (joinproto.handle); it gets the same slice, and the
+-- token is not used again.
+function Node:admit(p, _, retry)
   local existing = self.registry:get(p.name)
   if existing and existing.public_key ~= p.public_key then
     return nil, string.format("node name \"%s\" already in use", p.name)
+  end
+  if retry and not existing then
+    -- removed (remove-node) since its admission: not re-admitted on the old token
+    return nil, string.format("node \"%s\" was removed since it was admitted; ask for a new token", p.name)
   end
   local slice, err = self.alloc:node_slice(p.name)
   if not slice then return nil, err end
@@ -205,8 +212,13 @@ function Node:admit(p)
     end
   end
   self:registry_changed()
-  log(self, "node %s joined (%s)", p.name, slice.ip)
-  event(self, "node_joined", { peer = p.name })
+  if retry then
+    log(self, "node %s admitted again (join retried after a lost answer; same slice %s, token not used again)",
+        p.name, slice.slice)
+  else
+    log(self, "node %s joined (%s)", p.name, slice.ip)
+    event(self, "node_joined", { peer = p.name })
+  end
   return { node = { overlay_ip = slice.ip, overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6 },
            cluster = { cidr4 = self.node.cluster.cidr4, cidr6 = self.node.cluster.cidr6, zone = self.node.cluster.zone,
                        dns_forward = self.node.cluster.dns_forward,
@@ -216,16 +228,88 @@ function Node:admit(p)
 end
 
 function Node:on_join_datagram(from, data)
+  -- Admission records (persisted in leader.json: a retry after a lost
+  -- answer is recognised across restarts), answered requests (a replay
+  -- gets nothing) and the log rate limit.
+  self.lead.joins = self.lead.joins or {}
+  self.join_seen = self.join_seen or joinproto.replay_cache.new(joinproto.SEEN_MAX)
+  self.join_log = self.join_log or joinproto.rate_limiter(joinproto.LOG_INTERVAL)
   local ctx = {
     tokens = self.lead.tokens,
     control_private = self.control_private,
     cache = self.join_cache,
-    admit = function(p) return self:admit(p) end,
+    seen = self.join_seen,
+    joins = self.lead.joins,
+    admit = function(p, id, retry) return self:admit(p, id, retry) end,
   }
   local reply, info = joinproto.handle(ctx, data)
   if info and info.joined and not info.replayed then self:save_leader() end
-  if info and info.error then log(self, "join refused (%s): %s", from, info.error) end
+  if info and info.error then
+    local ok, suppressed = self.join_log:hit(os.time())
+    if ok then
+      log(self, "join refused (%s): %s%s", from, info.error,
+          suppressed > 0 and string.format(" (%d more suppressed)", suppressed) or "")
+    end
+  end
   if reply then self.t:send_datagram(from, reply) end
+end
+
+-- ---------------------------------------------------------------------
+-- leader: half-admitted nodes
+-- ---------------------------------------------------------------------
+
+-- A node admitted whose answer was lost and that never retried, or never
+-- ran: after joinproto.reclaim_after(WGO_JOIN_RECLAIM) seconds (600 by
+-- default) without a membership session or a handshake, its registry
+-- record and slice are released.  The token use is not given back.  Also
+-- drops the records of nodes that came up, were removed or replaced, and
+-- reports refusals the log rate limit held back.
+function Node:reclaim_joins(now)
+  now = now or os.time()
+  local held = self.join_log and self.join_log:flush(now)
+  if held then log(self, "join refused: %d more suppressed", held) end
+  local joins = self.lead.joins
+  if type(joins) ~= "table" or next(joins) == nil then return end
+  local up, members = {}, {}
+  for name in pairs(self.sessions) do up[name] = true end
+  for _, p in ipairs(self.t:status().peers) do
+    local info = self.peers[p.public_key]
+    if info and (p.last_handshake or 0) > 0 then up[info.name] = true end
+  end
+  for name, r in pairs(self.registry.members) do members[name] = r.public_key end
+  local plan = joinproto.review_admissions(joins, { now = now, reclaim_after = self.reclaim_after,
+                                                     not_before = self.reclaim_not_before, members = members,
+                                                     up = up })
+  for _, name in ipairs(plan.done) do joins[name] = nil end
+  for _, name in ipairs(plan.reclaim) do
+    local rec = joins[name]
+    joins[name] = nil
+    self.registry:remove(name)
+    self.alloc:release_node(name)
+    if self.join_cache then self.join_cache:delete(rec.token, rec.public_key) end
+    log(self, "node %s reclaimed: admitted %d s ago, never came up (record and slice released; "
+        .. "the token use is not given back)", name, now - rec.at)
+    event(self, "node_reclaimed", { peer = name })
+  end
+  if #plan.reclaim > 0 then
+    self:registry_changed() -- saves, tells the members, drops the peer
+  elseif #plan.done > 0 then
+    self:save_leader()
+  end
+end
+
+-- Starts the reclaim timer (leader).  Nothing is reclaimed in the first
+-- minutes after a start (min(reclaim time, 60 s)): nodes that were up
+-- before a leader restart get time to reconnect.
+function Node:start_join_reclaim()
+  self.reclaim_after = joinproto.reclaim_after(os.getenv(joinproto.RECLAIM_ENV))
+  self.reclaim_not_before = os.time() + math.min(self.reclaim_after, 60)
+  local every = math.max(1, math.min(10, self.reclaim_after // 10)) * 1000
+  local tm = uv.new_timer()
+  tm:start(every, every, self:guard("join reclaim", function()
+    if not self.stopping then self:reclaim_joins() end
+  end))
+  self.timers[#self.timers + 1] = tm
 end
 
 function Node:remove_node(name)
@@ -810,9 +894,10 @@ function M.run(dir)
     if not ok then return fail(err) end
     self.registry:update(node.name, { containers = self:container_records() })
     self:registry_changed()
+    self:start_join_reclaim()
   else
     local rc = uv.new_timer()
-    rc:start(0, M.RECONNECT * 1000, function() self:connect_leader() end)
+    rc:start(0, M.RECONNECT * 1000, self:guard("leader reconnect", function() self:connect_leader() end))
     self.timers[#self.timers + 1] = rc
   end
   ok, err = self:start_control()
@@ -887,6 +972,11 @@ function M.request(dir, req)
   end
   pipe:connect(path, function(cerr)
     if cerr then
+      -- EACCES: the state directory (0700) or the socket (0600) is
+      -- root-only; whether a daemon runs cannot be told from here.
+      if tostring(cerr):match("^EACCES") or tostring(cerr):match("^EPERM") then
+        return done(string.format("permission denied: the control socket of %s is root-only (run as root)", dir))
+      end
       return done(string.format("no daemon runs for %s (%s)", dir, cerr))
     end
     local buf = ""

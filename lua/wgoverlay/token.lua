@@ -320,6 +320,12 @@ function M.check(store, id, secret, now)
 end
 
 --- Uses a token once (after the joiner proved knowledge of it).
+--
+-- One use is one admitted joiner, not one request: a retry by the same
+-- joiner (same token, node name and public key) after a lost answer is
+-- recognised by the leader's admission record and does not come here
+-- again (wgoverlay.joinproto `handle`); a node reclaimed because it never
+-- came up does not get its use back.
 -- @tparam table store
 -- @tparam string id
 -- @tparam[opt] integer now
@@ -333,8 +339,10 @@ function M.consume(store, id, now)
 end
 
 --- The stored hash of a token (hex), for `joinproto.open_request`.
--- Expired and used-up tokens still answer until pruned, so that their
--- joiner gets an authenticated, explicit refusal.
+-- Expired and used-up tokens still answer until pruned (`PRUNE_AFTER`
+-- past their expiry), so that their joiner gets an authenticated,
+-- explicit refusal, and a joiner retrying after a lost answer is still
+-- recognised (its retry must decrypt).
 -- @tparam table store
 -- @tparam string id
 -- @return hash (64 hex characters) or nil

@@ -355,21 +355,34 @@ describe("joinproto", function()
   end)
 
   describe("leader handler", function()
+    -- A leader's admit: one slice per name (allocated once), a name held
+    -- by another key refused, as the daemon's Node:admit.
     local function setup(opts)
       local l = leader(opts)
-      local admitted = {}
+      local admitted, retried, registry, slices = {}, {}, {}, {}
       local ctx = {
         control_private = l.priv, tokens = l.store, cache = jp.replay_cache.new(16),
-        admit = function(p, id)
+        seen = jp.replay_cache.new(64), joins = {},
+        admit = function(p, id, retry)
           admitted[#admitted + 1] = p.name
+          if retry then retried[#retried + 1] = p.name end
           if p.name == "refused" then return nil, "address space exhausted" end
-          return copy(RESPONSE)
+          if registry[p.name] and registry[p.name] ~= p.public_key then
+            return nil, string.format("node name \"%s\" already in use", p.name)
+          end
+          registry[p.name] = p.public_key
+          local n = 0
+          for _ in pairs(slices) do n = n + 1 end
+          slices[p.name] = slices[p.name] or string.format("10.200.0.%d/28", 16 * (n + 1))
+          local r = copy(RESPONSE)
+          r.node.slice = slices[p.name]
+          return r
         end,
       }
-      return l, ctx, admitted
+      return l, ctx, admitted, retried, registry
     end
 
-    it("admits once, answers retransmissions and repeats identically, consumes once", function()
+    it("admits once, answers repeats identically, consumes once; a copy of a request gets nothing", function()
       local l, ctx, admitted = setup()
       local n = node()
       local bytes, session = jp.make_request(l.tok, n)
@@ -377,17 +390,98 @@ describe("joinproto", function()
       assert.is_true(info.joined)
       assert.is_nil(info.replayed)
       local r = assert(jp.open_response(session, reply))
-      assert.same(RESPONSE.node, r.node)
+      assert.equal("10.200.0.16/28", r.node.slice)
       assert.equal(0, l.store[l.id].uses_left)
-      -- Same datagram again (retransmission): same answer, freshly sealed.
+      -- The same datagram again (a duplicate, or a replay from anywhere):
+      -- each request is answered once.
       local reply2, info2 = jp.handle(ctx, bytes, NOW + 1)
-      assert.is_true(info2.replayed)
-      assert.same(r, jp.open_response(session, reply2))
+      assert.is_nil(reply2)
+      assert.is_true(info2.duplicate)
+      assert.matches("already answered", info2.error)
       -- A new request from the same node (new ephemeral key): same answer.
       local bytes3, session3 = jp.make_request(l.tok, n)
-      assert.same(r, jp.open_response(session3, (jp.handle(ctx, bytes3, NOW + 2))))
+      local reply3, info3 = jp.handle(ctx, bytes3, NOW + 2)
+      assert.is_true(info3.replayed)
+      assert.same(r, jp.open_response(session3, reply3))
       assert.same({ n.name }, admitted)
       assert.equal(0, l.store[l.id].uses_left)
+      assert.same({ [n.name] = { token = l.id, public_key = n.public_key, at = NOW } }, ctx.joins)
+    end)
+
+    it("a retry after a lost answer and a leader restart: same slice, the single-use token not used again", function()
+      local l, ctx, admitted, retried = setup()
+      jp.handle(ctx, (jp.make_request(l.tok, node("other"))), NOW) -- takes the first slice, on its own token
+      l.store[l.id].uses_left = 1
+      local n = node("a")
+      local _, info = jp.handle(ctx, (jp.make_request(l.tok, n)), NOW) -- the answer is lost
+      assert.is_true(info.joined)
+      assert.equal(0, l.store[l.id].uses_left)
+      -- The leader restarts: answers and seen requests are gone, the
+      -- tokens and admission records come back from its state file.
+      ctx.tokens = cjson.decode(cjson.encode(l.store))
+      ctx.joins = cjson.decode(cjson.encode(ctx.joins))
+      ctx.cache, ctx.seen = jp.replay_cache.new(16), jp.replay_cache.new(64)
+      local bytes, session = jp.make_request(l.tok, { name = "a", public_key = n.public_key, endpoint = n.endpoint,
+                                                      ts = NOW + 60 })
+      local reply, info2 = jp.handle(ctx, bytes, NOW + 60)
+      assert.is_true(info2.joined)
+      assert.is_true(info2.retried)
+      local r = assert(jp.open_response(session, reply))
+      assert.equal("10.200.0.32/28", r.node.slice)
+      assert.same({ "other", "a", "a" }, admitted)
+      assert.same({ "a" }, retried)
+      assert.equal(0, ctx.tokens[l.id].uses_left)
+      assert.equal(NOW, ctx.joins.a.at) -- the reclaim clock is not reset by retries
+    end)
+
+    it("a different key with that name is refused and uses nothing", function()
+      local l, ctx = setup({ uses = 2 })
+      local n = node("a")
+      jp.handle(ctx, (jp.make_request(l.tok, n)), NOW)
+      assert.equal(1, l.store[l.id].uses_left)
+      local bytes, session = jp.make_request(l.tok, node("a"))
+      local reply, info = jp.handle(ctx, bytes, NOW)
+      assert.same({ nil, 'join refused: node name "a" already in use', true }, { jp.open_response(session, reply) })
+      assert.is_nil(info.retried)
+      assert.equal(1, l.store[l.id].uses_left)
+      assert.equal(n.public_key, ctx.joins.a.public_key)
+    end)
+
+    it("a retry is admitted after the token expired; once its record is gone it is 'token already used'", function()
+      local l, ctx, _, retried = setup({ ttl = 60 })
+      local n = node("a")
+      jp.handle(ctx, (jp.make_request(l.tok, n)), NOW)
+      ctx.cache = jp.replay_cache.new(16) -- (a restart)
+      local later = { name = "a", public_key = n.public_key, endpoint = n.endpoint, ts = NOW + 120 }
+      local bytes, session = jp.make_request(l.tok, later)
+      assert.is_not_nil(jp.open_response(session, (jp.handle(ctx, bytes, NOW + 120))))
+      assert.same({ "a" }, retried)
+      -- reclaimed (or came up): the record goes, and the use is not given back
+      ctx.joins.a = nil
+      ctx.cache = jp.replay_cache.new(16)
+      local bytes2, session2 = jp.make_request(l.tok, later)
+      assert.same({ nil, "join refused: token expired", true },
+        { jp.open_response(session2, (jp.handle(ctx, bytes2, NOW + 120))) })
+      local l2, ctx2 = setup()
+      local n2 = node("b")
+      jp.handle(ctx2, (jp.make_request(l2.tok, n2)), NOW)
+      ctx2.joins.b = nil
+      local bytes3, session3 = jp.make_request(l2.tok, n2)
+      assert.same({ nil, "join refused: token already used", true },
+        { jp.open_response(session3, (jp.handle(ctx2, bytes3, NOW))) })
+    end)
+
+    it("another token with the same joiner is a new admission: it uses that token", function()
+      local l, ctx = setup()
+      local n = node("a")
+      jp.handle(ctx, (jp.make_request(l.tok, n)), NOW)
+      local str2, id2 = token.create(l.store, { endpoint = "192.0.2.1:51820", control_public = core.key_to_base64(l.pub),
+                                                now = NOW })
+      local bytes, session = jp.make_request(str2, n)
+      local r = assert(jp.open_response(session, (jp.handle(ctx, bytes, NOW))))
+      assert.equal("10.200.0.16/28", r.node.slice)
+      assert.equal(0, l.store[id2].uses_left)
+      assert.equal(id2, ctx.joins.a.token)
     end)
 
     it("refuses a second node on a single-use token: 'token already used'", function()
@@ -444,6 +538,155 @@ describe("joinproto", function()
       local _, ctx = setup()
       assert.is_nil((jp.handle(ctx, "junk", NOW)))
       assert.is_nil((jp.handle(ctx, jp.error("x"), NOW)))
+    end)
+
+    it("requests are padded (authenticated) to REQUEST_MIN; stripping the padding breaks them", function()
+      local l = leader()
+      local bytes = jp.make_request(l.tok, node())
+      assert.is_true(#bytes >= jp.REQUEST_MIN and #bytes <= jp.REQUEST_MIN + 4, tostring(#bytes))
+      local bare = jp.make_request(l.tok, node(), 0)
+      assert.is_true(#bare < 400, tostring(#bare))
+      for _, want in ipairs({ 1500, 3000, jp.REQUEST_MAX, jp.REQUEST_MAX * 2 }) do
+        local b = jp.make_request(l.tok, node(), want)
+        assert.is_true(#b >= math.min(want, jp.REQUEST_MAX - 8) and #b <= jp.REQUEST_MAX, want .. ": " .. #b)
+        assert.is_not_nil(jp.open_request(l.priv, l.lookup, b, NOW))
+      end
+      -- the padding is inside the ciphertext: a shortened copy does not open
+      local cut = reframe(bytes, function(b)
+        local raw = token.base64_decode(b.c)
+        b.c = token.base64_encode(raw:sub(1, 200) .. raw:sub(-16))
+      end)
+      assert.same({ nil, "bad token" }, { jp.open_request(l.priv, l.lookup, cut, NOW) })
+    end)
+
+    it("never answers with more bytes than the request: a large answer asks for a larger request", function()
+      local l, ctx = setup()
+      local big = copy(RESPONSE)
+      big.cluster.stun = {}
+      for i = 1, 40 do big.cluster.stun[i] = "203.0.113." .. i .. ":3478" end
+      ctx.admit = function() return copy(big) end
+      local n = node()
+      local bytes, session = jp.make_request(l.tok, n) -- 1200 bytes: too small for this answer
+      local reply, info = jp.handle(ctx, bytes, NOW)
+      assert.is_true(#reply <= #bytes)
+      assert.is_true(info.joined)
+      assert.is_true(info.too_large > #bytes)
+      local r, err, final, want = jp.open_response(session, reply)
+      assert.is_nil(r)
+      assert.is_false(final)
+      assert.matches("needs a %d+%-byte request", err)
+      assert.is_true(want >= info.too_large)
+      assert.equal(0, l.store[l.id].uses_left)
+      -- the joiner asks again, padded as asked: the whole answer, still no larger
+      local bytes2, session2 = jp.make_request(l.tok, n, want)
+      local reply2 = jp.handle(ctx, bytes2, NOW)
+      assert.is_true(#reply2 <= #bytes2)
+      assert.same(big.cluster.stun, assert(jp.open_response(session2, reply2)).cluster.stun)
+      -- refusals and JOIN_ERR are smaller than any request
+      for _, case in ipairs({
+        { jp.make_request(l.tok, node("x"), 0) },                                  -- token already used
+        { jp.make_request({ e = l.tok.e, k = l.tok.k, i = l.tok.i, s = core.key_to_base64(core.random(32)) },
+                          node(), 0) },                                            -- bad token
+      }) do
+        local rb = jp.handle(ctx, case[1], NOW)
+        assert.is_true(#rb <= #case[1], #rb .. " > " .. #case[1])
+      end
+      -- an answer that cannot fit even as a hint is not sent at all
+      local tiny_ctx = { control_private = l.priv, tokens = l.store, joins = {}, admit = ctx.admit }
+      local unpadded = jp.make_request(l.tok, node("y"), 0)
+      l.store[l.id].uses_left = 1
+      local rr, i2 = jp.handle(tiny_ctx, unpadded, NOW)
+      assert.is_true(rr == nil or #rr <= #unpadded)
+      assert.is_true(i2.joined)
+    end)
+
+    it("the answer carries a trimmed leader record", function()
+      local resp = copy(RESPONSE)
+      resp.leader = { name = "leader", public_key = "k", endpoint = "192.0.2.1:51820", overlay_ip = "10.200.0.1",
+                      overlay_ip6 = "fd00:200::1", slice = "10.200.0.0/28", slice6 = "fd00:200::/64",
+                      containers = { { name = "c", ip = "10.200.0.2" } }, candidates = { key = "x", list = {} } }
+      local t = jp.trim_response(resp)
+      assert.same({ name = "leader", public_key = "k", endpoint = "192.0.2.1:51820", overlay_ip = "10.200.0.1",
+                    overlay_ip6 = "fd00:200::1", slice = "10.200.0.0/28", slice6 = "fd00:200::/64" }, t.leader)
+      assert.same(resp.node, t.node)
+      assert.is_not_nil(resp.leader.containers) -- the caller's table is left alone
+    end)
+  end)
+
+  describe("half-admitted nodes", function()
+    local K1, K2 = "key-one", "key-two"
+    local function joins()
+      return {
+        fresh = { token = "t1", public_key = K1, at = 1000 },
+        old = { token = "t1", public_key = K2, at = 400 },
+        up = { token = "t2", public_key = "k-up", at = 100 },
+        removed = { token = "t3", public_key = "k-rm", at = 900 },
+        replaced = { token = "t4", public_key = "k-old", at = 900 },
+        broken = { token = "t5", public_key = "k-b" },
+      }
+    end
+    local members = { fresh = K1, old = K2, up = "k-up", replaced = "k-new", broken = "k-b" }
+
+    it("reclaims what was admitted long enough ago and never came up; drops the rest", function()
+      local plan = jp.review_admissions(joins(), { now = 1000, reclaim_after = 600, members = members,
+                                                   up = { up = true } })
+      assert.same({ "old" }, plan.reclaim)
+      assert.same({ "broken", "removed", "replaced", "up" }, plan.done)
+      plan = jp.review_admissions(joins(), { now = 1599, reclaim_after = 600, members = members, up = {} })
+      assert.same({ "old", "up" }, plan.reclaim)
+      plan = jp.review_admissions(joins(), { now = 1600, reclaim_after = 600, members = members, up = {} })
+      assert.same({ "fresh", "old", "up" }, plan.reclaim)
+      -- nothing before `not_before` (the grace after a leader start)
+      plan = jp.review_admissions(joins(), { now = 1600, reclaim_after = 600, members = members, up = {},
+                                             not_before = 1601 })
+      assert.same({}, plan.reclaim)
+      assert.same({ "broken", "removed", "replaced" }, plan.done)
+      assert.same({ done = {}, reclaim = {} }, jp.review_admissions({}, { now = 1, reclaim_after = 1, members = {},
+                                                                          up = {} }))
+    end)
+
+    it("takes the reclaim time from the environment value, else 600 s", function()
+      assert.equal(600, jp.RECLAIM_AFTER)
+      assert.equal(600, jp.reclaim_after(nil))
+      assert.equal(600, jp.reclaim_after(""))
+      assert.equal(600, jp.reclaim_after("0"))
+      assert.equal(600, jp.reclaim_after("-5"))
+      assert.equal(600, jp.reclaim_after("soon"))
+      assert.equal(600, jp.reclaim_after("inf"))
+      assert.equal(8, jp.reclaim_after("8"))
+      assert.equal(8, jp.reclaim_after("8.9"))
+      assert.equal("WGO_JOIN_RECLAIM", jp.RECLAIM_ENV)
+    end)
+
+    it("the replay cache forgets a reclaimed joiner's answer", function()
+      local c = jp.replay_cache.new(4)
+      c:put("t", "k", 1)
+      c:put("t", "k2", 2)
+      assert.is_true(c:delete("t", "k"))
+      assert.is_false(c:delete("t", "k"))
+      assert.is_nil(c:get("t", "k"))
+      assert.equal(2, c:get("t", "k2"))
+      assert.equal(1, c:size())
+      for i = 1, 10 do c:put("t", tostring(i), i) end
+      assert.equal(4, c:size())
+    end)
+  end)
+
+  describe("log rate limit", function()
+    it("one line per interval, then the count of lines held back", function()
+      local r = jp.rate_limiter(10)
+      assert.same({ true, 0 }, { r:hit(100) })
+      assert.is_false(r:hit(101))
+      assert.is_false(r:hit(109.9))
+      assert.is_nil(r:flush(109.9))
+      assert.same({ true, 2 }, { r:hit(110) })
+      assert.is_false(r:hit(111))
+      assert.is_nil(r:flush(115))
+      assert.equal(1, r:flush(120))
+      assert.is_nil(r:flush(140))
+      assert.is_false(r:hit(125)) -- the flush counted as a line
+      assert.same({ true, 1 }, { r:hit(130) })
+      assert.equal(10, jp.rate_limiter().interval)
     end)
   end)
 

@@ -397,6 +397,52 @@ describe("stun", function()
       assert.is_nil((stun.binding_response(alloc, "192.0.2.1", 1)))
       assert.is_nil((stun.binding_response(stun.binding_request(), "not-an-ip", 1)))
     end)
+
+    -- RFC 8489 §6.3.1.1 and §14.9
+    it("answers unknown comprehension-required attributes with 420 and UNKNOWN-ATTRIBUTES", function()
+      local tid = ("\7"):rep(12)
+      local req = assert(stun.encode({ method = stun.BINDING, class = "request", transaction_id = tid, attributes = {
+        { type = 0x7777, value = "need this" },
+        { name = "SOFTWARE", value = "client" },
+        { type = 0x0030, value = "" },
+        { type = 0xC001, value = "optional: ignored" },
+        { type = 0x7777, value = "twice" },
+      } }, { fingerprint = true }))
+      local resp = assert(stun.binding_response(req, "192.0.2.9", 40000, { software = "wgoverlay" }))
+      local m = assert(stun.decode(resp))
+      assert.equal("error", m.class)
+      assert.equal(stun.BINDING, m.method)
+      assert.equal(tid, m.transaction_id)
+      assert.same({ code = 420, reason = "Unknown Attribute" }, m.attrs["ERROR-CODE"])
+      -- each unknown comprehension-required type once, in order; not the optional one
+      assert.same({ 0x7777, 0x0030 }, m.attrs["UNKNOWN-ATTRIBUTES"])
+      assert.is_nil(m.attrs["XOR-MAPPED-ADDRESS"])
+      assert.is_true(stun.has_fingerprint(m))
+      assert.equal("wgoverlay", m.attrs.SOFTWARE)
+      assert.same({}, m.unknown_required)
+      -- the same from a decoded request; an odd count is padded to 4 bytes
+      local one = assert(stun.encode({ method = stun.BINDING, class = "request",
+                                       attributes = { { type = 0x0041, value = "x" } } }))
+      local m1 = assert(stun.decode((assert(stun.binding_response(assert(stun.decode(one)), "192.0.2.9:1")))))
+      assert.same({ 0x0041 }, m1.attrs["UNKNOWN-ATTRIBUTES"])
+      assert.equal(0, (#m1.raw - 20) % 4)
+    end)
+
+    it("answers success when only comprehension-optional or ignored attributes are unknown", function()
+      local req = assert(stun.encode({ method = stun.BINDING, class = "request", attributes = {
+        { type = 0x8FFF, value = "optional" }, { type = 0xC001, value = "" },
+      } }, { fingerprint = true }))
+      local m = assert(stun.decode((assert(stun.binding_response(req, "192.0.2.9", 40000)))))
+      assert.equal("success", m.class)
+      assert.equal("192.0.2.9:40000", stun.format_endpoint(m.attrs["XOR-MAPPED-ADDRESS"]))
+      -- an unknown required attribute after MESSAGE-INTEGRITY is ignored (§14.5)
+      local after = assert(stun.encode({ method = stun.BINDING, class = "request", attributes = {
+        { name = "MESSAGE-INTEGRITY", value = ("\0"):rep(20) }, { type = 0x7777, value = "late" },
+      } }))
+      assert.equal("success", assert(stun.decode((assert(stun.binding_response(after, "192.0.2.9", 1))))).class)
+      assert.has_no_error(function() stun.unknown_attributes_response(assert(stun.decode(req))) end)
+      assert.is_nil((stun.unknown_attributes_response(assert(stun.decode(req)))))
+    end)
   end)
 
   describe("matcher", function()

@@ -301,4 +301,73 @@ describe("token", function()
       assert.has_error(function() token.create({}, { ttl = 10 }) end)
     end)
   end)
+
+  -- One use is one admitted joiner, not one request (joinproto.handle).
+  describe("uses and retries", function()
+    local jp = require "wgoverlay.joinproto"
+
+    local function leader_ctx(uses, ttl)
+      local priv, pub = core.x25519_keypair()
+      local store = {}
+      local str, id = new_token(store, { control_public = core.key_to_base64(pub), uses = uses, ttl = ttl })
+      local slices, keys = {}, {}
+      local ctx = { control_private = priv, tokens = store, cache = jp.replay_cache.new(8),
+                    seen = jp.replay_cache.new(64), joins = {} }
+      ctx.admit = function(p)
+        if keys[p.name] and keys[p.name] ~= p.public_key then return nil, "node name in use" end
+        keys[p.name] = p.public_key
+        local n = 0
+        for _ in pairs(slices) do n = n + 1 end
+        slices[p.name] = slices[p.name] or ("10.200.0." .. (16 * (n + 1)) .. "/28")
+        return { node = { overlay_ip = "10.200.0.1", slice = slices[p.name] } }
+      end
+      return ctx, str, id
+    end
+
+    local function try(ctx, str, name, pub, now)
+      local bytes, session = jp.make_request(str, { name = name, public_key = pub, ts = now })
+      return jp.open_response(session, (jp.handle(ctx, bytes, now)))
+    end
+
+    it("a single-use token: the same joiner's retries get the same slice, the use is spent once", function()
+      local ctx, str, id = leader_ctx(1)
+      local _, pub = core.generate_keys()
+      local _, other = core.generate_keys()
+      local first = assert(try(ctx, str, "a", pub, NOW))
+      assert.equal(0, ctx.tokens[id].uses_left)
+      for i = 1, 3 do
+        ctx.cache, ctx.seen = jp.replay_cache.new(8), jp.replay_cache.new(64) -- as after a restart
+        local again = assert(try(ctx, str, "a", pub, NOW + i))
+        assert.equal(first.node.slice, again.node.slice)
+        assert.equal(0, ctx.tokens[id].uses_left)
+      end
+      -- not the same joiner: another key with the name, or the key with another name
+      assert.same({ nil, "join refused: token already used", true }, { try(ctx, str, "a", other, NOW) })
+      assert.same({ nil, "join refused: token already used", true }, { try(ctx, str, "b", pub, NOW) })
+    end)
+
+    it("a multi-use token: a second key with that name is refused without using it", function()
+      local ctx, str, id = leader_ctx(2)
+      local _, pub = core.generate_keys()
+      local _, other = core.generate_keys()
+      assert(try(ctx, str, "a", pub, NOW))
+      assert.same({ nil, "join refused: node name in use", true }, { try(ctx, str, "a", other, NOW) })
+      assert(try(ctx, str, "a", pub, NOW))
+      assert.equal(1, ctx.tokens[id].uses_left)
+      assert(try(ctx, str, "b", other, NOW))
+      assert.equal(0, ctx.tokens[id].uses_left)
+    end)
+
+    it("a used-up, expired token still authenticates its joiner's retry until pruned", function()
+      local ctx, str, id = leader_ctx(1, 60)
+      local _, pub = core.generate_keys()
+      assert(try(ctx, str, "a", pub, NOW))
+      assert(try(ctx, str, "a", pub, NOW + 120)) -- expired meanwhile: still the same joiner
+      assert.is_not_nil(token.lookup_hash(ctx.tokens, id))
+      ctx.joins.a = nil -- reclaimed: the use is not given back
+      assert.same({ nil, "join refused: token expired", true }, { try(ctx, str, "a", pub, NOW + 120) })
+      token.prune(ctx.tokens, NOW + 60 + token.PRUNE_AFTER)
+      assert.is_nil(token.lookup_hash(ctx.tokens, id))
+    end)
+  end)
 end)

@@ -513,9 +513,35 @@ function M.binding_request(opts)
   return bytes, tid
 end
 
---- The success response a node sends to a Binding request it received
--- on its own listen port, from `from_ip`:`from_port` (or from one
--- "IP:PORT" string, as datagram events give it).
+--- The error response to a request that carries comprehension-required
+-- attributes (type < 0x8000) this codec does not know (RFC 8489
+-- §6.3.1.1): ERROR-CODE 420 "Unknown Attribute" and UNKNOWN-ATTRIBUTES
+-- (§14.9) listing each such type once, in order of appearance.  Same
+-- method and transaction id, with a FINGERPRINT.
+-- @tparam table msg decoded request with a non-empty `unknown_required`
+-- @tparam[opt] table opts `software`
+-- @return bytes, or nil and a message
+function M.unknown_attributes_response(msg, opts)
+  local list, seen = {}, {}
+  for _, t in ipairs(msg.unknown_required or {}) do
+    if not seen[t] then
+      seen[t] = true
+      list[#list + 1] = t
+    end
+  end
+  if #list == 0 then return nil, "no unknown comprehension-required attribute" end
+  local attrs = { { type = M.ATTR["ERROR-CODE"], value = { code = 420, reason = "Unknown Attribute" } },
+                  { type = M.ATTR["UNKNOWN-ATTRIBUTES"], value = list } }
+  if opts and opts.software then attrs[3] = { type = M.ATTR.SOFTWARE, value = opts.software } end
+  return M.encode({ method = msg.method, class = "error", transaction_id = msg.transaction_id,
+                    attributes = attrs }, { fingerprint = true })
+end
+
+--- The response a node sends to a Binding request it received on its
+-- own listen port, from `from_ip`:`from_port` (or from one "IP:PORT"
+-- string, as datagram events give it): success with XOR-MAPPED-ADDRESS,
+-- or a 420 error (`unknown_attributes_response`) when the request carries
+-- unknown comprehension-required attributes.
 -- @param request bytes or a decoded message
 -- @tparam[opt] table opts `software`
 -- @return bytes, or nil and a message
@@ -535,6 +561,9 @@ function M.binding_response(request, from_ip, from_port, opts)
     a, err = addr_value({ ip = from_ip, port = from_port })
   end
   if not a then return nil, err end
+  if type(msg.unknown_required) == "table" and #msg.unknown_required > 0 then
+    return M.unknown_attributes_response(msg, opts)
+  end
   local attrs = { { type = M.ATTR["XOR-MAPPED-ADDRESS"], value = a } }
   if opts and opts.software then attrs[2] = { type = M.ATTR.SOFTWARE, value = opts.software } end
   return M.encode({ method = M.BINDING, class = "success", transaction_id = msg.transaction_id,
