@@ -72,6 +72,7 @@ build = {
     ["wgoverlay.dns"] = "lua/wgoverlay/dns.lua",
     ["wgoverlay.dns_server"] = "lua/wgoverlay/dns_server.lua",
     ["wgoverlay.joinproto"] = "lua/wgoverlay/joinproto.lua",
+    ["wgoverlay.endpoint"] = "lua/wgoverlay/endpoint.lua",
     ["wgoverlay.health"] = "lua/wgoverlay/health.lua",
     ["wgoverlay.jsonlines"] = "lua/wgoverlay/jsonlines.lua",
     ["wgoverlay.membership"] = "lua/wgoverlay/membership.lua",

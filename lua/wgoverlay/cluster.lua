@@ -8,7 +8,7 @@ local allocator = require "wgoverlay.allocator"
 local token = require "wgoverlay.token"
 local joinproto = require "wgoverlay.joinproto"
 local membership = require "wgoverlay.membership"
-local cidr = require "wgoverlay.cidr"
+local endpoint = require "wgoverlay.endpoint"
 
 local M = {}
 
@@ -39,16 +39,6 @@ local function hostname()
   return (h and h:match("^[%w-]+$")) and h:lower() or "node"
 end
 
-local function parse_endpoint(e)
-  if type(e) ~= "string" then return nil end
-  local host, port = e:match("^%[([^%]]+)%]:(%d+)$")
-  if not host then host, port = e:match("^([%d.]+):(%d+)$") end
-  port = tonumber(port)
-  if not host or not port or port < 1 or port > 65535 or not cidr.parse(host) then return nil end
-  return host, math.tointeger(port)
-end
-M.parse_endpoint = parse_endpoint
-
 local function refuse_existing(p)
   local _, _, kind = state.load(p.node)
   if kind ~= "missing" then
@@ -67,12 +57,12 @@ function M.nat_settings(o)
   if o.stun and #o.stun > 0 then
     out.stun = {}
     for _, s in ipairs(o.stun) do
-      if not parse_endpoint(s) then return nil, string.format("STUN server \"%s\" invalid: expected IP:PORT", s) end
+      if not endpoint.valid(s) then return nil, string.format("STUN server \"%s\" invalid: expected IP:PORT", s) end
       out.stun[#out.stun + 1] = s
     end
   end
   if o.turn then
-    if not parse_endpoint(o.turn) then
+    if not endpoint.valid(o.turn) then
       return nil, string.format("TURN server \"%s\" invalid: expected IP:PORT", tostring(o.turn))
     end
     if type(o.turn_user) ~= "string" or type(o.turn_password) ~= "string" then
@@ -111,8 +101,9 @@ end
 -- @return node table, or nil and a message
 function M.init(o)
   local p = M.paths(o.state)
-  local host, port = parse_endpoint(o.endpoint)
-  if not host then return nil, string.format("endpoint \"%s\" invalid: expected IP:PORT", tostring(o.endpoint)) end
+  local ep, eerr = endpoint.parse(o.endpoint)
+  if not ep then return nil, eerr end
+  local host, port = ep.ip, ep.port
   local natset, nerr = M.nat_settings(o)
   if not natset then return nil, nerr end
   local ok, err = state.ensure_dir(o.state)
@@ -210,12 +201,14 @@ end
 function M.join(o)
   local uv = require "luv"
   local p = M.paths(o.state)
-  local host, port = parse_endpoint(o.endpoint)
-  if not host then return nil, string.format("endpoint \"%s\" invalid: expected IP:PORT", tostring(o.endpoint)) end
+  local ep, eerr = endpoint.parse(o.endpoint)
+  if not ep then return nil, eerr end
+  local host, port = ep.ip, ep.port
   local tok, err = token.decode(o.token or "")
   if not tok then return nil, "token invalid: " .. err end
-  local lhost, lport = parse_endpoint(tok.e)
-  if not lhost then return nil, "token invalid: bad leader endpoint" end
+  local lep = endpoint.parse(tok.e)
+  if not lep then return nil, "token invalid: bad leader endpoint" end
+  local lhost, lport = lep.ip, lep.port
   local ok
   ok, err = state.ensure_dir(o.state)
   if not ok then return nil, err end

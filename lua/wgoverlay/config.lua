@@ -16,6 +16,7 @@
 -- @module wgoverlay.config
 local core = require "wgoverlay.core"
 local cidr = require "wgoverlay.cidr"
+local endpoint = require "wgoverlay.endpoint"
 
 local M = {}
 
@@ -39,17 +40,6 @@ local function integer(v, lo, hi)
   return math.tointeger(n)
 end
 
-local function endpoint_ok(v)
-  local family = 6
-  local host, port = v:match("^%[([^%]/]+)%]:(%d+)$")
-  if not host then
-    family = 4
-    host, port = v:match("^([%d.]+):(%d+)$")
-  end
-  if not host or not integer(port, 1, 65535) then return false end
-  local p = cidr.parse(host)
-  return p ~= nil and p.family == family
-end
 
 local unsupported = {
   dns = true, table = true, preup = true, postup = true, predown = true, postdown = true,
@@ -98,7 +88,7 @@ local peer_keys = {
     peer.preshared_key = v
   end,
   endpoint = function(peer, v)
-    if not endpoint_ok(v) then
+    if not endpoint.valid(v) then
       return string.format("Endpoint \"%s\" invalid: expected IP:PORT or [IPv6]:PORT (no host names)", v)
     end
     peer.endpoint = v

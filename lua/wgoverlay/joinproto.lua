@@ -46,6 +46,7 @@
 -- (wrong argument types) raises.
 -- @module wgoverlay.joinproto
 local core = require "wgoverlay.core"
+local endpoint = require "wgoverlay.endpoint"
 local token = require "wgoverlay.token"
 local cjson = require("cjson").new()
 
@@ -208,10 +209,6 @@ function M.valid_name(name)
   return name:match("^[a-z0-9]$") ~= nil or name:match("^[a-z0-9][a-z0-9-]*[a-z0-9]$") ~= nil
 end
 
-local function valid_endpoint(e)
-  return type(e) == "string" and #e <= 256 and e:match("^%S+:%d+$") ~= nil
-end
-
 -- Validates a joiner's request payload; returns a clean copy or nil, err.
 local function check_payload(p)
   if type(p) ~= "table" then return nil, "bad request payload" end
@@ -219,7 +216,7 @@ local function check_payload(p)
     return nil, "bad node name (lowercase letters, digits and '-', at most 63)"
   end
   if not core.valid_key(p.public_key) then return nil, "bad public key" end
-  if p.endpoint ~= nil and p.endpoint ~= cjson.null and not valid_endpoint(p.endpoint) then
+  if p.endpoint ~= nil and p.endpoint ~= cjson.null and not endpoint.valid(p.endpoint) then
     return nil, "bad endpoint (expected host:port)"
   end
   local ts = type(p.ts) == "number" and math.tointeger(p.ts) or nil

@@ -17,6 +17,7 @@
 -- Error strings never contain a secret or a hash.
 -- @module wgoverlay.token
 local core = require "wgoverlay.core"
+local endpoint = require "wgoverlay.endpoint"
 local cjson = require("cjson").new()
 
 cjson.decode_max_depth(4)
@@ -163,10 +164,6 @@ function M.valid_id(id)
   return type(id) == "string" and #id >= 1 and #id <= 64 and id:match("^[0-9a-f]+$") ~= nil
 end
 
-local function valid_endpoint(e)
-  return type(e) == "string" and #e <= 256 and e:match("^%S+:%d+$") ~= nil
-end
-
 -- A secret given as in a token (base64) or raw (32 bytes).
 local function secret_raw(secret)
   if type(secret) ~= "string" then return nil end
@@ -190,7 +187,7 @@ local function check_fields(t)
     if t[f] == nil or t[f] == cjson.null then return "token is missing field '" .. f .. "'" end
     if type(t[f]) ~= "string" then return "token field '" .. f .. "' must be a string" end
   end
-  if not valid_endpoint(t.e) then return "bad leader endpoint in token (expected host:port)" end
+  if not endpoint.valid(t.e) then return "bad leader endpoint in token (expected IP:PORT)" end
   if not core.valid_key(t.k) then return "bad leader key in token" end
   if not M.valid_id(t.i) then return "bad token id" end
   if not secret_raw(t.s) or #t.s ~= 44 then return "bad token secret (expected 32 bytes base64)" end

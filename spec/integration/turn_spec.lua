@@ -37,6 +37,7 @@ local NODES = {
 local DRIVER_PRELUDE = [[
   turn = require "wgoverlay.nat.turn"
   stun = require "wgoverlay.nat.stun"
+  endpoint = require "wgoverlay.endpoint"
   S.skew = 0
   S.events = {}
   S.other = {}
@@ -69,7 +70,7 @@ local DRIVER_PRELUDE = [[
           if not mine and S.m then msg, req = S.m:match(ev.from, ev.data) end
           if msg then
             local x = msg.attrs["XOR-MAPPED-ADDRESS"]
-            S.mapped[req.server] = x and stun.format_endpoint(x) or "none"
+            S.mapped[req.server] = x and endpoint.format(x) or "none"
           elseif not mine then
             S.other[#S.other + 1] = ev
           end
@@ -192,15 +193,15 @@ EOF]])
       local sent = 0
       local c = assert(turn.new({ server = select(2, ...), username = select(3, ...), password = "wrong",
         clock = clock, send = function(bytes, to)
-          local ip, port = stun.parse_endpoint(to)
+          local e = endpoint.parse(to)
           sent = sent + 1
-          return u:sendto(bytes, ip, port)
+          return u:sendto(bytes, e.ip, e.port)
         end }))
       c:allocate()
       local deadline = socket.gettime() + 10
       while c.state == "allocating" and socket.gettime() < deadline do
         local data, ip, port = u:receivefrom()
-        if data then c:input(stun.format_endpoint(ip, port), data) end
+        if data then c:input(endpoint.format(ip, port), data) end
         c:tick()
       end
       u:close()
@@ -239,10 +240,10 @@ EOF]])
         local ch = assert(S.c:bind_channel(peer))
         pump(10, function()
           local _, st = S.c:channel(peer)
-          return st == "bound" and S.c:status().permissions[(stun.parse_endpoint(peer))] == "installed"
+          return st == "bound" and S.c:status().permissions[endpoint.parse(peer).ip] == "installed"
         end)
         local _, st = S.c:channel(peer)
-        return ch, st, S.c:status().permissions[(stun.parse_endpoint(peer))]
+        return ch, st, S.c:status().permissions[endpoint.parse(peer).ip]
       ]], other.relayed)
       assert.equal("bound", state, cjson.encode(n.drv:call("return errors()")))
       assert.equal("installed", perm)

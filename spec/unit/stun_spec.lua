@@ -4,6 +4,7 @@
 -- (a fuzz loop) that must never raise.  No root, no network.
 
 local stun = require "wgoverlay.nat.stun"
+local endpoint = require "wgoverlay.endpoint"
 
 local function unhex(s)
   s = s:gsub("%s", "")
@@ -225,7 +226,7 @@ describe("stun", function()
         local b = assert(stun.encode({ method = stun.BINDING, class = "success",
           attributes = { { name = "XOR-MAPPED-ADDRESS", value = { ip = ip, port = port } } } }))
         local a = assert(stun.decode(b)).attrs["XOR-MAPPED-ADDRESS"]
-        assert.equal(stun.normalize_endpoint(stun.format_endpoint(ip, port)), stun.format_endpoint(a))
+        assert.equal(endpoint.normalize(endpoint.format(ip, port)), endpoint.format(a))
       end
     end)
 
@@ -381,8 +382,8 @@ describe("stun", function()
         local m = assert(stun.decode(resp))
         assert.equal("success", m.class)
         assert.equal(tid, m.transaction_id)
-        local want = c[2] and stun.format_endpoint(c[1], c[2]) or c[1]
-        assert.equal(want, stun.format_endpoint(m.attrs["XOR-MAPPED-ADDRESS"]))
+        local want = c[2] and endpoint.format(c[1], c[2]) or c[1]
+        assert.equal(want, endpoint.format(m.attrs["XOR-MAPPED-ADDRESS"]))
       end
       -- a decoded request works too
       assert.truthy(stun.binding_response(assert(stun.decode(req)), "192.0.2.9", 1))
@@ -434,7 +435,7 @@ describe("stun", function()
       } }, { fingerprint = true }))
       local m = assert(stun.decode((assert(stun.binding_response(req, "192.0.2.9", 40000)))))
       assert.equal("success", m.class)
-      assert.equal("192.0.2.9:40000", stun.format_endpoint(m.attrs["XOR-MAPPED-ADDRESS"]))
+      assert.equal("192.0.2.9:40000", endpoint.format(m.attrs["XOR-MAPPED-ADDRESS"]))
       -- an unknown required attribute after MESSAGE-INTEGRITY is ignored (§14.5)
       local after = assert(stun.encode({ method = stun.BINDING, class = "request", attributes = {
         { name = "MESSAGE-INTEGRITY", value = ("\0"):rep(20) }, { type = 0x7777, value = "late" },
@@ -458,7 +459,7 @@ describe("stun", function()
       local msg, rec = m:match("192.0.2.1:3478", resp)
       assert.truthy(msg)
       assert.equal("192.0.2.1:3478", rec.server)
-      assert.equal("198.51.100.2:51820", stun.format_endpoint(msg.attrs["XOR-MAPPED-ADDRESS"]))
+      assert.equal("198.51.100.2:51820", endpoint.format(msg.attrs["XOR-MAPPED-ADDRESS"]))
       assert.equal(0, m:count())
       -- a duplicate is no longer outstanding
       local again, why = m:match("192.0.2.1:3478", resp)
@@ -515,17 +516,6 @@ describe("stun", function()
       r, err = stun.classify_mapping("203.0.113.5:1", "x")
       assert.is_nil(r)
       assert.matches("second mapped address", err)
-    end)
-  end)
-
-  describe("endpoints", function()
-    it("parses and normalises IPv4 and IPv6 endpoints", function()
-      assert.same({ "192.0.2.1", 80, 4 }, { stun.parse_endpoint("192.0.2.1:80") })
-      assert.same({ "fd00::1", 80, 6 }, { stun.parse_endpoint("[fd00:0::1]:80") })
-      assert.equal("[fd00::1]:80", stun.normalize_endpoint("[FD00:0:0:0:0:0:0:1]:80"))
-      for _, bad in ipairs({ "192.0.2.1", "192.0.2.1:65536", "fd00::1:80", "[fd00::1]", "x:1", "[1.2.3.4]:1", "192.0.2.1:-1" }) do
-        assert.is_nil((stun.parse_endpoint(bad)), bad)
-      end
     end)
   end)
 end)

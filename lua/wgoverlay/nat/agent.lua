@@ -23,6 +23,7 @@
 -- @module wgoverlay.nat.agent
 local core = require "wgoverlay.core"
 local stun = require "wgoverlay.nat.stun"
+local endpoint = require "wgoverlay.endpoint"
 local turn = require "wgoverlay.nat.turn"
 local cand = require "wgoverlay.nat.candidates"
 local policy = require "wgoverlay.nat.policy"
@@ -53,7 +54,7 @@ function M.new(o)
   local self = setmetatable({
     t = o.t, clock = o.clock, settings = settings,
     self_id = assert(core.key_from_base64(o.public_key)),
-    endpoint = o.endpoint and stun.normalize_endpoint(o.endpoint),
+    endpoint = o.endpoint and endpoint.normalize(o.endpoint),
     stun_servers = {}, turn_conf = o.turn,
     publish_fn = o.publish or noop, request_punch_fn = o.request_punch or noop,
     log = o.log or noop, event = o.event or noop,
@@ -66,7 +67,7 @@ function M.new(o)
   }, Agent)
   local listed = {}
   local function add_server(s)
-    local n = stun.normalize_endpoint(s)
+    local n = endpoint.normalize(s)
     if n and n ~= self.endpoint and not listed[n] then
       listed[n] = true
       self.stun_servers[#self.stun_servers + 1] = n
@@ -409,7 +410,7 @@ function Agent:on_datagram(ev)
   local m, req = self.matcher:match(from, data)
   if m and self.round and m.class == "success" then
     local x = m.attrs["XOR-MAPPED-ADDRESS"] or m.attrs["MAPPED-ADDRESS"]
-    if x then self.round.answers[req.server] = stun.format_endpoint(x) end
+    if x then self.round.answers[req.server] = endpoint.format(x) end
   else
     self.stats.stun_ignored = self.stats.stun_ignored + 1
   end

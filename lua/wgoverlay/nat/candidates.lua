@@ -16,6 +16,7 @@
 -- wgoverlay.nat.punch), nat = "none"|"endpoint-independent"|
 -- "endpoint-dependent"|"unknown", list = { candidate... } }`.
 -- @module wgoverlay.nat.candidates
+local endpoint = require "wgoverlay.endpoint"
 local stun = require "wgoverlay.nat.stun"
 
 local M = {}
@@ -43,12 +44,11 @@ end
 -- @string endpoint "IP:PORT" or "[IPv6]:PORT"
 -- @tparam[opt] integer local_pref 0..65535 (default 65535)
 -- @return candidate, or nil and a message
-function M.new(ctype, endpoint, local_pref)
+function M.new(ctype, ep, local_pref)
   if not M.TYPE_PREF[ctype] then return nil, string.format("candidate type \"%s\" invalid", tostring(ctype)) end
-  local ip, port, family = stun.parse_endpoint(endpoint)
-  if not ip then return nil, port end
-  if port == 0 then return nil, "candidate port 0 invalid" end
-  return { type = ctype, endpoint = stun.format_endpoint(ip, port), family = family,
+  local e, err = endpoint.parse(ep)
+  if not e then return nil, err end
+  return { type = ctype, endpoint = endpoint.format(e), family = e.family,
            priority = M.priority(ctype, local_pref) }
 end
 
@@ -101,11 +101,11 @@ function M.nat_kind(host, mapped)
   if #mapped == 0 then return "unknown" end
   local own = {}
   for _, h in ipairs(host) do
-    local n = stun.normalize_endpoint(h)
+    local n = endpoint.normalize(h)
     if n then own[n] = true end
   end
   for _, m in ipairs(mapped) do
-    if own[stun.normalize_endpoint(m) or ""] then return "none" end
+    if own[endpoint.normalize(m) or ""] then return "none" end
   end
   for i = 2, #mapped do
     if stun.classify_mapping(mapped[1], mapped[i]) == "endpoint-dependent" then return "endpoint-dependent" end
@@ -201,7 +201,7 @@ function M.probe_targets(remote_list, extra, max)
   max = max or M.MAX_CANDIDATES
   local out, seen = {}, {}
   local function add(ep)
-    local n = ep and stun.normalize_endpoint(ep)
+    local n = ep and endpoint.normalize(ep)
     if n and not seen[n] and #out < max then
       seen[n] = true
       out[#out + 1] = n

@@ -42,6 +42,7 @@
 -- @module wgoverlay.nat.punch
 local core = require "wgoverlay.core"
 local stun = require "wgoverlay.nat.stun"
+local endpoint = require "wgoverlay.endpoint"
 
 local M = {}
 
@@ -160,7 +161,7 @@ function Prober:set_key(peer_id, key)
 end
 
 local function add_target(s, ep, max)
-  local n = stun.normalize_endpoint(ep)
+  local n = endpoint.normalize(ep)
   if not n or s.targets[n] then return false end
   if #s.order >= max then return false end
   s.targets[n] = true
@@ -217,7 +218,7 @@ function Prober:input(from, bytes, now)
   now = now or self.clock()
   local msg, err = M.decode(bytes)
   if not msg then return self:_reject(err) end
-  local src = stun.normalize_endpoint(from)
+  local src = endpoint.normalize(from)
   if not src then return self:_reject("bad source address") end
   if msg.receiver ~= self.self_id then return self:_reject("not addressed to us") end
   local key = self.keys[msg.sender]

@@ -31,6 +31,7 @@
 -- lua-luaossl; CRC-32 is computed here.
 -- @module wgoverlay.nat.stun
 local cidr = require "wgoverlay.cidr"
+local endpoint = require "wgoverlay.endpoint"
 local hmac = require "openssl.hmac"
 local digest = require "openssl.digest"
 local rand = require "openssl.rand"
@@ -165,46 +166,12 @@ local function ip_text(family, b)
   return cidr.address({ family = family, bytes = { b:byte(1, -1) } })
 end
 
---- Splits "IP:PORT" or "[IPv6]:PORT" into a canonical IP text, the port
--- and the family.
--- @return ip, port, family; or nil and a message
-function M.parse_endpoint(s)
-  if type(s) ~= "string" then return nil, "endpoint must be a string" end
-  local ip, port = s:match("^%[([^%]]+)%]:(%d+)$")
-  local bracketed = ip ~= nil
-  if not ip then
-    ip, port = s:match("^([^:]+):(%d+)$")
-  end
-  local family, b = ip_bytes(ip)
-  port = tonumber(port)
-  if not family or not port or port > 65535 or (bracketed and family ~= 6) then
-    return nil, string.format("endpoint \"%s\" invalid: expected IP:PORT or [IPv6]:PORT", s)
-  end
-  return ip_text(family, b), port, family
-end
-
---- "IP:PORT" text ("[IPv6]:PORT" for IPv6), from an IP and a port or from
--- an address table `{ ip = , port = }`.
-function M.format_endpoint(ip, port)
-  if type(ip) == "table" then ip, port = ip.ip, ip.port end
-  if ip:find(":", 1, true) then return string.format("[%s]:%d", ip, port) end
-  return string.format("%s:%d", ip, port)
-end
-
---- The canonical text of an endpoint (so that "[fd00::0001]:1" and
--- "[fd00::1]:1" compare equal), or nil and a message.
-function M.normalize_endpoint(s)
-  local ip, port = M.parse_endpoint(s)
-  if not ip then return nil, port end
-  return M.format_endpoint(ip, port)
-end
-
 -- An address value from "ip:port", { ip =, port = }, or (ip, port).
 local function addr_value(v)
   if type(v) == "string" then
-    local ip, port = M.parse_endpoint(v)
-    if not ip then return nil, port end
-    return { ip = ip, port = port }
+    local e, err = endpoint.parse(v)
+    if not e then return nil, err end
+    return { ip = e.ip, port = e.port }
   end
   if type(v) == "table" and type(v.ip) == "string" and math.type(v.port) == "integer" then
     return v
@@ -589,7 +556,7 @@ end
 --- Records a request sent to `server` ("IP:PORT").
 -- @return true, or nil and a message
 function Matcher:track(tid, server, info)
-  local norm, err = M.normalize_endpoint(server)
+  local norm, err = endpoint.normalize(server)
   if not norm then return nil, err end
   self.pending[tid] = { server = norm, sent = self.clock(), info = info, transaction_id = tid }
   return true
@@ -614,7 +581,7 @@ function Matcher:match(from, bytes)
   if msg.class ~= "success" and msg.class ~= "error" then return nil, "not a response" end
   local req = self.pending[msg.transaction_id]
   if not req then return nil, "unknown transaction id" end
-  if M.normalize_endpoint(from) ~= req.server then
+  if endpoint.normalize(from) ~= req.server then
     return nil, "response from " .. tostring(from) .. ", request went to " .. req.server
   end
   self.pending[msg.transaction_id] = nil
@@ -657,7 +624,7 @@ function M.classify_mapping(a, b)
     if not v then return nil, err end
     local family, bytes = ip_bytes(v.ip)
     if not family then return nil, "address invalid" end
-    return M.format_endpoint(ip_text(family, bytes), v.port)
+    return endpoint.format(ip_text(family, bytes), v.port)
   end
   local na, ea = norm(a)
   if not na then return nil, "first mapped address: " .. ea end

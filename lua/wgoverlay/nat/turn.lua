@@ -45,6 +45,7 @@
 -- * "closed": the allocation was released (or `close` gave up waiting)
 -- @module wgoverlay.nat.turn
 local stun = require "wgoverlay.nat.stun"
+local endpoint = require "wgoverlay.endpoint"
 
 local M = {}
 
@@ -84,7 +85,7 @@ end
 function M.new(opts)
   if type(opts) ~= "table" then return nil, "turn.new: options table expected" end
   if type(opts.send) ~= "function" then return nil, "turn.new: send function expected" end
-  local server, err = stun.normalize_endpoint(opts.server)
+  local server, err = endpoint.normalize(opts.server)
   if not server then return nil, "turn.new: server: " .. err end
   if opts.lifetime ~= nil and (math.type(opts.lifetime) ~= "integer" or opts.lifetime < 1) then
     return nil, "turn.new: lifetime must be a positive integer"
@@ -137,11 +138,10 @@ end
 
 local function peer_ip(peer)
   if type(peer) ~= "string" then return nil, "peer address must be a string" end
-  local ip = stun.parse_endpoint(peer)
-  if ip then return ip end
-  local norm = stun.normalize_endpoint("[" .. peer .. "]:0") or stun.normalize_endpoint(peer .. ":0")
-  if not norm then return nil, string.format("peer address \"%s\" invalid", peer) end
-  return (stun.parse_endpoint(norm))
+  -- "IP:PORT", "[IPv6]:PORT" or a bare address
+  local e = endpoint.parse(peer, { default_port = 1 })
+  if not e then return nil, string.format("peer address \"%s\" invalid", peer) end
+  return e.ip
 end
 
 ---------------------------------------------------------------------------
@@ -263,7 +263,7 @@ end
 --   STUN Binding matcher using the same server)
 function Client:input(from, bytes)
   if type(from) ~= "string" or type(bytes) ~= "string" then return false, "bad arguments" end
-  if from ~= self.server and stun.normalize_endpoint(from) ~= self.server then
+  if from ~= self.server and endpoint.normalize(from) ~= self.server then
     return false, "not from the server"
   end
   local b1 = bytes:byte(1)
@@ -273,7 +273,7 @@ function Client:input(from, bytes)
   if not msg then return false, err end
   if msg.class == "indication" then
     if msg.method == stun.DATA and msg.attrs["XOR-PEER-ADDRESS"] and msg.attrs.DATA then
-      self:_emit({ type = "data", peer = stun.format_endpoint(msg.attrs["XOR-PEER-ADDRESS"]),
+      self:_emit({ type = "data", peer = endpoint.format(msg.attrs["XOR-PEER-ADDRESS"]),
                    data = msg.attrs.DATA })
       return true
     end
@@ -379,8 +379,8 @@ function Client:_allocated(msg)
     return
   end
   self.state = "allocated"
-  self.relayed = stun.format_endpoint(relayed)
-  self.mapped = mapped and stun.format_endpoint(mapped) or nil
+  self.relayed = endpoint.format(relayed)
+  self.mapped = mapped and endpoint.format(mapped) or nil
   self:_schedule_refresh(msg.attrs.LIFETIME or self.requested_lifetime)
   self:_emit({ type = "allocated", relayed = self.relayed, mapped = self.mapped, lifetime = self.lifetime })
   -- permissions and channels asked for before the allocation existed
@@ -541,9 +541,9 @@ end
 -- is queued.
 -- @return the channel number, or nil and a message
 function Client:bind_channel(peer, channel)
-  local ip, port = stun.parse_endpoint(peer)
-  if not ip then return nil, port end
-  peer = stun.format_endpoint(ip, port)
+  local e, err = endpoint.parse(peer)
+  if not e then return nil, err end
+  peer = endpoint.format(e)
   local c = self.channels[peer]
   if c then
     if channel and channel ~= c.channel then
@@ -571,7 +571,7 @@ end
 --- The channel bound (or being bound) to a peer, and its state ("queued",
 -- "pending", "bound"), or nil.
 function Client:channel(peer)
-  local norm = stun.normalize_endpoint(peer)
+  local norm = endpoint.normalize(peer)
   local c = norm and self.channels[norm]
   if c then return c.channel, c.state end
 end
