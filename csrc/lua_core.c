@@ -11,9 +11,11 @@
  * front doors.  Private and preshared keys never come back out. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -35,10 +37,70 @@
 #include "uapi.h"
 
 #define DEVICE_MT "wgoverlay.device"
+#define SECRET_MT "wgoverlay.secret"
+#define SET_MT "wgoverlay.uapi_set"
+#define SNAP_MT "wgoverlay.status_snapshot"
+#define REPLY_MT "wgoverlay.uapi_reply"
 
 struct ldev {
 	struct wg_device *dev;
 };
+
+/* ---- error paths ----
+ *
+ * Any Lua API call that allocates may raise (a memory error), and so do
+ * luaL_error and luaL_check*: the C function is left by longjmp and its
+ * locals are never wiped or freed.  So:
+ *  - a secret is never decoded or copied into C memory that a raise would
+ *    abandon: it lives in a to-be-closed userdata (lua_toclose) whose
+ *    __close (run on return and when an error unwinds the function) and
+ *    __gc wipe it: secret_new() for plain bytes, set_new() for a
+ *    transaction being built (wg_uapi_set_free wipes and frees it);
+ *  - no Lua API call that can raise or allocate is made while an engine
+ *    lock is held: l_status copies under the lock into malloc'd memory
+ *    (owned by a to-be-closed userdata), unlocks, then builds tables.
+ * Static error buffers never contain secrets. */
+
+static int secret_close(lua_State *L)
+{
+	void *p = lua_touserdata(L, 1);
+
+	if (p)
+		sodium_memzero(p, lua_rawlen(L, 1));
+	return 0;
+}
+
+/* size zeroed bytes of Lua memory, wiped when the calling C function
+ * returns or raises (and again at collection).  Leaves the userdata on the
+ * stack: it must stay there (above it the function may push and pop). */
+static void *secret_new(lua_State *L, size_t size)
+{
+	void *p = lua_newuserdatauv(L, size, 0);
+
+	memset(p, 0, size);
+	luaL_setmetatable(L, SECRET_MT);
+	lua_toclose(L, -1);
+	return p;
+}
+
+static int set_close(lua_State *L)
+{
+	struct wg_uapi_set *set = lua_touserdata(L, 1);
+
+	wg_uapi_set_free(set); /* idempotent: it leaves the set zeroed */
+	return 0;
+}
+
+/* An empty transaction owned by a to-be-closed userdata (see secret_new). */
+static struct wg_uapi_set *set_new(lua_State *L)
+{
+	struct wg_uapi_set *set = lua_newuserdatauv(L, sizeof(*set), 0);
+
+	memset(set, 0, sizeof(*set));
+	luaL_setmetatable(L, SET_MT);
+	lua_toclose(L, -1);
+	return set;
+}
 
 static int push_fail(lua_State *L, int err, const char *msg)
 {
@@ -94,35 +156,37 @@ static int l_key_excerpt(lua_State *L)
 	return 1;
 }
 
+/* A raw key and its base64 form, in a secret_new() buffer. */
+struct secret_key {
+	uint8_t raw[32];
+	char b64[45];
+};
+
 static int l_generate_keys(lua_State *L)
 {
-	uint8_t priv[32], pub[32];
+	struct secret_key *priv = secret_new(L, sizeof(*priv));
+	uint8_t pub[32];
 	char b64[45];
 
-	randombytes_buf(priv, sizeof(priv));
+	randombytes_buf(priv->raw, sizeof(priv->raw));
 	/* Clamp as wg genkey does, so the stored form is canonical. */
-	priv[0] &= 248;
-	priv[31] = (priv[31] & 127) | 64;
-	crypto_scalarmult_base(pub, priv);
-	wg_key_to_base64(b64, priv);
-	lua_pushstring(L, b64);
-	sodium_memzero(b64, sizeof(b64));
-	sodium_memzero(priv, sizeof(priv));
+	priv->raw[0] &= 248;
+	priv->raw[31] = (priv->raw[31] & 127) | 64;
+	crypto_scalarmult_base(pub, priv->raw);
+	wg_key_to_base64(priv->b64, priv->raw);
 	wg_key_to_base64(b64, pub);
+	lua_pushstring(L, priv->b64);
 	lua_pushstring(L, b64);
 	return 2;
 }
 
 static int l_generate_psk(lua_State *L)
 {
-	uint8_t k[32];
-	char b64[45];
+	struct secret_key *k = secret_new(L, sizeof(*k));
 
-	randombytes_buf(k, sizeof(k));
-	wg_key_to_base64(b64, k);
-	lua_pushstring(L, b64);
-	sodium_memzero(b64, sizeof(b64));
-	sodium_memzero(k, sizeof(k));
+	randombytes_buf(k->raw, sizeof(k->raw));
+	wg_key_to_base64(k->b64, k->raw);
+	lua_pushstring(L, k->b64);
 	return 1;
 }
 
@@ -182,12 +246,12 @@ static int l_blake2s(lua_State *L)
 /* core.x25519_keypair() -> private (raw 32), public (raw 32) */
 static int l_x25519_keypair(lua_State *L)
 {
-	uint8_t priv[32], pub[32];
+	uint8_t *priv = secret_new(L, 32);
+	uint8_t pub[32];
 
 	crypto_box_keypair(pub, priv);
 	lua_pushlstring(L, (const char *)priv, 32);
 	lua_pushlstring(L, (const char *)pub, 32);
-	sodium_memzero(priv, sizeof(priv));
 	return 2;
 }
 
@@ -197,14 +261,14 @@ static int l_x25519(lua_State *L)
 	size_t a, b;
 	const char *priv = luaL_checklstring(L, 1, &a);
 	const char *pub = luaL_checklstring(L, 2, &b);
-	uint8_t out[32];
+	uint8_t *out;
 
 	if (a != 32 || b != 32)
 		return push_fail(L, EINVAL, "x25519: keys must be 32 bytes");
+	out = secret_new(L, 32);
 	if (crypto_scalarmult(out, (const uint8_t *)priv, (const uint8_t *)pub) != 0)
 		return push_fail(L, EINVAL, "x25519: invalid public key (low order point)");
 	lua_pushlstring(L, (const char *)out, 32);
-	sodium_memzero(out, sizeof(out));
 	return 1;
 }
 
@@ -238,7 +302,6 @@ static int l_aead_open(lua_State *L)
 	const char *n = luaL_checklstring(L, 2, &nl);
 	const char *c = luaL_checklstring(L, 3, &cl);
 	const char *ad = luaL_optlstring(L, 4, NULL, &al);
-	luaL_Buffer b;
 	unsigned long long ml;
 	uint8_t *out;
 
@@ -248,15 +311,15 @@ static int l_aead_open(lua_State *L)
 		lua_pushnil(L);
 		return 1;
 	}
-	out = (uint8_t *)luaL_buffinitsize(L, &b, cl);
+	/* The plaintext may be a secret (the join protocol carries keys):
+	 * the only copy besides the result string is wiped. */
+	out = secret_new(L, cl);
 	if (crypto_aead_xchacha20poly1305_ietf_decrypt(out, &ml, NULL, (const uint8_t *)c, cl, (const uint8_t *)ad,
 						       al, (const uint8_t *)n, (const uint8_t *)k) != 0) {
-		luaL_pushresultsize(&b, 0);
-		lua_pop(L, 1);
 		lua_pushnil(L);
 		return 1;
 	}
-	luaL_pushresultsize(&b, (size_t)ml);
+	lua_pushlstring(L, (const char *)out, (size_t)ml);
 	return 1;
 }
 
@@ -276,9 +339,10 @@ static int l_key_to_base64(lua_State *L)
 {
 	size_t len;
 	const char *k = luaL_checklstring(L, 1, &len);
-	char b64[45];
+	char *b64;
 
 	luaL_argcheck(L, len == 32, 1, "32 bytes expected");
+	b64 = secret_new(L, 45); /* k may be a private key */
 	wg_key_to_base64(b64, (const uint8_t *)k);
 	lua_pushstring(L, b64);
 	return 1;
@@ -286,13 +350,13 @@ static int l_key_to_base64(lua_State *L)
 
 static int l_key_from_base64(lua_State *L)
 {
-	uint8_t k[32];
+	uint8_t *k;
 
 	luaL_checktype(L, 1, LUA_TSTRING);
+	k = secret_new(L, 32);
 	if (!key_from_lua(L, 1, k))
 		return push_fail(L, EINVAL, "bad key: expected 32 bytes base64");
 	lua_pushlstring(L, (const char *)k, 32);
-	sodium_memzero(k, sizeof(k));
 	return 1;
 }
 
@@ -420,7 +484,8 @@ static const char *read_cidrs(lua_State *L, int t, const char *field, struct wg_
 }
 
 /* Converts a Lua peer table at index t into a UAPI peer operation.
- * Returns an error message (never containing a secret) or NULL. */
+ * Returns an error message (never containing a secret) or NULL.  May raise:
+ * op must belong to a set made by set_new(), counted in its n_peers. */
 static const char *read_peer(lua_State *L, int t, struct wg_uapi_peer *op)
 {
 	static char errbuf[160];
@@ -510,24 +575,27 @@ static const char *read_peer(lua_State *L, int t, struct wg_uapi_peer *op)
 	return NULL;
 }
 
-/* dev:apply{ private_key=, listen_port=, fwmark=, replace_peers=, peers={...} } */
+/* dev:apply{ private_key=, listen_port=, fwmark=, replace_peers=, peers={...} }
+ * The transaction being built, keys included, is owned by a to-be-closed
+ * userdata: whatever raises below (a bad type, a memory error) wipes and
+ * frees it, and so does every return. */
 static int l_apply(lua_State *L)
 {
 	struct wg_device *dev = check_dev(L, 1);
-	struct wg_uapi_set set;
+	struct wg_uapi_set *set;
 	const char *e = NULL;
 	char msg[256];
 	lua_Integer n;
 	int r;
 
 	luaL_checktype(L, 2, LUA_TTABLE);
-	memset(&set, 0, sizeof(set));
+	set = set_new(L);
 	switch (lua_getfield(L, 2, "private_key")) {
 	case LUA_TNIL:
 		break;
 	case LUA_TSTRING:
-		set.has_private_key = true;
-		if (!key_from_lua(L, -1, set.private_key))
+		set->has_private_key = true;
+		if (!key_from_lua(L, -1, set->private_key))
 			e = "bad private_key: expected 32 bytes base64 (44 characters)";
 		break;
 	default:
@@ -542,8 +610,8 @@ static int l_apply(lua_State *L)
 		port = lua_tointeger(L, -1);
 		if (port < 0 || port > 65535)
 			e = "listen_port must be 0..65535";
-		set.has_listen_port = true;
-		set.listen_port = (uint16_t)port;
+		set->has_listen_port = true;
+		set->listen_port = (uint16_t)port;
 	}
 	if (!e)
 		lua_pop(L, 1);
@@ -555,39 +623,40 @@ static int l_apply(lua_State *L)
 		m = lua_tointeger(L, -1);
 		if (m < 0 || m > 0xffffffffLL)
 			e = "fwmark must be 0..4294967295";
-		set.has_fwmark = true;
-		set.fwmark = (uint32_t)m;
+		set->has_fwmark = true;
+		set->fwmark = (uint32_t)m;
 	}
 	if (!e)
 		lua_pop(L, 1);
 	if (!e) {
 		lua_getfield(L, 2, "replace_peers");
-		set.replace_peers = lua_toboolean(L, -1);
+		set->replace_peers = lua_toboolean(L, -1);
 		lua_pop(L, 1);
 	}
 	if (!e && lua_getfield(L, 2, "peers") != LUA_TNIL) {
 		luaL_checktype(L, -1, LUA_TTABLE);
 		n = luaL_len(L, -1);
-		set.peers = calloc(n > 0 ? (size_t)n : 1, sizeof(*set.peers));
-		set.cap_peers = n > 0 ? (size_t)n : 1;
-		if (!set.peers)
+		set->peers = calloc(n > 0 ? (size_t)n : 1, sizeof(*set->peers));
+		if (!set->peers)
 			e = "out of memory";
+		else
+			set->cap_peers = n > 0 ? (size_t)n : 1;
 		for (lua_Integer i = 1; !e && i <= n; i++) {
+			/* counted first: what read_peer allocates is freed
+			 * with the set even if it raises */
+			set->n_peers++;
 			lua_geti(L, -1, i);
-			e = read_peer(L, lua_gettop(L), &set.peers[set.n_peers]);
-			set.n_peers++;
+			e = read_peer(L, lua_gettop(L), &set->peers[set->n_peers - 1]);
 			lua_pop(L, 1);
 		}
 		lua_pop(L, 1);
 	} else if (!e) {
 		lua_pop(L, 1);
 	}
-	if (e) {
-		wg_uapi_set_free(&set);
+	if (e)
 		return push_fail(L, EINVAL, e);
-	}
-	r = wg_device_apply(dev, &set, msg, sizeof(msg));
-	wg_uapi_set_free(&set);
+	r = wg_device_apply(dev, set, msg, sizeof(msg));
+	wg_uapi_set_free(set);
 	if (r < 0)
 		return push_fail(L, r, msg[0] ? msg : strerror(-r));
 	lua_pushboolean(L, 1);
@@ -604,47 +673,142 @@ static void push_endpoint(lua_State *L, const struct sockaddr *sa)
 		lua_pushnil(L);
 }
 
-static void status_aip(void *arg, int family, const uint8_t *addr, uint8_t cidr)
-{
-	lua_State *L = arg;
-	char ip[INET6_ADDRSTRLEN];
+/* What status() reports of the peers, copied under the engine's locks into
+ * malloc'd memory (no Lua allocation, hence no raise, while they are held)
+ * and turned into tables after.  Owned by a to-be-closed userdata. */
+struct snap_aip {
+	uint8_t family, cidr;
+	uint8_t addr[16];
+};
 
-	inet_ntop(family, addr, ip, sizeof(ip));
-	lua_pushfstring(L, "%s/%d", ip, (int)cidr);
-	lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+struct snap_peer {
+	uint8_t public_key[32];
+	bool has_endpoint;
+	struct wg_endpoint endpoint;
+	uint64_t last_handshake_real, rx_bytes, tx_bytes;
+	uint16_t persistent_keepalive;
+	size_t first_aip, n_aips;     /* a range of snap->aips */
+};
+
+struct status_snap {
+	struct snap_peer *peers;
+	size_t n_peers, cap_peers;
+	struct snap_aip *aips;
+	size_t n_aips, cap_aips;
+	bool oom;
+};
+
+static int snap_close(lua_State *L)
+{
+	struct status_snap *snap = lua_touserdata(L, 1);
+
+	if (snap) {
+		free(snap->peers);
+		free(snap->aips);
+		memset(snap, 0, sizeof(*snap));
+	}
+	return 0;
 }
 
-static void status_peer(void *arg, const struct wg_peer_info *info, struct wg_peer *peer)
+/* arr (n of *cap elements of size bytes) with room for one more, possibly
+ * moved; NULL when out of memory (arr is then unchanged). */
+static void *snap_grow(void *arr, size_t *cap, size_t n, size_t size)
 {
-	lua_State *L = arg;
+	size_t ncap;
+
+	if (n < *cap)
+		return arr;
+	ncap = *cap ? *cap * 2 : 16;
+	if (ncap > SIZE_MAX / size || !(arr = realloc(arr, ncap * size)))
+		return NULL;
+	*cap = ncap;
+	return arr;
+}
+
+static void snap_aip(void *arg, int family, const uint8_t *addr, uint8_t cidr)
+{
+	struct status_snap *snap = arg;
+	struct snap_aip *a;
+
+	if (snap->oom)
+		return;
+	a = snap_grow(snap->aips, &snap->cap_aips, snap->n_aips, sizeof(*a));
+	if (!a) {
+		snap->oom = true;
+		return;
+	}
+	snap->aips = a;
+	a = &snap->aips[snap->n_aips++];
+	memset(a, 0, sizeof(*a));
+	a->family = (uint8_t)family;
+	a->cidr = cidr;
+	memcpy(a->addr, addr, family == AF_INET ? 4 : 16);
+	snap->peers[snap->n_peers - 1].n_aips++;
+}
+
+/* Called with cfg_mutex and the protocol's configuration lock held. */
+static void snap_peer(void *arg, const struct wg_peer_info *info, struct wg_peer *peer)
+{
+	struct status_snap *snap = arg;
+	struct snap_peer *sp;
+
+	if (snap->oom)
+		return;
+	sp = snap_grow(snap->peers, &snap->cap_peers, snap->n_peers, sizeof(*sp));
+	if (!sp) {
+		snap->oom = true;
+		return;
+	}
+	snap->peers = sp;
+	sp = &snap->peers[snap->n_peers++];
+	memset(sp, 0, sizeof(*sp));
+	memcpy(sp->public_key, info->public_key, sizeof(sp->public_key));
+	sp->has_endpoint = info->has_endpoint;
+	sp->endpoint = info->endpoint;
+	sp->last_handshake_real = info->last_handshake_real;
+	sp->rx_bytes = info->rx_bytes;
+	sp->tx_bytes = info->tx_bytes;
+	sp->persistent_keepalive = info->persistent_keepalive;
+	sp->first_aip = snap->n_aips;
+	wg_allowedips_foreach(&peer->aips, snap_aip, snap);
+}
+
+static void push_snap_peer(lua_State *L, const struct status_snap *snap, const struct snap_peer *sp)
+{
 	char b64[45];
 
 	lua_createtable(L, 0, 10);
-	wg_key_to_base64(b64, info->public_key);
+	wg_key_to_base64(b64, sp->public_key);
 	lua_pushstring(L, b64);
 	lua_setfield(L, -2, "public_key");
-	if (info->has_endpoint) {
-		push_endpoint(L, &info->endpoint.addr.sa);
+	if (sp->has_endpoint) {
+		push_endpoint(L, &sp->endpoint.addr.sa);
 		lua_setfield(L, -2, "endpoint");
-		if (info->endpoint.relay_channel) {
-			lua_pushinteger(L, info->endpoint.relay_channel);
+		if (sp->endpoint.relay_channel) {
+			lua_pushinteger(L, sp->endpoint.relay_channel);
 			lua_setfield(L, -2, "relay_channel");
 		}
 	}
-	lua_pushinteger(L, (lua_Integer)(info->last_handshake_real / WG_NS_PER_SEC));
+	lua_pushinteger(L, (lua_Integer)(sp->last_handshake_real / WG_NS_PER_SEC));
 	lua_setfield(L, -2, "last_handshake");
-	lua_pushnumber(L, (lua_Number)info->last_handshake_real / 1e9);
+	lua_pushnumber(L, (lua_Number)sp->last_handshake_real / 1e9);
 	lua_setfield(L, -2, "last_handshake_precise");
-	lua_pushinteger(L, (lua_Integer)info->rx_bytes);
+	lua_pushinteger(L, (lua_Integer)sp->rx_bytes);
 	lua_setfield(L, -2, "rx_bytes");
-	lua_pushinteger(L, (lua_Integer)info->tx_bytes);
+	lua_pushinteger(L, (lua_Integer)sp->tx_bytes);
 	lua_setfield(L, -2, "tx_bytes");
-	lua_pushinteger(L, info->persistent_keepalive);
+	lua_pushinteger(L, sp->persistent_keepalive);
 	lua_setfield(L, -2, "persistent_keepalive");
-	lua_newtable(L);
-	wg_allowedips_foreach(&peer->aips, status_aip, L);
+	lua_createtable(L, sp->n_aips < INT_MAX ? (int)sp->n_aips : 0, 0);
+	for (size_t k = 0; k < sp->n_aips; k++) {
+		const struct snap_aip *a = &snap->aips[sp->first_aip + k];
+		char ip[INET6_ADDRSTRLEN];
+
+		inet_ntop(a->family, a->addr, ip, sizeof(ip));
+		lua_pushfstring(L, "%s/%d", ip, (int)a->cidr);
+		lua_rawseti(L, -2, (lua_Integer)k + 1);
+	}
 	lua_setfield(L, -2, "allowed_ips");
-	lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
 }
 
 #define STAT(name, field) do { \
@@ -656,8 +820,21 @@ static int l_status(lua_State *L)
 {
 	struct wg_device *dev = check_dev(L, 1);
 	struct wg_proto_stats *ps = &dev->proto.stats;
+	struct status_snap *snap;
 	uint8_t pub[32];
 	char b64[45];
+
+	lua_settop(L, 1);
+	snap = lua_newuserdatauv(L, sizeof(*snap), 0); /* 2 */
+	memset(snap, 0, sizeof(*snap));
+	luaL_setmetatable(L, SNAP_MT);
+	lua_toclose(L, 2);
+	/* No Lua call between lock and unlock: a raise would leave them held. */
+	pthread_mutex_lock(&dev->cfg_mutex);
+	wg_device_foreach_peer(dev, snap_peer, snap);
+	pthread_mutex_unlock(&dev->cfg_mutex);
+	if (snap->oom)
+		return push_fail(L, ENOMEM, "out of memory");
 
 	lua_createtable(L, 0, 8);
 	lua_pushstring(L, dev->ifname);
@@ -673,10 +850,11 @@ static int l_status(lua_State *L)
 	lua_setfield(L, -2, "fwmark");
 	lua_pushinteger(L, atomic_load(&dev->mtu));
 	lua_setfield(L, -2, "mtu");
-	lua_newtable(L);
-	pthread_mutex_lock(&dev->cfg_mutex);
-	wg_device_foreach_peer(dev, status_peer, L);
-	pthread_mutex_unlock(&dev->cfg_mutex);
+	lua_createtable(L, snap->n_peers < INT_MAX ? (int)snap->n_peers : 0, 0);
+	for (size_t i = 0; i < snap->n_peers; i++) {
+		push_snap_peer(L, snap, &snap->peers[i]);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
 	lua_setfield(L, -2, "peers");
 
 	lua_createtable(L, 0, 20);
@@ -1189,31 +1367,87 @@ static int l_ignore_sigpipe(lua_State *L)
 	return 0;
 }
 
-/* core.uapi_request(ifname, request) -> reply text: a UAPI client, used by
- * `wgoverlay status` to read an engine running in another process. */
-static int l_uapi_request(lua_State *L)
-{
-	const char *ifname = luaL_checkstring(L, 1);
-	size_t qlen;
-	const char *req = luaL_checklstring(L, 2, &qlen);
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	luaL_Buffer b;
-	char chunk[4096];
+/* A UAPI exchange in flight: the socket and the reply read so far (a get
+ * reply holds the private key), owned by a to-be-closed userdata that
+ * closes the socket and wipes the reply whatever happens. */
+struct uapi_reply {
 	int fd;
+	char *buf;
+	size_t len, cap;
+};
+
+static int reply_close(lua_State *L)
+{
+	struct uapi_reply *r = lua_touserdata(L, 1);
+
+	if (!r)
+		return 0;
+	if (r->fd >= 0)
+		close(r->fd);
+	r->fd = -1;
+	if (r->buf) {
+		sodium_memzero(r->buf, r->cap);
+		free(r->buf);
+	}
+	r->buf = NULL;
+	r->len = r->cap = 0;
+	return 0;
+}
+
+/* Room for at least want more bytes and a NUL; the old buffer is wiped
+ * (realloc would leave a copy behind). */
+static bool reply_reserve(struct uapi_reply *r, size_t want)
+{
+	size_t ncap = r->cap ? r->cap : 8192;
+	char *nb;
+
+	if (r->cap - r->len > want)
+		return true;
+	while (ncap - r->len <= want)
+		ncap *= 2;
+	nb = malloc(ncap);
+	if (!nb)
+		return false;
+	if (r->buf) {
+		memcpy(nb, r->buf, r->len);
+		sodium_memzero(r->buf, r->cap);
+		free(r->buf);
+	}
+	r->buf = nb;
+	r->cap = ncap;
+	return true;
+}
+
+/* Sends req to ifname's UAPI socket and reads the whole reply (NUL
+ * terminated) into a struct uapi_reply left on the stack, to-be-closed.
+ * On failure pushes nil, message[, errno] instead and returns NULL with
+ * their count in *nres. */
+static struct uapi_reply *uapi_exchange(lua_State *L, const char *ifname, const char *req, size_t qlen, int *nres)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct uapi_reply *r;
 
 	if (strlen(ifname) >= IFNAMSIZ || strchr(ifname, '/')) {
 		lua_pushnil(L);
 		lua_pushfstring(L, "interface name \"%s\" invalid", ifname);
-		return 2;
+		*nres = 2;
+		return NULL;
 	}
+	r = lua_newuserdatauv(L, sizeof(*r), 0);
+	memset(r, 0, sizeof(*r));
+	r->fd = -1;
+	luaL_setmetatable(L, REPLY_MT);
+	lua_toclose(L, -1);
+	*nres = 3;
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/%s.sock", WG_UAPI_DIR, ifname);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return push_fail(L, errno, strerror(errno));
-	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+	r->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (r->fd < 0) {
+		push_fail(L, errno, strerror(errno));
+		return NULL;
+	}
+	if (connect(r->fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
 		int e = errno;
 
-		close(fd);
 		lua_pushnil(L);
 		if (e == ENOENT || e == ECONNREFUSED)
 			lua_pushfstring(L, "no engine runs interface \"%s\" (%s)", ifname, sun.sun_path);
@@ -1222,68 +1456,80 @@ static int l_uapi_request(lua_State *L)
 		else
 			lua_pushfstring(L, "%s: %s", sun.sun_path, strerror(e));
 		lua_pushinteger(L, e);
-		return 3;
+		return NULL;
 	}
 	for (size_t off = 0; off < qlen;) {
-		ssize_t w = send(fd, req + off, qlen - off, MSG_NOSIGNAL);
+		ssize_t w = send(r->fd, req + off, qlen - off, MSG_NOSIGNAL);
 
 		if (w < 0) {
-			int e = errno;
-
-			close(fd);
-			return push_fail(L, e, strerror(e));
+			push_fail(L, errno, strerror(errno));
+			return NULL;
 		}
 		off += (size_t)w;
 	}
-	shutdown(fd, SHUT_WR);
-	luaL_buffinit(L, &b);
+	shutdown(r->fd, SHUT_WR);
 	for (;;) {
-		ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+		ssize_t n;
 
+		if (!reply_reserve(r, 4096)) {
+			push_fail(L, ENOMEM, "out of memory");
+			return NULL;
+		}
+		n = recv(r->fd, r->buf + r->len, r->cap - r->len - 1, 0);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
-		luaL_addlstring(&b, chunk, (size_t)n);
+		r->len += (size_t)n;
 	}
-	sodium_memzero(chunk, sizeof(chunk));
-	close(fd);
-	luaL_pushresult(&b);
+	r->buf[r->len] = '\0';
+	close(r->fd);
+	r->fd = -1;
+	return r;
+}
+
+/* core.uapi_request(ifname, request) -> reply text: a UAPI client, used by
+ * `wgoverlay status` to read an engine running in another process. */
+static int l_uapi_request(lua_State *L)
+{
+	const char *ifname = luaL_checkstring(L, 1);
+	size_t qlen;
+	const char *req = luaL_checklstring(L, 2, &qlen);
+	struct uapi_reply *r;
+	int nres;
+
+	r = uapi_exchange(L, ifname, req, qlen, &nres);
+	if (!r)
+		return nres;
+	lua_pushlstring(L, r->buf, r->len);
 	return 1;
 }
 
 /* core.uapi_status(ifname) -> status table of an engine in another process,
- * read over its UAPI socket.  Parsed here so the private key in the reply
- * never becomes a Lua string: only the derived public key does. */
+ * read over its UAPI socket.  Parsed here, in the wiped reply buffer, so
+ * the private key in the reply never becomes a Lua string: only the
+ * derived public key does. */
 static int l_uapi_status(lua_State *L)
 {
 	const char *ifname = luaL_checkstring(L, 1);
-	char *text, *line, *save = NULL;
-	size_t len;
+	struct uapi_reply *r;
+	char *line, *save = NULL;
 	int nres, peers_idx = 0, errno_seen = 0;
 	lua_Integer npeers = 0;
 
 	lua_settop(L, 1);
-	lua_pushcfunction(L, l_uapi_request);
-	lua_pushvalue(L, 1);
-	lua_pushliteral(L, "get=1\n\n");
-	lua_call(L, 2, LUA_MULTRET);
-	nres = lua_gettop(L) - 1;
-	if (lua_isnil(L, 2))
+	r = uapi_exchange(L, ifname, "get=1\n\n", 7, &nres); /* 2: the reply */
+	if (!r)
 		return nres;
-	text = strdup(lua_tolstring(L, 2, &len));
-	if (!text)
-		return push_fail(L, ENOMEM, "out of memory");
-	lua_settop(L, 1);
-	lua_createtable(L, 0, 6);             /* 2: status */
+	lua_createtable(L, 0, 6);             /* 3: status */
 	lua_pushvalue(L, 1);
-	lua_setfield(L, 2, "interface");
-	lua_newtable(L);                      /* 3: peers */
-	peers_idx = 3;
-	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+	lua_setfield(L, 3, "interface");
+	lua_newtable(L);                      /* 4: peers */
+	peers_idx = 4;
+	for (line = strtok_r(r->buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *eq = strchr(line, '=');
 		const char *k = line, *v;
-		uint8_t key[32];
+		uint8_t *key;
 		char b64[45];
 
 		if (!eq)
@@ -1293,29 +1539,31 @@ static int l_uapi_status(lua_State *L)
 		if (!strcmp(k, "private_key")) {
 			uint8_t pub[32];
 
+			key = secret_new(L, 32);
 			if (wg_hex_to_key(key, v, strlen(v))) {
 				crypto_scalarmult_base(pub, key);
+				sodium_memzero(key, 32);
 				wg_key_to_base64(b64, pub);
 				lua_pushstring(L, b64);
-				lua_setfield(L, 2, "public_key");
+				lua_setfield(L, 3, "public_key");
 			}
-			sodium_memzero(key, sizeof(key));
-			sodium_memzero(eq + 1, strlen(v));
+			lua_pop(L, 1); /* closes (wipes) key */
 		} else if (!strcmp(k, "listen_port") || !strcmp(k, "fwmark")) {
 			lua_pushinteger(L, strtoll(v, NULL, 10));
-			lua_setfield(L, 2, k);
+			lua_setfield(L, 3, k);
 		} else if (!strcmp(k, "errno")) {
 			errno_seen = 1;
 			if (strcmp(v, "0")) {
-				free(text);
 				lua_pushnil(L);
 				lua_pushfstring(L, "interface %s: engine answered errno=%s", ifname, v);
 				return 2;
 			}
 		} else if (!strcmp(k, "public_key")) {
-			if (!wg_hex_to_key(key, v, strlen(v)))
+			uint8_t pk[32];
+
+			if (!wg_hex_to_key(pk, v, strlen(v)))
 				continue;
-			wg_key_to_base64(b64, key);
+			wg_key_to_base64(b64, pk);
 			lua_createtable(L, 0, 8);
 			lua_pushstring(L, b64);
 			lua_setfield(L, -2, "public_key");
@@ -1325,41 +1573,37 @@ static int l_uapi_status(lua_State *L)
 			lua_setfield(L, -2, "last_handshake");
 			lua_pushvalue(L, -1);
 			lua_rawseti(L, peers_idx, ++npeers);
-		} else if (npeers && lua_gettop(L) == 4) {
-			if (!strcmp(k, "preshared_key")) {
-				sodium_memzero(eq + 1, strlen(v));
-			} else if (!strcmp(k, "endpoint")) {
+		} else if (npeers && lua_gettop(L) == 5) {
+			if (!strcmp(k, "endpoint")) {
 				lua_pushstring(L, v);
-				lua_setfield(L, 4, "endpoint");
+				lua_setfield(L, 5, "endpoint");
 			} else if (!strcmp(k, "last_handshake_time_sec")) {
 				lua_pushinteger(L, strtoll(v, NULL, 10));
-				lua_setfield(L, 4, "last_handshake");
+				lua_setfield(L, 5, "last_handshake");
 			} else if (!strcmp(k, "rx_bytes") || !strcmp(k, "tx_bytes")) {
 				lua_pushinteger(L, (lua_Integer)strtoull(v, NULL, 10));
-				lua_setfield(L, 4, k);
+				lua_setfield(L, 5, k);
 			} else if (!strcmp(k, "persistent_keepalive_interval")) {
 				lua_pushinteger(L, strtoll(v, NULL, 10));
-				lua_setfield(L, 4, "persistent_keepalive");
+				lua_setfield(L, 5, "persistent_keepalive");
 			} else if (!strcmp(k, "allowed_ip")) {
-				lua_getfield(L, 4, "allowed_ips");
+				lua_getfield(L, 5, "allowed_ips");
 				lua_pushstring(L, v);
 				lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
 				lua_pop(L, 1);
 			}
 		}
-		if (!strcmp(k, "public_key") && lua_gettop(L) == 5) {
-			lua_replace(L, 4); /* keep the current peer at index 4 */
+		if (!strcmp(k, "public_key") && lua_gettop(L) == 6) {
+			lua_replace(L, 5); /* keep the current peer at index 5 */
 		}
 	}
-	sodium_memzero(text, len);
-	free(text);
 	if (!errno_seen) {
 		lua_pushnil(L);
 		lua_pushfstring(L, "interface %s: truncated reply from the engine", ifname);
 		return 2;
 	}
-	lua_settop(L, 3);
-	lua_setfield(L, 2, "peers");
+	lua_settop(L, 4);
+	lua_setfield(L, 3, "peers");
 	return 1;
 }
 
@@ -1558,6 +1802,30 @@ static const luaL_Reg device_meta[] = {
 	{ NULL, NULL },
 };
 
+static const luaL_Reg secret_meta[] = {
+	{ "__gc", secret_close },
+	{ "__close", secret_close },
+	{ NULL, NULL },
+};
+
+static const luaL_Reg set_meta[] = {
+	{ "__gc", set_close },
+	{ "__close", set_close },
+	{ NULL, NULL },
+};
+
+static const luaL_Reg snap_meta[] = {
+	{ "__gc", snap_close },
+	{ "__close", snap_close },
+	{ NULL, NULL },
+};
+
+static const luaL_Reg reply_meta[] = {
+	{ "__gc", reply_close },
+	{ "__close", reply_close },
+	{ NULL, NULL },
+};
+
 static const luaL_Reg core_funcs[] = {
 	{ "generate_keys", l_generate_keys },
 	{ "generate_psk", l_generate_psk },
@@ -1604,6 +1872,18 @@ int luaopen_wgoverlay_core(lua_State *L)
 {
 	if (sodium_init() < 0)
 		return luaL_error(L, "libsodium failed to initialise");
+	luaL_newmetatable(L, SECRET_MT);
+	luaL_setfuncs(L, secret_meta, 0);
+	lua_pop(L, 1);
+	luaL_newmetatable(L, SET_MT);
+	luaL_setfuncs(L, set_meta, 0);
+	lua_pop(L, 1);
+	luaL_newmetatable(L, SNAP_MT);
+	luaL_setfuncs(L, snap_meta, 0);
+	lua_pop(L, 1);
+	luaL_newmetatable(L, REPLY_MT);
+	luaL_setfuncs(L, reply_meta, 0);
+	lua_pop(L, 1);
 	luaL_newmetatable(L, DEVICE_MT);
 	luaL_setfuncs(L, device_meta, 0);
 	luaL_newlib(L, device_methods);
