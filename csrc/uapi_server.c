@@ -118,10 +118,17 @@ void wg_uapi_server_close(struct wg_device *dev)
 
 static int append(char **buf, size_t *len, const char *s, size_t n)
 {
-	char *nb = realloc(*buf, *len + n + 1);
+	/* Never realloc: the reply to get=1 holds the private key, and a block
+	 * realloc moves is freed unwiped. */
+	char *nb = malloc(*len + n + 1);
 
 	if (!nb)
 		return -ENOMEM;
+	if (*buf) {
+		memcpy(nb, *buf, *len);
+		sodium_memzero(*buf, *len);
+		free(*buf);
+	}
 	memcpy(nb + *len, s, n);
 	*len += n;
 	nb[*len] = '\0';
