@@ -20,6 +20,7 @@
 -- namespaces, /etc/netns/<ns> files, UAPI sockets and the state dirs.
 
 local helpers = require "spec.helpers"
+local fixture = require "spec.cluster_fixture"
 local cjson = require "cjson"
 local state = require "wgoverlay.state"
 local token = require "wgoverlay.token"
@@ -27,40 +28,22 @@ local token = require "wgoverlay.token"
 local quote = helpers.quote
 local wait_until = helpers.wait_until
 
-local PORT = 51820
-local ZONE = "overlay.internal"
+local PORT = fixture.PORT
 
 describe("cluster end to end #netns", function()
+  local cl              -- spec.cluster_fixture: the hub, nodes, containers, teardown
   local hub
-  local nodes = {}      -- name -> { name, ns, under, dir, proc, ip, ip6, ifname, public_key }
-  local ctrs = {}       -- key -> { ns, node, name, ip, ip6 }
-  local etc_dirs = {}   -- namespaces with /etc/netns/<ns>
-  local ifnames = {}    -- daemon interface names (UAPI sockets to remove)
+  local nodes, ctrs     -- cl.nodes (name -> node), cl.ctrs (key -> container)
   local c_token         -- the single-use token C joined with
 
   -- -------------------------------------------------------------------
-  -- small tools
+  -- small tools (the fixture's, by their short names)
   -- -------------------------------------------------------------------
 
-  local function cli(ns, args) return helpers.wgoverlay_cli(ns, args) end
-
-  local function must_cli(ns, args)
-    local code, out, err = cli(ns, args)
-    assert(code == 0, ("wgoverlay %s failed (exit %s):\n%s%s"):format(args, tostring(code), out, err))
-    return out
-  end
-
-  local function fqdn(name) return name .. "." .. ZONE end
-
-  local function status(node)
-    local code, out, err = cli(node.ns, "status --state " .. quote(node.dir) .. " --json")
-    if code ~= 0 then return nil, err end
-    return cjson.decode(out)
-  end
-
-  local function peer(st, name)
-    for _, p in ipairs(st.peers) do if p.name == name then return p end end
-  end
+  local function cli(ns, args) return cl:cli(ns, args) end
+  local function must_cli(ns, args) return cl:must_cli(ns, args) end
+  local fqdn, peer = fixture.fqdn, fixture.peer
+  local function status(node) return cl:status(node) end
 
   local function peer_names(st)
     local names = {}
@@ -69,85 +52,15 @@ describe("cluster end to end #netns", function()
     return names
   end
 
-  -- Waits until `node` sees each of `names` healthy (or, healthy=false,
-  -- unhealthy); returns the status.
-  local function wait_health(node, names, healthy, timeout)
-    local last
-    local st = wait_until(function()
-      local s = status(node)
-      last = s
-      if not s then return false end
-      for _, n in ipairs(names) do
-        local p = peer(s, n)
-        if not p or p.healthy ~= healthy then return false end
-      end
-      return s
-    end, timeout or 20, 0.25)
-    assert(st, ("%s: peers %s not %s; last status:\n%s"):format(node.name, table.concat(names, ","),
-      healthy and "healthy" or "unhealthy", last and cjson.encode(last) or "none"))
-    return st
-  end
-
-  local function start(node)
-    node.proc = node.ns:spawn("lua5.4 bin/wgoverlay run --state " .. quote(node.dir),
-      { env = helpers.lua_env(), cwd = helpers.root, name = "run-" .. node.name })
-    local ok, err = wait_until(function()
-      if not node.proc:alive() then error("exited: " .. node.proc:log()) end
-      return status(node) ~= nil
-    end, 15, 0.1)
-    assert(ok, ("daemon %s did not come up: %s\n%s"):format(node.name, tostring(err), node.proc:log()))
-  end
-
-  local function stop(node)
-    assert(node.proc:alive(), node.name .. " is not running:\n" .. node.proc:log())
-    assert.is_true(node.proc:stop(5), node.name .. " did not stop on SIGTERM")
-    assert.equal(0, node.proc:exit_code(), node.proc:log())
-  end
-
-  local function add_host(name, ip)
-    local ns = helpers.netns.new(name)
-    local hub_end = helpers.netns.veth(hub, ns, { b = { ip .. "/24" } })
-    hub:must("ip link set " .. hub_end .. " master br0")
-    return ns
-  end
-
-  local function read_node(node)
-    local n = assert(state.load(node.dir .. "/node.json"))
-    node.ip, node.ip6, node.ifname, node.public_key = n.self.overlay_ip, n.self.overlay_ip6, n.ifname, n.public_key
-    ifnames[#ifnames + 1] = n.ifname
-    return n
-  end
-
-  local function new_node(name, ip)
-    local node = { name = name, under = ip, endpoint = ip .. ":" .. PORT,
-                   dir = helpers.tmpdir() .. "/state-" .. name }
-    node.ns = add_host(name, ip)
-    nodes[name] = node
-    return node
-  end
-
-  local function join(node, tok)
-    must_cli(node.ns, ("join --state %s --token %s --endpoint %s --name %s --timeout 10"):format(
-      quote(node.dir), quote(tok), node.endpoint, node.name))
-    read_node(node)
-  end
-
-  -- Attaches a fresh container namespace to `node` as DNS `name`.
-  local function attach(key, node, name)
-    local ns = helpers.netns.new("c" .. key)
-    local out = must_cli(node.ns, ("attach --state %s %s --name %s"):format(quote(node.dir), ns.name, name))
-    local ip, ip6 = out:match("attached %S+ as %S+: (%S+) (%S+)")
-    assert(ip, "unexpected attach output: " .. out)
-    local c = { key = key, ns = ns, node = node, name = name, ip = ip, ip6 = ip6 }
-    ctrs[key] = c
-    return c
-  end
-
-  -- /etc/netns/<ns>/resolv.conf -> the container's node (its overlay IP)
-  local function resolver(c)
-    helpers.netns_resolv_conf(c.ns, c.node.ip)
-    etc_dirs[#etc_dirs + 1] = c.ns.name
-  end
+  local function wait_health(node, names, healthy, timeout) return cl:wait_health(node, names, healthy, timeout) end
+  local function start(node) return cl:start(node) end
+  local function stop(node) return cl:stop(node) end
+  local function read_node(node) return cl:read_node(node) end
+  local function new_node(name, ip) return cl:node(name, ip) end
+  local function join(node, tok) return cl:join(node, tok) end
+  -- Attaches a fresh container namespace to `node` as DNS `name` (its
+  -- resolv.conf points at the node).
+  local function attach(key, node, name) return cl:attach(key, node, name) end
 
   local function ping_name(c, name, family, count)
     return (c.ns:exec(("ping -%d -n -q -c %d -i 0.2 -W 2 %s"):format(family or 4, count or 2, fqdn(name))))
@@ -179,8 +92,8 @@ describe("cluster end to end #netns", function()
     for _, tool in ipairs({ "dig", "nft", "ping", "iperf3" }) do
       assert(helpers.sh("command -v " .. tool .. " >/dev/null"), tool .. " is not installed")
     end
-    hub = helpers.netns.new("hub")
-    hub:must("ip link add br0 type bridge && ip link set br0 up")
+    cl = fixture.new()
+    hub, nodes, ctrs = cl.hub, cl.nodes, cl.ctrs
     -- What crosses the bridge between the hosts: WireGuard's UDP port is
     -- accepted first; any other IPv4 packet, and any packet that carries
     -- an overlay address in clear, is counted.
@@ -208,20 +121,15 @@ table bridge wgo_count {
     join(B, tok)
     start(A)
     start(B)
-    resolver(attach("L", L, "admin"))
-    resolver(attach("A", A, "front"))
-    resolver(attach("B", B, "back"))
+    attach("L", L, "admin")
+    attach("A", A, "front")
+    attach("B", B, "back")
     wait_health(L, { "a", "b" }, true, 30)
     wait_health(A, { "leader", "b" }, true, 30)
     wait_health(B, { "leader", "a" }, true, 30)
   end)
 
-  teardown(function()
-    for _, n in ipairs(etc_dirs) do helpers.remove_netns_etc(n) end
-    local ok, err = pcall(helpers.cleanup) -- procs by pid, namespaces, tmpdir (state dirs)
-    for _, ifn in ipairs(ifnames) do os.remove("/var/run/wireguard/" .. ifn .. ".sock") end
-    assert(ok, err)
-  end)
+  teardown(function() if cl then cl:teardown() end end)
 
   -- -------------------------------------------------------------------
   -- the demonstrations
@@ -505,7 +413,7 @@ table bridge wgo_count {
     local C = new_node("c", "192.0.2.4")
     join(C, c_token)
     start(C)
-    resolver(attach("C", C, "extra"))
+    attach("C", C, "extra")
     wait_health(C, { "leader", "a", "b" }, true, 30)
     wait_health(A, { "c" }, true, 30)
     wait_ping_name(ctrs.C, "front", 4, 20)
@@ -572,7 +480,7 @@ table bridge wgo_count {
     local code, out = cli(X.ns, ("join --state %s --token %s --endpoint %s --name probe --timeout 10"):format(
       quote(helpers.tmpdir() .. "/state-probe"), quote(fresh), X.endpoint))
     assert.equal(0, code, out)
-    ifnames[#ifnames + 1] = assert(state.load(helpers.tmpdir() .. "/state-probe/node.json")).ifname
+    cl.ifnames[#cl.ifnames + 1] = assert(state.load(helpers.tmpdir() .. "/state-probe/node.json")).ifname
     must_cli(L.ns, "remove-node --state " .. quote(L.dir) .. " probe")
     assert.same(before.members, leader_state().members)
   end))
