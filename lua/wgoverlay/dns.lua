@@ -13,6 +13,17 @@
 -- case preserved) and as presentation text (`name`, no trailing dot,
 -- `\.` / `\DDD` escapes for odd bytes).  Comparisons are ASCII
 -- case-insensitive and label-wise.
+--
+-- Cost is bounded by the message size (the server runs in one event loop):
+-- section counts that cannot fit the message are refused before any name
+-- is read; names follow RFC 1035 (labels of at most 63 octets, names of at
+-- most 255, compression pointers only backwards, at most `MAX_HOPS` per
+-- name); and one parse takes at most `2 * #msg + 512` steps (a label read
+-- or a pointer followed), so compression cannot make a message expand
+-- into more work than a small multiple of its bytes.  `zone:answer`
+-- decides from the 12-byte header alone (`check_query`) what needs no
+-- name: responses are dropped, opcodes other than QUERY get NOTIMP, a
+-- question count other than 1 or a query over `QUERY_MAX` bytes FORMERR.
 -- @module wgoverlay.dns
 local cidr = require "wgoverlay.cidr"
 
@@ -41,7 +52,26 @@ M.UDP_MAX = 1232
 --- Classic UDP limit without EDNS.
 M.UDP_MIN = 512
 
-local MAX_POINTERS = 126
+--- Largest query answered beyond a header-only FORMERR: real queries are
+-- a few dozen bytes; this leaves room for EDNS options and padding.
+M.QUERY_MAX = 1232
+
+-- Compression pointers followed within one name: as many as a name of
+-- 127 one-octet labels, each compressed to its own suffix, could need.
+local MAX_HOPS = 127
+
+-- Parse budget: name-decoding steps (labels read, pointers followed) per
+-- message byte, plus a constant for small messages.
+local STEPS_PER_BYTE, STEPS_BASE = 2, 512
+
+-- Steps left for the parse under way (one counter for the module is
+-- enough: a parse never yields).
+local budget = 0
+
+--- Work counters (a test and accounting hook): `steps` is the number of
+-- name-decoding steps of every parse so far, `parses` the number of
+-- messages that got past the header.
+M.work = { steps = 0, parses = 0 }
 
 ---------------------------------------------------------------------------
 -- Names
@@ -127,6 +157,8 @@ local function read_name(msg, pos)
     if b == 0 then
       return labels, after or pos + 1
     end
+    budget = budget - 1
+    if budget < 0 then return nil, "names take too much work to decode" end
     local kind = b & 0xC0
     if kind == 0xC0 then
       local b2 = byte(msg, pos + 1)
@@ -134,7 +166,7 @@ local function read_name(msg, pos)
       local target = ((b & 0x3F) << 8 | b2) + 1
       if target >= seg_start then return nil, "compression pointer does not point backwards" end
       jumps = jumps + 1
-      if jumps > MAX_POINTERS then return nil, "too many compression pointers" end
+      if jumps > MAX_HOPS then return nil, "too many compression pointers" end
       after = after or pos + 2
       pos, seg_start = target, target
     elseif kind ~= 0 then
@@ -248,18 +280,8 @@ local function read_edns(m)
   return true, edns
 end
 
---- Decode a whole message.  Never raises on malformed input.
--- @tparam string msg wire bytes
--- @treturn table the header fields plus `questions` (`{name, labels,
---   qtype, qclass}`), `question` (the first), `answers`, `authority`,
---   `additional` (records `{name, labels, type, class, ttl, rdata, data}`;
---   `data` is the address text for A/AAAA, the name for NS/CNAME/PTR, a
---   table for SOA, the raw rdata otherwise) and `edns` (`{udp_size,
---   ext_rcode, version, do_bit, options}` or nil)
--- @return or nil, message, header (the header when it was readable)
-function M.parse(msg)
-  local m, err = M.parse_header(msg)
-  if not m then return nil, err end
+-- The body of parse, after the header (runs under `budget`).
+local function parse_body(msg, m)
   local header = m
   local pos = 13
   m.questions = {}
@@ -286,6 +308,32 @@ function M.parse(msg)
   m.edns = edns
   if edns then m.rcode = edns.ext_rcode << 4 | m.rcode end
   return m
+end
+
+--- Decode a whole message.  Never raises on malformed input; takes time
+-- linear in `#msg` (see the module header).
+-- @tparam string msg wire bytes
+-- @treturn table the header fields plus `questions` (`{name, labels,
+--   qtype, qclass}`), `question` (the first), `answers`, `authority`,
+--   `additional` (records `{name, labels, type, class, ttl, rdata, data}`;
+--   `data` is the address text for A/AAAA, the name for NS/CNAME/PTR, a
+--   table for SOA, the raw rdata otherwise) and `edns` (`{udp_size,
+--   ext_rcode, version, do_bit, options}` or nil)
+-- @return or nil, message, header (the header when it was readable)
+function M.parse(msg)
+  local m, err = M.parse_header(msg)
+  if not m then return nil, err end
+  -- a question takes at least 5 bytes, a record 11: counts that cannot
+  -- fit are refused before any name is read
+  if 12 + 5 * m.qdcount + 11 * (m.ancount + m.nscount + m.arcount) > #msg then
+    return nil, "section counts run past the end of the message", m
+  end
+  local limit = STEPS_PER_BYTE * #msg + STEPS_BASE
+  budget = limit
+  local r, perr, h = parse_body(msg, m)
+  local work = M.work
+  work.steps, work.parses = work.steps + limit - math.max(budget, 0), work.parses + 1
+  return r, perr, h
 end
 
 ---------------------------------------------------------------------------
@@ -425,16 +473,32 @@ function M.query(name, qtype, opts)
   })
 end
 
+--- What the 12-byte header alone says about a query, in O(1): nothing
+-- here reads a name.
+-- @treturn table the header, plus an rcode for a query that gets an
+--   error whatever its body: FORMERR for a question count other than 1 or
+--   more than `QUERY_MAX` bytes (answered from the header alone), else
+--   NOTIMP for an opcode other than QUERY (its question is still echoed,
+--   or FORMERR if the body does not parse)
+-- @return or nil, "drop": shorter than a header, or a response (QR set)
+function M.check_query(msg)
+  local h = M.parse_header(msg)
+  if not h or h.qr then return nil, "drop" end
+  if h.qdcount ~= 1 or #msg > M.QUERY_MAX then return h, M.RCODE.FORMERR end
+  if h.opcode ~= 0 then return h, M.RCODE.NOTIMP end
+  return h
+end
+
 --- A bare error response to `query` (header, and the question when it
 -- parses), e.g. SERVFAIL after a forwarding timeout.
 -- @treturn string or nil when not even the header is readable (or the
 --   message is itself a response)
 function M.error_response(query, rcode)
-  local h = M.parse_header(query)
-  if not h or h.qr then return nil end
-  local m = M.parse(query)
+  local h, hrcode = M.check_query(query)
+  if not h then return nil end
+  local m = hrcode ~= M.RCODE.FORMERR and M.parse(query)
   local questions = {}
-  if m and m.qdcount == 1 then questions = m.questions end
+  if m then questions = m.questions end
   return M.build({ id = h.id, qr = true, opcode = h.opcode, rd = h.rd, rcode = rcode & 0xF,
     questions = questions })
 end
@@ -734,10 +798,9 @@ function Zone:_resolve(r, question)
   end
 end
 
--- Validate a parsed query: rcode for an early error reply, or nil.
+-- Validate a parsed query (the header passed check_query): rcode for an
+-- early error reply, or nil.
 local function precheck(q)
-  if q.opcode ~= 0 then return M.RCODE.NOTIMP end
-  if q.qdcount ~= 1 then return M.RCODE.FORMERR end
   if q.edns and q.edns.version > 0 then return M.RCODE.BADVERS end
   local qt, qc = q.question.qtype, q.question.qclass
   if qt == M.TYPE.OPT then return M.RCODE.FORMERR end
@@ -747,9 +810,10 @@ local function precheck(q)
   return nil
 end
 
--- FORMERR for a query whose header parsed but the rest did not.
-local function formerr(h)
-  return M.build({ id = h.id, qr = true, opcode = h.opcode, rd = h.rd, rcode = M.RCODE.FORMERR,
+-- A header-only reply (no question): for a query refused from its header,
+-- or whose header parsed but the rest did not.
+local function header_reply(h, rcode)
+  return M.build({ id = h.id, qr = true, opcode = h.opcode, rd = h.rd, rcode = rcode,
     questions = {} })
 end
 
@@ -773,18 +837,15 @@ end
 function Zone:answer(query, opts)
   opts = opts or {}
   local limit = 65535
-  local q, _, h = M.parse(query)
-  if not q then
-    if not h or h.qr then return nil, "drop" end
-    return formerr(h)
-  end
-  if q.qr then return nil, "drop" end
+  local h, rcode = M.check_query(query)
+  if not h then return nil, "drop" end
+  -- only a single question that fits QUERY_MAX is ever parsed
+  if rcode == M.RCODE.FORMERR then return header_reply(h, rcode) end
+  local q = M.parse(query)
+  if not q then return header_reply(h, M.RCODE.FORMERR) end
   if opts.transport == "udp" then limit = udp_limit(q, opts.udp_max) end
-  local rcode = precheck(q)
-  if rcode then
-    if q.qdcount ~= 1 then q.questions = {} end
-    return encode(reply_to(q, rcode), limit)
-  end
+  rcode = rcode or precheck(q)
+  if rcode then return encode(reply_to(q, rcode), limit) end
   local r = reply_to(q, M.RCODE.NOERROR)
   if not self:_in_zone(lower_labels(q.question.labels)) then
     if opts.forward then return nil, "forward" end

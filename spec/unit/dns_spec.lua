@@ -1,6 +1,9 @@
 -- The DNS codec and the authoritative zone (wgoverlay.dns, pure):
 -- known-answer bytes, compression, every response code, hand-built
 -- malformed queries, removal, truncation, and a 20k-message fuzz loop.
+-- Bounded cost: header-only rejection, pointer hops, 255-octet names, the
+-- parse budget; the server's limiter (injected clock) and, on loopback,
+-- the TCP message deadline, per-source eviction, rate limits and logging.
 
 local dns = require "wgoverlay.dns"
 
@@ -583,6 +586,413 @@ describe("dns zone", function()
       end
       assert.is_true(counts.answered > 5000)
       assert.is_true(counts.dropped > 100)
+    end)
+  end)
+end)
+
+-- Bounded cost (issue 13): header-only rejection, pointer hops, name
+-- lengths, the parse budget.  `dns.work` counts name-decoding steps.
+
+-- A query with `qd` in its question count whose body is a chain of
+-- `chain` questions, each one label plus a pointer to the one before,
+-- then questions that are a single pointer to the deepest, up to `size`
+-- bytes: the message of the issue (about 0.1 s per message before).
+local function pointer_chain_query(qd, chain, size)
+  local parts = { "", "\1x\0\0\1\0\1" }
+  local pos, prev = 12 + 7, 12
+  for _ = 1, chain do
+    parts[#parts + 1] = "\1x" .. string.pack(">I2I2I2", 0xC000 | prev, 1, 1)
+    prev, pos = pos, pos + 8
+  end
+  while pos + 6 <= size do
+    parts[#parts + 1] = string.pack(">I2I2I2", 0xC000 | prev, 1, 1)
+    pos = pos + 6
+  end
+  parts[1] = header(7, 0x100, qd)
+  return table.concat(parts)
+end
+
+-- Steps taken by fn().
+local function steps(fn)
+  local before = dns.work.steps
+  local r = table.pack(fn())
+  return dns.work.steps - before, table.unpack(r, 1, r.n)
+end
+
+describe("dns bounded cost", function()
+  it("a 65535-question pointer-chain query: FORMERR from the header, no name read", function()
+    local q = pointer_chain_query(65535, 120, 65535)
+    assert.is_true(#q > 65000)
+    local z = new_zone()
+    local parses = dns.work.parses
+    local n, resp = steps(function() return z:answer(q) end)
+    assert.equal(0, n)
+    assert.equal(parses, dns.work.parses)
+    local m = assert(dns.parse(resp))
+    assert.equal(7, m.id)
+    assert.is_true(m.qr)
+    assert.equal(R.FORMERR, m.rcode)
+    assert.equal(0, m.qdcount)
+    -- dns.parse itself refuses counts that cannot fit, before any name
+    local err, h
+    n, m, err, h = steps(function() return dns.parse(q) end)
+    assert.equal(0, n)
+    assert.is_nil(m)
+    assert.matches("section counts run past the end", err)
+    assert.equal(65535, h.qdcount)
+    -- and so does a SERVFAIL made for it
+    n, resp = steps(function() return dns.error_response(q, R.SERVFAIL) end)
+    assert.equal(0, n)
+    assert.equal(0, dns.parse(resp).qdcount)
+  end)
+
+  it("counts that fit: parse stops at 2 steps per byte (+512)", function()
+    local q = pointer_chain_query(0, 120, 65535)
+    local qd = (#q - 12 - 7 - 120 * 8) // 6 + 121
+    q = header(7, 0x100, qd) .. q:sub(13)
+    local n, m, err = steps(function() return dns.parse(q) end)
+    assert.is_nil(m)
+    assert.matches("too much work", err)
+    assert.is_true(n <= 2 * #q + 512, n)
+    -- the zone never parses it (more than one question)
+    n = steps(function() return new_zone():answer(q) end)
+    assert.equal(0, n)
+    -- a shorter chain in a small message parses: each name costs its
+    -- labels and pointers
+    local small = pointer_chain_query(0, 20, 12 + 7 + 20 * 8 + 6 * 3)
+    small = header(7, 0x100, 24) .. small:sub(13)
+    n, m = steps(function() return dns.parse(small) end)
+    assert(m, "a valid message was refused")
+    assert.equal(21, #m.questions[24].labels)
+    assert.equal(21 * 22 // 2 + 20 * 21 // 2 + 3 * 42, n) -- labels + pointers of every name
+  end)
+
+  it("answers a query over QUERY_MAX bytes with FORMERR, unparsed", function()
+    local q = dns.query("web.overlay.internal", "A", { edns = { options = ("\0"):rep(dns.QUERY_MAX) } })
+    local n, resp = steps(function() return new_zone():answer(q) end)
+    assert.equal(0, n)
+    assert.equal(R.FORMERR, dns.parse(resp).rcode)
+    assert.equal(3, #(ask(new_zone(), dns.query("web.overlay.internal", "A", { edns = true })).answers))
+  end)
+
+  it("check_query decides from the header alone", function()
+    assert.same({ nil, "drop" }, { dns.check_query("short") })
+    assert.same({ nil, "drop" }, { dns.check_query(header(1, 0x8100)) })
+    local h, rcode = dns.check_query(raw_query(3, "a.b", 1))
+    assert.equal(3, h.id)
+    assert.is_nil(rcode)
+    assert.equal(R.NOTIMP, select(2, dns.check_query(raw_query(3, "a.b", 1, 2 << 11))))
+    assert.equal(R.FORMERR, select(2, dns.check_query(header(3, 0x100, 0))))
+    assert.equal(R.FORMERR, select(2, dns.check_query(header(3, 0x100 | 2 << 11, 2))))
+    -- an unknown opcode with garbage after the header is FORMERR, not NOTIMP
+    assert.equal(R.FORMERR, ask(new_zone(), header(3, 0x100 | 2 << 11) .. "\63x").rcode)
+    assert.equal(R.NOTIMP, ask(new_zone(), raw_query(3, "a.b", 1, 2 << 11)).rcode)
+  end)
+
+  -- A message whose answer record holds, as opaque rdata, a chain of
+  -- `hops` pointers (each to the one before, the first to the root name
+  -- at offset 12); a second record's owner points to the last.
+  local function hop_chain(hops)
+    local rdata_at = 12 + 5 + 1 + 10 -- question "\0" + type/class, owner "\0", record header
+    local ptrs, prev = {}, 12
+    for i = 1, hops do
+      ptrs[i] = string.pack(">I2", 0xC000 | prev)
+      prev = rdata_at + (i - 1) * 2
+    end
+    local rdata = table.concat(ptrs)
+    return header(1, 0x8100, 1, 2) .. "\0\0\1\0\1" .. "\0" .. string.pack(">I2I2I4s2", 99, 1, 0, rdata)
+      .. string.pack(">I2I2I2I4I2", 0xC000 | prev, 1, 1, 0, 4) .. "\1\2\3\4"
+  end
+
+  it("bounds compression pointers per name", function()
+    local m = assert(dns.parse(hop_chain(126))) -- 127 pointers from the owner
+    assert.equal("", m.answers[2].name)
+    assert.is_nil(dns.parse(hop_chain(127)))
+    local n, err
+    n, m, err = steps(function() return dns.parse(hop_chain(300)) end)
+    assert.is_nil(m)
+    assert.matches("too many compression pointers", err)
+    assert.is_true(n <= 130, n)
+  end)
+
+  it("names of 255 octets parse, 256 do not, with or without compression", function()
+    -- 3 * 64 + 62 + 1 = 255 octets on the wire
+    local name255 = ("\63" .. ("x"):rep(63)):rep(3) .. "\61" .. ("y"):rep(61) .. "\0"
+    local m = assert(dns.parse(header(1, 0x100) .. name255 .. "\0\1\0\1"))
+    assert.equal(4, #m.question.labels)
+    local name256 = ("\63" .. ("x"):rep(63)):rep(3) .. "\62" .. ("y"):rep(62) .. "\0"
+    local _, err = dns.parse(header(1, 0x100) .. name256 .. "\0\1\0\1")
+    assert.matches("longer than 255", err)
+    -- a label in front of a pointer to a 254-octet name makes 256
+    local name254 = ("\63" .. ("x"):rep(63)):rep(3) .. "\60" .. ("y"):rep(60) .. "\0"
+    local q = header(1, 0x100, 2) .. name254 .. "\0\1\0\1" .. "\1a\192\12" .. "\0\1\0\1"
+    _, err = dns.parse(q)
+    assert.matches("question: name longer than 255", err)
+    q = header(1, 0x100, 2) .. name254 .. "\0\1\0\1" .. "\192\12" .. "\0\1\0\1"
+    assert.truthy(dns.parse(q))
+  end)
+end)
+
+describe("dns server limits", function()
+  local server = require "wgoverlay.dns_server"
+
+  describe("limiter (injected clock)", function()
+    it("a per-source bucket: burst, then the rate", function()
+      local l = server.limiter({ rate = 2, burst = 4 })
+      for _ = 1, 4 do assert.is_true(l:allow("10.0.0.1", "query", 0)) end
+      assert.same({ false, "source" }, { l:allow("10.0.0.1", "query", 0) })
+      assert.equal(0.5, l:wait("10.0.0.1", "query", 0))
+      assert.is_false(l:allow("10.0.0.1", "query", 0.4))
+      assert.is_true(l:allow("10.0.0.1", "query", 0.5))
+      assert.is_false(l:allow("10.0.0.1", "query", 0.5))
+      -- refills up to the burst only
+      for _ = 1, 4 do assert.is_true(l:allow("10.0.0.1", "query", 100)) end
+      assert.is_false(l:allow("10.0.0.1", "query", 100))
+    end)
+
+    it("sources are independent; the global bucket caps them all", function()
+      local l = server.limiter({ rate = 1, burst = 2, global_rate = 1, global_burst = 5 })
+      assert.is_true(l:allow("a", "query", 0))
+      assert.is_true(l:allow("a", "query", 0))
+      assert.is_false(l:allow("a", "query", 0))
+      assert.is_true(l:allow("b", "query", 0))
+      assert.is_true(l:allow("b", "query", 0))
+      assert.is_true(l:allow("c", "query", 0))
+      assert.same({ false, "global" }, { l:allow("c", "query", 0) })
+      assert.same({ false, "global" }, { l:allow("d", "query", 0) })
+    end)
+
+    it("errors have their own buckets", function()
+      local l = server.limiter({ rate = 1, burst = 1, error_rate = 1, error_burst = 3 })
+      assert.is_true(l:allow("a", "query", 0))
+      assert.is_false(l:allow("a", "query", 0))
+      for _ = 1, 3 do assert.is_true(l:allow("a", "error", 0)) end
+      assert.is_false(l:allow("a", "error", 0))
+      assert.is_true(l:allow("a", "query", 1))
+    end)
+
+    it("charges expensive messages, with a bounded debt", function()
+      local l = server.limiter({ rate = 10, burst = 10 })
+      assert.is_true(l:allow("a", "query", 0))
+      l:charge("a", "query", 1000, 0)
+      assert.is_false(l:allow("a", "query", 0))
+      assert.equal(1.1, l:wait("a", "query", 0)) -- debt of one burst: (1 + 10) / 10
+      assert.is_true(l:allow("a", "query", 1.1))
+    end)
+
+    it("classifies from the header", function()
+      assert.equal("query", server.classify(dns.query("a.b", "A")))
+      assert.equal("error", server.classify(pointer_chain_query(65535, 10, 600)))
+      assert.equal("error", server.classify("\1\2\3"))
+      assert.equal("error", server.classify(header(1, 0x8100)))
+    end)
+
+    it("forgets idle sources", function()
+      local l = server.limiter({ rate = 1, burst = 1 })
+      for i = 1, 5000 do l:allow("s" .. i, "query", i * 2) end
+      assert.is_true(l.nsources <= 4096)
+    end)
+  end)
+
+  describe("on loopback", function()
+    local uv = require "luv"
+    local srv, now, logged
+
+    -- Run the loop until pred() or `timeout` seconds (real time).
+    local function run_until(pred, timeout)
+      local tick = uv.new_timer()
+      tick:start(5, 5, function() end)
+      local deadline = uv.hrtime() + (timeout or 3) * 1e9
+      while not pred() and uv.hrtime() < deadline do uv.run("once") end
+      tick:close()
+      uv.run("nowait")
+      return pred()
+    end
+
+    local function start(opts)
+      opts.zone, opts.port = new_zone(), 0
+      opts.clock = function() return now end
+      opts.log = function(m) logged[#logged + 1] = m end
+      srv = assert(server.new(opts))
+      assert(srv:start())
+      return srv:port()
+    end
+
+    -- A luv TCP client collecting answer frames (none with `noread`).
+    local function client(port, noread)
+      local c = { sock = uv.new_tcp(), buf = "", frames = {}, sent = 0 }
+      c.sock:connect("127.0.0.1", port, function(err)
+        if err then c.closed = err return end
+        c.connected = true
+        if noread then return end
+        c.sock:read_start(function(rerr, chunk)
+          if rerr or not chunk then c.closed = rerr or "eof" return end
+          c.buf = c.buf .. chunk
+          while #c.buf >= 2 do
+            local n = string.unpack(">I2", c.buf)
+            if #c.buf < 2 + n then break end
+            c.frames[#c.frames + 1] = assert(dns.parse(c.buf:sub(3, 2 + n)))
+            c.buf = c.buf:sub(3 + n)
+          end
+        end)
+      end)
+      function c:send(data)
+        self.sent = self.sent + #data
+        self.sock:write(data)
+      end
+      function c:ask(id) self:send(string.pack(">s2", dns.query("web.overlay.internal", "A", { id = id }))) end
+      function c:close() if not self.sock:is_closing() then self.sock:close() end end
+      assert(run_until(function() return c.connected or c.closed end))
+      return c
+    end
+
+    before_each(function() now, logged = 0, {} end)
+    after_each(function()
+      if srv then srv:stop() end
+      srv = nil
+      uv.run("nowait")
+    end)
+
+    it("closes a TCP connection that sends single bytes but no message by its deadline", function()
+      local port = start({ tcp_idle = 0.3 })
+      local c = client(port)
+      c:send("\0\100") -- a 100-byte frame, then one byte every 50 ms
+      local drip = uv.new_timer()
+      drip:start(50, 50, function() if not c.closed then c:send("x") end end)
+      assert(run_until(function() return c.closed end, 5), "not closed")
+      drip:close()
+      assert.is_true(c.sent < 2 + 100, "the frame completed: " .. c.sent)
+      local st = srv:stats()
+      assert.equal(1, st.tcp_timeouts)
+      assert.equal(1, st.tcp_slow)
+      assert.equal(0, st.tcp_open)
+      assert.matches("sent no complete message", logged[1])
+      c:close()
+    end)
+
+    it("complete messages keep a TCP connection open past the deadline", function()
+      local port = start({ tcp_idle = 1 })
+      local c = client(port)
+      local sent = 0
+      local every = uv.new_timer()
+      every:start(0, 250, function()
+        if sent < 6 then sent = sent + 1 c:ask(sent) end
+      end)
+      assert(run_until(function() return #c.frames == 6 or c.closed end, 5))
+      every:close()
+      assert.is_nil(c.closed)
+      assert.equal(6, #c.frames)
+      assert.equal(0, srv:stats().tcp_timeouts)
+      c:close()
+    end)
+
+    it("a source over tcp_per_source loses its connection idle longest", function()
+      local port = start({ tcp_per_source = 2 })
+      now = 1
+      local a = client(port)
+      assert(run_until(function() return srv:stats().tcp_open == 1 end))
+      now = 2
+      local b = client(port)
+      assert(run_until(function() return srv:stats().tcp_open == 2 end))
+      now = 3
+      a:ask(1) -- a's deadline restarts at 3: b has waited longest
+      assert(run_until(function() return #a.frames == 1 end))
+      now = 4
+      local c = client(port)
+      assert(run_until(function() return b.closed end), "b was not closed")
+      c:ask(2)
+      a:ask(3)
+      assert(run_until(function() return #c.frames == 1 and #a.frames == 2 end))
+      assert.is_nil(a.closed)
+      local st = srv:stats()
+      assert.equal(1, st.tcp_evicted)
+      assert.equal(2, st.tcp_open)
+      assert.equal(3, st.tcp_accepted)
+      for _, x in ipairs({ a, b, c }) do x:close() end
+    end)
+
+    it("TCP over the rate: reading pauses, answers resume in order when tokens return", function()
+      local port = start({ rate = 1, burst = 3 })
+      local c = client(port)
+      local batch = {}
+      for i = 1, 6 do batch[i] = string.pack(">s2", dns.query("web.overlay.internal", "A", { id = i })) end
+      c:send(table.concat(batch))
+      assert(run_until(function() return #c.frames == 3 and srv:stats().tcp_rate_limited > 0 end))
+      run_until(function() return false end, 0.2)
+      assert.equal(3, #c.frames) -- the clock stands still: no tokens
+      now = 100
+      assert(run_until(function() return #c.frames == 6 end, 3))
+      for i = 1, 6 do assert.equal(i, c.frames[i].id) end
+      assert.is_nil(c.closed)
+      assert.matches("TCP reading paused", logged[1])
+      c:close()
+    end)
+
+    it("UDP over the rate is dropped; errors have their own budget; logs are rate-limited", function()
+      local port = start({ rate = 1, burst = 5, error_rate = 1, error_burst = 2, log_interval = 10 })
+      local u = uv.new_udp()
+      local got = {}
+      u:recv_start(function(err, data) if not err and data then got[#got + 1] = assert(dns.parse(data)) end end)
+      for i = 1, 8 do u:send(dns.query("web.overlay.internal", "A", { id = i }), "127.0.0.1", port) end
+      assert(run_until(function() return srv:stats().udp_messages == 8 and #got == 5 end))
+      for i = 1, 3 do u:send(header(100 + i, 0x100, 2), "127.0.0.1", port) end
+      assert(run_until(function() return srv:stats().udp_messages == 11 and #got == 7 end))
+      assert.equal(R.FORMERR, got[7].rcode)
+      local st = srv:stats()
+      assert.equal(4, st.udp_rate_limited)
+      assert.equal(2, st.header_errors)
+      -- one log line so far; the next, after log_interval, tells how many were held
+      assert.equal(1, #logged)
+      now = 20
+      u:send(dns.query("web.overlay.internal", "A", { id = 50 }), "127.0.0.1", port)
+      assert(run_until(function() return #got == 8 end))
+      assert.equal(50, got[8].id)
+      for i = 1, 7 do u:send(dns.query("web.overlay.internal", "A", { id = i }), "127.0.0.1", port) end
+      assert(run_until(function() return srv:stats().udp_messages == 19 end))
+      assert.equal(2, #logged)
+      assert.matches("and 3 more in the last 20 s", logged[2])
+      u:close()
+    end)
+
+    it("a failed TCP write closes that connection only", function()
+      -- SIGPIPE caught here (the daemon ignores it): the write fails instead
+      local sigpipe = uv.new_signal()
+      sigpipe:start("sigpipe", function() end)
+      local port = start({ rate = 1, burst = 3 })
+      local c = client(port, true)
+      local batch = {}
+      for i = 1, 50 do batch[i] = string.pack(">s2", dns.query("web.overlay.internal", "A", { id = i })) end
+      c:send(table.concat(batch))
+      assert(run_until(function() return srv:stats().answered == 3 and srv:stats().tcp_rate_limited > 0 end))
+      -- the client goes with answers unread (a reset); the rest is answered into it
+      c:close()
+      run_until(function() return false end, 0.1)
+      now = 100
+      assert(run_until(function() return srv:stats().tcp_write_errors == 1 end, 3))
+      assert.equal(0, srv:stats().tcp_open)
+      assert.matches("TCP write to 127.0.0.1 failed", logged[#logged])
+      now = 200 -- (the same source: tokens again)
+      local d = client(port)
+      d:ask(7)
+      assert(run_until(function() return #d.frames == 1 end))
+      assert.equal(7, d.frames[1].id)
+      d:close()
+      sigpipe:close()
+    end)
+
+    it("a pointer-chain flood over TCP costs header checks only", function()
+      local port = start({})
+      local c = client(port)
+      local q = pointer_chain_query(65535, 120, 65535)
+      local before = dns.work.steps
+      for _ = 1, 10 do c:send(string.pack(">s2", q)) end
+      c:ask(1)
+      assert(run_until(function() return #c.frames == 11 end, 5))
+      assert.equal(R.FORMERR, c.frames[10].rcode)
+      assert.equal(3, #c.frames[11].answers)
+      assert.is_true(dns.work.steps - before < 100, dns.work.steps - before)
+      assert.equal(10, srv:stats().header_errors)
+      c:close()
     end)
   end)
 end)
