@@ -106,6 +106,9 @@ function M.init(o)
   local host, port = ep.ip, ep.port
   local natset, nerr = M.nat_settings(o)
   if not natset then return nil, nerr end
+  if o.dns_forward ~= nil and not endpoint.valid(o.dns_forward) then
+    return nil, string.format("DNS forwarder \"%s\" invalid: expected IP:PORT", tostring(o.dns_forward))
+  end
   local ok, err = state.ensure_dir(o.state)
   if not ok then return nil, err end
   ok, err = refuse_existing(p)

@@ -37,6 +37,7 @@
 -- @module wgoverlay.dns_server
 local uv = require "luv"
 local dns = require "wgoverlay.dns"
+local endpoint = require "wgoverlay.endpoint"
 
 local spack, sub, byte, concat = string.pack, string.sub, string.byte, table.concat
 
@@ -164,20 +165,6 @@ end
 local Server = {}
 Server.__index = Server
 
---- Split "ip:port", "[v6]:port", "ip" or "v6" (port 53).
--- @treturn table `{ip, port, v6}` or nil, message
-function M.parse_endpoint(s)
-  if type(s) ~= "string" then return nil, "endpoint must be a string" end
-  local ip, port = s:match("^%[([%x:.]+)%]:(%d+)$")
-  if not ip then ip, port = s:match("^([%d.]+):(%d+)$") end
-  if not ip then
-    if s:match("^[%d.]+$") or (s:match("^[%x:.]+$") and s:find(":", 1, true)) then ip = s end
-  end
-  port = tonumber(port or 53)
-  if not ip or port < 1 or port > 65535 then return nil, ("bad endpoint %q (want ip:port)"):format(s) end
-  return { ip = ip, port = port, v6 = ip:find(":", 1, true) ~= nil }
-end
-
 --- A server for `opts.zone`.
 -- @tparam table opts `zone` (required), `host` (string or list, default
 --   "127.0.0.1"), `port` (53; 0 picks a free port, see `port()`),
@@ -197,7 +184,8 @@ function M.new(opts)
   local self = setmetatable({ cfg = cfg, zone = opts.zone }, Server)
   self.hosts = type(cfg.host) == "table" and cfg.host or { cfg.host }
   if cfg.forward then
-    local up, err = M.parse_endpoint(cfg.forward)
+    -- "IP:PORT", "[IPv6]:PORT", or a bare address (port 53)
+    local up, err = endpoint.parse(cfg.forward, { default_port = 53 })
     if not up then return nil, err end
     self.upstream = up
   end
@@ -338,7 +326,7 @@ function Server:_forward_udp(query, reply)
   local up = self.upstream
   local sock = self:_track(uv.new_udp())
   local finish = self:_forwarding(query, reply, { sock })
-  local ok, err = sock:bind(up.v6 and "::" or "0.0.0.0", 0)
+  local ok, err = sock:bind(up.family == 6 and "::" or "0.0.0.0", 0)
   if not ok then self.log("dns: forward bind: " .. tostring(err)) return finish(nil) end
   sock:recv_start(function(rerr, data, addr)
     if rerr then return finish(nil) end
