@@ -82,6 +82,7 @@ build = {
     ["wgoverlay.nat.punch"] = "lua/wgoverlay/nat/punch.lua",
     ["wgoverlay.nat.stun"] = "lua/wgoverlay/nat/stun.lua",
     ["wgoverlay.nat.turn"] = "lua/wgoverlay/nat/turn.lua",
+    ["wgoverlay.schema"] = "lua/wgoverlay/schema.lua",
     ["wgoverlay.state"] = "lua/wgoverlay/state.lua",
     ["wgoverlay.token"] = "lua/wgoverlay/token.lua",
     ["wgoverlay.transport"] = "lua/wgoverlay/transport.lua",

@@ -83,7 +83,15 @@ function M.commands.token(a)
     if not str and not tostring(err):match("^no daemon runs") then return die("token: %s", err) end
   end
   if not str then
-    -- no daemon: write the token straight into the leader's state
+    -- no daemon: write the token straight into the leader's state, once
+    -- its files are known to fit their schemas (token_offline trusts them)
+    local state, p = require "wgoverlay.state", cluster.paths(a.state)
+    local node, nerr = state.load_checked(p.node, "node")
+    if not node then return die("token: %s", nerr) end
+    if node.role == "leader" then
+      local lead, lerr = state.load_checked(p.leader, "leader", { node = node })
+      if not lead then return die("token: %s", lerr) end
+    end
     str, err = cluster.token_offline({ state = a.state, ttl = a.ttl, uses = a.uses })
   end
   if not str then return die("token: %s", err) end

@@ -793,7 +793,7 @@ end
 
 local function load_node(dir)
   local paths = cluster.paths(dir)
-  local node, err = state.load(paths.node)
+  local node, err = state.load_checked(paths.node, "node")
   if not node then return nil, err end
   return node, paths
 end
@@ -807,7 +807,7 @@ function M.run(dir)
   local self = setmetatable({ node = node, paths = paths, peers = {}, health = {}, sessions = {}, timers = {},
                               attached = {}, events = {} }, Node)
   if node.role == "leader" then
-    local lead, err = state.load(paths.leader)
+    local lead, err = state.load_checked(paths.leader, "leader", { node = node })
     if not lead then return nil, err end
     self.lead = lead
     self.control_private = core.key_from_base64(lead.control_private)
@@ -819,7 +819,7 @@ function M.run(dir)
     if not self.registry then return nil, err end
     self.join_cache = joinproto.replay_cache.new(256)
   else
-    local saved, err, kind = state.load(paths.members)
+    local saved, err, kind = state.load_checked(paths.members, "members", { node = node })
     if not saved and kind ~= "missing" then return nil, err end
     saved = saved or {}
     self.view, err = membership.member.new({ self_name = node.name, members = saved.members,
@@ -828,7 +828,7 @@ function M.run(dir)
     self.was_member = self.view:get(node.name) ~= nil
   end
   -- containers of this node: addresses from its own slice
-  local cs, cerr, ckind = state.load(paths.containers)
+  local cs, cerr, ckind = state.load_checked(paths.containers, "containers", { node = node })
   if not cs and ckind ~= "missing" then return nil, cerr end
   self.attached = cs and cs.attached or {}
 

@@ -129,6 +129,26 @@ function M.load(path)
   return normalise(data, 0)
 end
 
+--- Read a state file and check it against the schema of its kind (see
+-- wgoverlay.schema): "node", "leader", "members", "containers" or
+-- "join_pending".  A file
+-- that does not fit is refused as a whole, named with the first bad field:
+-- `/dir/node.json: field "self.listen_port": expected an integer port
+-- 1-65535, got string`.  The file is never modified.
+-- @tparam string path
+-- @tparam string kind
+-- @tparam[opt] table ctx `node` = the (checked) node.json data, so that
+--   slices and addresses are checked against the cluster and the node
+-- @return data, or nil, message, kind as `load` (kind "invalid" for a
+--   file that does not fit its schema)
+function M.load_checked(path, kind, ctx)
+  local data, err, ekind = M.load(path)
+  if not data then return nil, err, ekind end
+  local ok, serr = require("wgoverlay.schema").check(kind, data, ctx)
+  if not ok then return nil, ("%s: %s"):format(path, serr), "invalid" end
+  return data
+end
+
 --- Encode `data` (a table) as the JSON text `save` would write.
 -- @treturn string or nil, message
 function M.encode(data)

@@ -190,6 +190,48 @@ describe("state", function()
     end)
   end)
 
+  describe("load_checked", function()
+    it("returns the data of a file that fits its schema", function()
+      local path = dir .. "/containers.json"
+      local data = { attached = { ["/run/netns/web"] = { name = "web", ip = "10.200.0.2" } } }
+      assert(state.save(path, data))
+      assert.same(data, state.load_checked(path, "containers"))
+    end)
+
+    it("refuses a file that does not fit, naming the file and the field, and leaves it untouched", function()
+      local path = dir .. "/containers.json"
+      assert(state.save(path, { attached = "web" }))
+      local before = read(path)
+      local data, err, kind = state.load_checked(path, "containers")
+      assert.is_nil(data)
+      assert.equal("invalid", kind)
+      assert.equal(path .. ': field "attached": expected an object, got string', err)
+      assert.equal(before, read(path))
+      assert.same({ "containers.json" }, listdir(dir))
+    end)
+
+    it("never quotes a bad value", function()
+      local path = dir .. "/node.json"
+      assert(state.save(path, { name = "a", private_key = SECRET .. "x" }))
+      local data, err = state.load_checked(path, "node")
+      assert.is_nil(data)
+      assert.matches('field "private_key": expected a key', err, 1, true)
+      assert.is_nil(err:find(SECRET, 1, true))
+    end)
+
+    it("passes load's errors through", function()
+      local data, err, kind = state.load_checked(dir .. "/absent.json", "node")
+      assert.is_nil(data)
+      assert.equal("missing", kind)
+      assert.matches("no such file", err)
+      write(dir .. "/node.json", '{"format":"wgoverlay-state"')
+      data, err, kind = state.load_checked(dir .. "/node.json", "node")
+      assert.is_nil(data)
+      assert.equal("corrupt", kind)
+      assert.matches("is corrupt", err)
+    end)
+  end)
+
   describe("ensure_dir", function()
     it("creates a missing directory (and parents) with mode 0700", function()
       local d = dir .. "/a/b/state"
