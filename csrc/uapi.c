@@ -390,6 +390,8 @@ size_t wg_format_endpoint(char *out, size_t outlen, const struct sockaddr *sa)
 struct parse_ctx {
 	struct wg_uapi_set *set;
 	struct wg_uapi_peer *peer;   /* entry being filled, NULL before public_key */
+	struct wg_uapi_get *get;     /* the get reply parser's out, peer and */
+	struct wg_uapi_get_peer *get_peer;
 	char *err;
 	size_t errlen;
 	/* the line being parsed */
@@ -674,7 +676,9 @@ static int parse_peer_line(struct parse_ctx *ctx)
 	return 0;
 }
 
-static int parse_line(struct parse_ctx *ctx, const char *line, size_t len)
+/* Splits line into ctx's key and value; nonzero (an error written) for an
+ * embedded NUL or a missing '='. */
+static int split_line(struct parse_ctx *ctx, const char *line, size_t len)
 {
 	const char *eq = memchr(line, '=', len);
 
@@ -688,6 +692,15 @@ static int parse_line(struct parse_ctx *ctx, const char *line, size_t len)
 		return line_error(ctx, -EINVAL, "embedded NUL byte");
 	if (!eq)
 		return line_error(ctx, -EINVAL, "missing '='");
+	return 0;
+}
+
+static int parse_line(struct parse_ctx *ctx, const char *line, size_t len)
+{
+	int ret = split_line(ctx, line, len);
+
+	if (ret)
+		return ret;
 	if (key_is(ctx->key, ctx->key_len, "public_key"))
 		return add_peer(ctx);
 	return ctx->peer ? parse_peer_line(ctx) : parse_device_line(ctx);
@@ -742,6 +755,176 @@ void wg_uapi_set_free(struct wg_uapi_set *s)
 		free(s->peers);
 	}
 	sodium_memzero(s, sizeof(*s));
+}
+
+/* ------------------------------------------------------------------ */
+/* The get=1 reply, parsed back                                        */
+/* ------------------------------------------------------------------ */
+
+static int get_add_peer(struct parse_ctx *ctx)
+{
+	struct wg_uapi_get *g = ctx->get;
+	struct wg_uapi_get_peer *peers;
+	uint8_t key[WG_KEY_LEN];
+
+	if (!wg_hex_to_key(key, ctx->value, ctx->value_len))
+		return line_error(ctx, -EINVAL, "public_key must be 64 hex digits");
+	peers = grow_array(g->peers, &g->cap_peers, g->n_peers, sizeof(*peers), true);
+	if (!peers) {
+		sodium_memzero(key, sizeof(key));
+		return line_error(ctx, -ENOMEM, "out of memory");
+	}
+	g->peers = peers;
+	ctx->get_peer = &peers[g->n_peers++];
+	memset(ctx->get_peer, 0, sizeof(*ctx->get_peer));
+	memcpy(ctx->get_peer->public_key, key, WG_KEY_LEN);
+	sodium_memzero(key, sizeof(key));
+	return 0;
+}
+
+static int get_device_line(struct parse_ctx *ctx, bool *known)
+{
+	struct wg_uapi_get *g = ctx->get;
+	const char *k = ctx->key, *v = ctx->value;
+	size_t klen = ctx->key_len, vlen = ctx->value_len;
+	uint64_t n;
+
+	*known = true;
+	if (key_is(k, klen, "private_key")) {
+		if (!wg_hex_to_key(g->private_key, v, vlen))
+			return line_error(ctx, -EINVAL, "private_key must be 64 hex digits");
+		g->has_private_key = true;
+	} else if (key_is(k, klen, "listen_port")) {
+		if (!parse_uint(v, vlen, UINT16_MAX, &n))
+			return line_error(ctx, -EINVAL, "listen_port must be 0..65535");
+		g->listen_port = (uint16_t)n;
+		g->has_listen_port = true;
+	} else if (key_is(k, klen, "fwmark")) {
+		if (!parse_uint(v, vlen, UINT32_MAX, &n))
+			return line_error(ctx, -EINVAL, "fwmark must be 0..4294967295");
+		g->fwmark = (uint32_t)n;
+		g->has_fwmark = true;
+	} else if (key_is(k, klen, "errno")) {
+		if (vlen && v[0] == '-' ? !parse_uint(v + 1, vlen - 1, INT32_MAX, &n)
+					: !parse_uint(v, vlen, INT32_MAX, &n))
+			return line_error(ctx, -EINVAL, "errno must be a number");
+		g->errno_value = vlen && v[0] == '-' ? -(int)n : (int)n;
+		g->has_errno = true;
+	} else {
+		*known = false;
+	}
+	return 0;
+}
+
+static int get_peer_line(struct parse_ctx *ctx)
+{
+	struct wg_uapi_get_peer *peer = ctx->get_peer;
+	const char *k = ctx->key, *v = ctx->value;
+	size_t klen = ctx->key_len, vlen = ctx->value_len;
+	uint64_t n;
+
+	if (!peer) {
+		if (is_peer_key(k, klen) || key_is(k, klen, "last_handshake_time_sec") ||
+		    key_is(k, klen, "last_handshake_time_nsec") || key_is(k, klen, "rx_bytes") ||
+		    key_is(k, klen, "tx_bytes"))
+			return line_error(ctx, -EINVAL, "peer field before any public_key");
+		return 0; /* an unknown key: ignored, as wg(8) does */
+	}
+	if (key_is(k, klen, "preshared_key")) {
+		if (!wg_hex_to_key(peer->preshared_key, v, vlen))
+			return line_error(ctx, -EINVAL, "preshared_key must be 64 hex digits");
+		peer->has_preshared_key = true;
+	} else if (key_is(k, klen, "endpoint")) {
+		if (!wg_parse_endpoint(v, vlen, &peer->endpoint_addr) ||
+		    !copy_cstr(peer->endpoint, sizeof(peer->endpoint), v, vlen))
+			return line_error(ctx, -EINVAL, "endpoint must be IPv4:port or [IPv6]:port");
+		peer->has_endpoint = true;
+	} else if (key_is(k, klen, "last_handshake_time_sec")) {
+		if (!parse_uint(v, vlen, INT64_MAX, &peer->last_handshake_sec))
+			return line_error(ctx, -EINVAL, "last_handshake_time_sec must be a number");
+	} else if (key_is(k, klen, "last_handshake_time_nsec")) {
+		if (!parse_uint(v, vlen, 999999999, &peer->last_handshake_nsec))
+			return line_error(ctx, -EINVAL, "last_handshake_time_nsec must be 0..999999999");
+	} else if (key_is(k, klen, "rx_bytes")) {
+		if (!parse_uint(v, vlen, UINT64_MAX, &peer->rx_bytes))
+			return line_error(ctx, -EINVAL, "rx_bytes must be a number");
+	} else if (key_is(k, klen, "tx_bytes")) {
+		if (!parse_uint(v, vlen, UINT64_MAX, &peer->tx_bytes))
+			return line_error(ctx, -EINVAL, "tx_bytes must be a number");
+	} else if (key_is(k, klen, "persistent_keepalive_interval")) {
+		if (!parse_uint(v, vlen, UINT16_MAX, &n))
+			return line_error(ctx, -EINVAL, "persistent_keepalive_interval must be 0..65535");
+		peer->persistent_keepalive = (uint16_t)n;
+	} else if (key_is(k, klen, "allowed_ip")) {
+		struct wg_uapi_aip aip = { 0 }, *aips;
+
+		if (!memchr(v, '/', vlen) || !wg_parse_cidr(v, vlen, &aip.family, aip.addr, &aip.cidr))
+			return line_error(ctx, -EINVAL, "allowed_ip must be address/prefix");
+		aips = grow_array(peer->aips, &peer->cap_aips, peer->n_aips, sizeof(*aips), false);
+		if (!aips)
+			return line_error(ctx, -ENOMEM, "out of memory");
+		peer->aips = aips;
+		aips[peer->n_aips++] = aip;
+	} else if (key_is(k, klen, "protocol_version")) {
+		if (!parse_uint(v, vlen, UINT64_MAX, &n))
+			return line_error(ctx, -EINVAL, "protocol_version must be a number");
+	}
+	/* any other key: ignored, as wg(8) does */
+	return 0;
+}
+
+int wg_uapi_parse_get(const char *text, size_t len, struct wg_uapi_get *out, char *err, size_t errlen)
+{
+	struct parse_ctx ctx = { .get = out, .err = err, .errlen = errlen };
+	size_t pos = 0;
+
+	memset(out, 0, sizeof(*out));
+	if (err && errlen)
+		err[0] = '\0';
+	if (len > WG_UAPI_MAX_MESSAGE) {
+		set_error(err, errlen, "UAPI reply too long (%zu bytes, at most %u)", len, WG_UAPI_MAX_MESSAGE);
+		return -EMSGSIZE;
+	}
+	if (!text && len) {
+		set_error(err, errlen, "no UAPI reply");
+		return -EINVAL;
+	}
+	while (pos < len) {
+		const char *line = text + pos;
+		const char *nl = memchr(line, '\n', len - pos);
+		size_t line_len = nl ? (size_t)(nl - line) : len - pos;
+		bool known;
+		int ret;
+
+		if (!line_len)
+			break; /* empty line: end of reply */
+		pos += line_len + 1;
+		ret = split_line(&ctx, line, line_len);
+		if (!ret && key_is(ctx.key, ctx.key_len, "public_key"))
+			ret = get_add_peer(&ctx);
+		else if (!ret && !(ret = get_device_line(&ctx, &known)) && !known)
+			ret = get_peer_line(&ctx);
+		if (ret) {
+			wg_uapi_get_free(out);
+			return ret;
+		}
+	}
+	return 0;
+}
+
+void wg_uapi_get_free(struct wg_uapi_get *g)
+{
+	size_t i;
+
+	if (!g)
+		return;
+	for (i = 0; i < g->n_peers; ++i)
+		free(g->peers[i].aips);
+	if (g->peers) {
+		sodium_memzero(g->peers, g->cap_peers * sizeof(*g->peers));
+		free(g->peers);
+	}
+	sodium_memzero(g, sizeof(*g));
 }
 
 /* ---- get: the reply text ---- */

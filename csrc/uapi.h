@@ -118,4 +118,47 @@ void wg_uapi_put_allowed_ip(struct wg_uapi_writer *w, int family, const uint8_t 
  * writer; -ENOMEM (and nothing to free) if any put ran out of memory. */
 int wg_uapi_writer_finish(struct wg_uapi_writer *w, char **out, size_t *outlen);
 
+/* ---- get=1: the reply, parsed back (the UAPI client: `wgoverlay status`
+ * reading an engine in another process). */
+
+/* One peer of a get reply.  endpoint is the text as sent (checked with
+ * wg_parse_endpoint, which gave endpoint_addr). */
+struct wg_uapi_get_peer {
+	uint8_t public_key[WG_KEY_LEN];
+	bool has_preshared_key;
+	uint8_t preshared_key[WG_KEY_LEN];
+	bool has_endpoint;
+	char endpoint[128];
+	struct sockaddr_storage endpoint_addr;
+	uint64_t last_handshake_sec, last_handshake_nsec;
+	uint64_t rx_bytes, tx_bytes;
+	uint16_t persistent_keepalive;
+	size_t n_aips, cap_aips;
+	struct wg_uapi_aip *aips;           /* remove is always false */
+};
+
+struct wg_uapi_get {
+	bool has_private_key;
+	uint8_t private_key[WG_KEY_LEN];
+	bool has_listen_port;
+	uint16_t listen_port;
+	bool has_fwmark;
+	uint32_t fwmark;
+	bool has_errno;                     /* false: the reply was cut short */
+	int errno_value;                    /* as sent: 0 = success */
+	size_t n_peers, cap_peers;
+	struct wg_uapi_get_peer *peers;
+};
+
+/* Parses a get reply: the lines up to the empty line that ends it (or the
+ * end of text), "errno=N" included.  Like wg(8), unknown keys are ignored;
+ * a line without '=', a key, number, endpoint or allowed_ip that does not
+ * parse, or a peer field before any public_key is refused: -EINVAL (or
+ * -ENOMEM, -EMSGSIZE) with a message quoting the line (key values hidden)
+ * in err.  out is always safe to pass to wg_uapi_get_free afterwards (and
+ * is empty after a failure). */
+int wg_uapi_parse_get(const char *text, size_t len, struct wg_uapi_get *out, char *err, size_t errlen);
+/* Frees the arrays and wipes every key (the private key above all). */
+void wg_uapi_get_free(struct wg_uapi_get *g);
+
 #endif

@@ -797,6 +797,204 @@ static void test_cidr(void)
 	CHECK(!wg_parse_cidr(NULL, 0, &fam, a, &b));
 }
 
+/* ---- the get=1 reply, parsed back ---- */
+
+static int parse_get(const char *text, struct wg_uapi_get *g)
+{
+	memset(err, 'X', sizeof(err));
+	return wg_uapi_parse_get(text, strlen(text), g, err, sizeof(err));
+}
+
+/* A reply written by wg_uapi_writer (what our engine sends) parses back to
+ * the values it was written from. */
+static void test_get_round_trip(void)
+{
+	struct wg_uapi_writer w = { 0 };
+	struct wg_uapi_peer_state st;
+	struct sockaddr_storage ep4, ep6;
+	struct wg_uapi_get g;
+	uint8_t priv[32], psk[32], peer1[32], peer2[32], a4[16] = { 10, 99, 1, 0 }, a6[16] = { 0xfd };
+	char *text, *full;
+	size_t len;
+
+	randombytes_buf(priv, sizeof(priv));
+	randombytes_buf(psk, sizeof(psk));
+	randombytes_buf(peer1, sizeof(peer1));
+	randombytes_buf(peer2, sizeof(peer2));
+	CHECK(wg_parse_endpoint("192.0.2.2:51821", 15, &ep4));
+	CHECK(wg_parse_endpoint("[fd00::1]:7", 11, &ep6));
+
+	wg_uapi_put_interface(&w, priv, 51820, 0x1234);
+	memset(&st, 0, sizeof(st));
+	memcpy(st.public_key, peer1, 32);
+	memcpy(st.preshared_key, psk, 32);
+	st.endpoint = (struct sockaddr *)&ep4;
+	st.last_handshake_ns = 1700000000ull * 1000000000ull + 123456789ull;
+	st.tx_bytes = 5;
+	st.rx_bytes = UINT64_MAX;
+	st.persistent_keepalive = 25;
+	wg_uapi_put_peer(&w, &st);
+	wg_uapi_put_allowed_ip(&w, AF_INET, a4, 24);
+	wg_uapi_put_allowed_ip(&w, AF_INET6, a6, 128);
+	memset(&st, 0, sizeof(st));
+	memcpy(st.public_key, peer2, 32);
+	st.endpoint = (struct sockaddr *)&ep6;
+	wg_uapi_put_peer(&w, &st);
+	CHECK_EQ(wg_uapi_writer_finish(&w, &text, &len), 0);
+	full = malloc(len + 10);
+	CHECK(full != NULL);
+	memcpy(full, text, len);
+	memcpy(full + len, "errno=0\n\n", 10);
+
+	CHECK_EQ(parse_get(full, &g), 0);
+	CHECK_EQ(err[0], '\0');
+	CHECK(g.has_private_key);
+	CHECK_MEM(g.private_key, priv, 32);
+	CHECK(g.has_listen_port);
+	CHECK_EQ(g.listen_port, 51820);
+	CHECK(g.has_fwmark);
+	CHECK_EQ(g.fwmark, 0x1234);
+	CHECK(g.has_errno);
+	CHECK_EQ(g.errno_value, 0);
+	CHECK_EQ(g.n_peers, 2);
+	CHECK_MEM(g.peers[0].public_key, peer1, 32);
+	CHECK(g.peers[0].has_preshared_key);
+	CHECK_MEM(g.peers[0].preshared_key, psk, 32);
+	CHECK(g.peers[0].has_endpoint);
+	CHECK(!strcmp(g.peers[0].endpoint, "192.0.2.2:51821"));
+	CHECK(!memcmp(&g.peers[0].endpoint_addr, &ep4, sizeof(ep4)));
+	CHECK_EQ(g.peers[0].last_handshake_sec, 1700000000ull);
+	CHECK_EQ(g.peers[0].last_handshake_nsec, 123456789ull);
+	CHECK_EQ(g.peers[0].tx_bytes, 5);
+	CHECK(g.peers[0].rx_bytes == UINT64_MAX);
+	CHECK_EQ(g.peers[0].persistent_keepalive, 25);
+	CHECK_EQ(g.peers[0].n_aips, 2);
+	CHECK_EQ(g.peers[0].aips[0].family, AF_INET);
+	CHECK_EQ(g.peers[0].aips[0].cidr, 24);
+	CHECK_MEM(g.peers[0].aips[0].addr, a4, 4);
+	CHECK_EQ(g.peers[0].aips[1].family, AF_INET6);
+	CHECK_EQ(g.peers[0].aips[1].cidr, 128);
+	CHECK_MEM(g.peers[0].aips[1].addr, a6, 16);
+	CHECK_MEM(g.peers[1].public_key, peer2, 32);
+	CHECK(is_all_zero(g.peers[1].preshared_key, 32));
+	CHECK(!strcmp(g.peers[1].endpoint, "[fd00::1]:7"));
+	CHECK_EQ(g.peers[1].last_handshake_sec, 0);
+	CHECK_EQ(g.peers[1].n_aips, 0);
+
+	/* the free function wipes every key and leaves g reusable */
+	wg_uapi_get_free(&g);
+	CHECK(is_all_zero(&g, sizeof(g)));
+	wg_uapi_get_free(&g);
+
+	/* cut short: no errno line */
+	full[len] = '\0';
+	CHECK_EQ(parse_get(full, &g), 0);
+	CHECK(!g.has_errno);
+	CHECK_EQ(g.n_peers, 2);
+	wg_uapi_get_free(&g);
+
+	sodium_memzero(full, len + 10);
+	sodium_memzero(text, len);
+	free(full);
+	free(text);
+	sodium_memzero(priv, sizeof(priv));
+	sodium_memzero(psk, sizeof(psk));
+}
+
+/* What wireguard-go and wg(8) may send that our writer does not; errno
+ * replies; the end of the reply. */
+static void test_get_forms(void)
+{
+	struct wg_uapi_get g;
+
+	/* a failed get: only errno */
+	CHECK_EQ(parse_get("errno=-22\n\n", &g), 0);
+	CHECK(g.has_errno);
+	CHECK_EQ(g.errno_value, -22);
+	CHECK_EQ(g.n_peers, 0);
+	CHECK(!g.has_private_key && !g.has_listen_port);
+	wg_uapi_get_free(&g);
+	CHECK_EQ(parse_get("errno=1\n", &g), 0);
+	CHECK_EQ(g.errno_value, 1);
+	wg_uapi_get_free(&g);
+
+	/* unknown keys are ignored (as wg(8) does), the empty line ends it */
+	CHECK_EQ(parse_get("listen_port=1\nsomething_new=yes\npublic_key=" PEER_HEX "\nfuture_field=1\n"
+			   "protocol_version=1\nerrno=0\n\nlisten_port=x\n", &g), 0);
+	CHECK_EQ(g.listen_port, 1);
+	CHECK_EQ(g.n_peers, 1);
+	CHECK(g.has_errno);
+	wg_uapi_get_free(&g);
+
+	/* a device field after the peers still belongs to the device */
+	CHECK_EQ(parse_get("public_key=" PEER_HEX "\nfwmark=9\nerrno=0\n", &g), 0);
+	CHECK(g.has_fwmark);
+	CHECK_EQ(g.fwmark, 9);
+	wg_uapi_get_free(&g);
+
+	/* empty text: nothing, and no errno */
+	CHECK_EQ(parse_get("", &g), 0);
+	CHECK(!g.has_errno);
+	wg_uapi_get_free(&g);
+}
+
+static void test_get_errors(void)
+{
+	static const struct {
+		const char *text, *expect;
+	} bad[] = {
+		{ "listen_port\nerrno=0\n", "missing '='" },
+		{ "listen_port=65536\n", "listen_port must be 0..65535" },
+		{ "listen_port=-1\n", "listen_port must be 0..65535" },
+		{ "fwmark=0x10\n", "fwmark must be" },
+		{ "errno=zero\n", "errno must be a number" },
+		{ "errno=\n", "errno must be a number" },
+		{ "private_key=abcd\n", "private_key must be 64 hex digits" },
+		{ "public_key=" PEER_HEX "x\n", "public_key must be 64 hex digits" },
+		{ "rx_bytes=1\n", "peer field before any public_key" },
+		{ "allowed_ip=10.0.0.0/8\n", "peer field before any public_key" },
+		{ "public_key=" PEER_HEX "\nallowed_ip=10.0.0.0/33\n", "allowed_ip must be address/prefix" },
+		{ "public_key=" PEER_HEX "\nallowed_ip=10.0.0.1\n", "allowed_ip must be address/prefix" },
+		{ "public_key=" PEER_HEX "\nendpoint=192.0.2.1\n", "endpoint must be" },
+		{ "public_key=" PEER_HEX "\nrx_bytes=18446744073709551616\n", "rx_bytes must be a number" },
+		{ "public_key=" PEER_HEX "\ntx_bytes=1 \n", "tx_bytes must be a number" },
+		{ "public_key=" PEER_HEX "\nlast_handshake_time_sec=+1\n", "last_handshake_time_sec must be" },
+		{ "public_key=" PEER_HEX "\nlast_handshake_time_nsec=1000000000\n", "last_handshake_time_nsec must be" },
+		{ "public_key=" PEER_HEX "\npersistent_keepalive_interval=65536\n", "persistent_keepalive_interval" },
+		{ "public_key=" PEER_HEX "\npreshared_key=" PSK_HEX "0\n", "preshared_key must be 64 hex digits" },
+		{ "public_key=" PEER_HEX "\nprotocol_version=one\n", "protocol_version must be a number" },
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct wg_uapi_get g;
+		int r = parse_get(bad[i].text, &g);
+
+		CHECK_EQ(r, -EINVAL);
+		if (!strstr(err, bad[i].expect) || !strstr(err, "invalid UAPI line"))
+			fprintf(stderr, "get error for %s: %s (expected %s)\n", bad[i].text, err, bad[i].expect);
+		CHECK(strstr(err, bad[i].expect) != NULL);
+		CHECK(is_all_zero(&g, sizeof(g)));
+		wg_uapi_get_free(&g);
+	}
+
+	/* key values never appear in an error */
+	{
+		struct wg_uapi_get g;
+
+		CHECK_EQ(parse_get("private_key=" PRIV_HEX "\npublic_key=" PEER_HEX "\npreshared_key=" PSK_HEX "z\n", &g),
+			 -EINVAL);
+		CHECK(strstr(err, "(hidden)") != NULL);
+		CHECK(strstr(err, "0123456789abcdef") == NULL);
+		CHECK(is_all_zero(&g, sizeof(g)));
+		/* an embedded NUL */
+		CHECK_EQ(wg_uapi_parse_get("listen_port=1\0\n", 15, &g, err, sizeof(err)), -EINVAL);
+		CHECK(strstr(err, "embedded NUL") != NULL);
+		CHECK_EQ(wg_uapi_parse_get(NULL, 3, &g, err, sizeof(err)), -EINVAL);
+		CHECK_EQ(wg_uapi_parse_get(NULL, 0, &g, err, sizeof(err)), 0);
+		wg_uapi_get_free(&g);
+	}
+}
+
 int main(void)
 {
 	if (sodium_init() < 0) {
@@ -811,5 +1009,8 @@ int main(void)
 	test_base64();
 	test_endpoint();
 	test_cidr();
+	test_get_round_trip();
+	test_get_forms();
+	test_get_errors();
 	return tl_finish("uapi");
 }
