@@ -54,7 +54,7 @@ $(MODULE): $(LUA_OBJ) $(BUILD)/libwgproto.a | $(BUILD)/wgoverlay
 $(BUILD)/tests/%: tests/c/%.c tests/c/testlib.h $(BUILD)/libwgproto.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Itests/c $(LDFLAGS) -o $@ $< $(BUILD)/libwgproto.a $(LDLIBS)
 
-# The binding's test runs lua_core.c in a lua_State of its own.  Bound
+# The binding's test runs csrc/lua_*.c in a lua_State of its own.  Bound
 # now, as Lua's dlopen binds core.so (lazy binding saves the vector
 # registers on the stack, where the test's memory scan looks for keys).
 $(BUILD)/tests/test_binding: tests/c/test_binding.c tests/c/testlib.h $(LUA_OBJ) $(BUILD)/libwgproto.a | $(BUILD)/tests

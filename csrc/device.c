@@ -1063,20 +1063,139 @@ int wg_device_get_uapi(struct wg_device *dev, char **out, size_t *outlen)
 	return wg_uapi_writer_finish(&w, out, outlen);
 }
 
-void wg_device_foreach_peer(struct wg_device *dev,
-			    void (*cb)(void *arg, const struct wg_peer_info *info, struct wg_peer *peer), void *arg)
+/* arr (n of *cap elements of size bytes) with room for one more, possibly
+ * moved; NULL when out of memory (arr is then unchanged). */
+static void *snap_grow(void *arr, size_t *cap, size_t n, size_t size)
 {
+	size_t ncap;
+
+	if (n < *cap)
+		return arr;
+	ncap = *cap ? *cap * 2 : 16;
+	if (ncap > SIZE_MAX / size || !(arr = realloc(arr, ncap * size)))
+		return NULL;
+	*cap = ncap;
+	return arr;
+}
+
+struct snap_walk {
+	struct wg_device_snapshot *snap;
+	bool oom;
+};
+
+static void snap_aip(void *arg, int family, const uint8_t *addr, uint8_t cidr)
+{
+	struct snap_walk *wk = arg;
+	struct wg_device_snapshot *snap = wk->snap;
+	struct wg_device_snapshot_aip *a;
+
+	if (wk->oom)
+		return;
+	a = snap_grow(snap->aips, &snap->cap_aips, snap->n_aips, sizeof(*a));
+	if (!a) {
+		wk->oom = true;
+		return;
+	}
+	snap->aips = a;
+	a = &snap->aips[snap->n_aips++];
+	memset(a, 0, sizeof(*a));
+	a->family = (uint8_t)family;
+	a->cidr = cidr;
+	memcpy(a->addr, addr, family == AF_INET ? 4 : 16);
+	snap->peers[snap->n_peers - 1].n_aips++;
+}
+
+int wg_device_snapshot(struct wg_device *dev, struct wg_device_snapshot *snap)
+{
+	struct snap_walk wk = { .snap = snap };
 	struct wg_peer *peer;
 
+	pthread_mutex_lock(&dev->cfg_mutex);
 	wg_proto_cfg_rdlock(&dev->proto);
-	for (peer = dev->proto.peers_head; peer; peer = peer->next) {
+	for (peer = dev->proto.peers_head; peer && !wk.oom; peer = peer->next) {
+		struct wg_device_snapshot_peer *sp;
 		struct wg_peer_info info;
 
+		sp = snap_grow(snap->peers, &snap->cap_peers, snap->n_peers, sizeof(*sp));
+		if (!sp) {
+			wk.oom = true;
+			break;
+		}
+		snap->peers = sp;
+		sp = &snap->peers[snap->n_peers++];
+		memset(sp, 0, sizeof(*sp));
 		wg_peer_info(peer, &info);
-		sodium_memzero(info.preshared_key, sizeof(info.preshared_key));
-		cb(arg, &info, peer);
+		memcpy(sp->public_key, info.public_key, sizeof(sp->public_key));
+		sp->has_endpoint = info.has_endpoint;
+		sp->endpoint = info.endpoint;
+		sp->last_handshake_real = info.last_handshake_real;
+		sp->rx_bytes = info.rx_bytes;
+		sp->tx_bytes = info.tx_bytes;
+		sp->persistent_keepalive = info.persistent_keepalive;
+		sodium_memzero(&info, sizeof(info));
+		sp->first_aip = snap->n_aips;
+		wg_allowedips_foreach(&peer->aips, snap_aip, &wk);
 	}
 	wg_proto_cfg_unlock(&dev->proto);
+	snap->has_public_key = wg_proto_get_public_key(&dev->proto, snap->public_key);
+	snap->listen_port = dev->listen_port;
+	snap->fwmark = dev->fwmark;
+	pthread_mutex_unlock(&dev->cfg_mutex);
+	memcpy(snap->ifname, dev->ifname, sizeof(snap->ifname));
+	snap->mtu = atomic_load(&dev->mtu);
+	return wk.oom ? -ENOMEM : 0;
+}
+
+void wg_device_snapshot_free(struct wg_device_snapshot *snap)
+{
+	free(snap->peers);
+	free(snap->aips);
+	memset(snap, 0, sizeof(*snap));
+}
+
+void wg_device_get_stats(struct wg_device *dev, struct wg_device_counters *out)
+{
+	const struct wg_proto_stats *ps = &dev->proto.stats;
+	const struct wg_device_stats *ds = &dev->stats;
+
+	out->rx_junk = atomic_load(&ps->rx_junk);
+	out->rx_bad_mac1 = atomic_load(&ps->rx_bad_mac1);
+	out->rx_cookie_sent = atomic_load(&ps->rx_cookie_sent);
+	out->rx_ratelimited = atomic_load(&ps->rx_ratelimited);
+	out->rx_handshake_invalid = atomic_load(&ps->rx_handshake_invalid);
+	out->rx_unknown_index = atomic_load(&ps->rx_unknown_index);
+	out->rx_decrypt_failed = atomic_load(&ps->rx_decrypt_failed);
+	out->rx_replayed = atomic_load(&ps->rx_replayed);
+	out->rx_expired_key = atomic_load(&ps->rx_expired_key);
+	out->rx_bad_inner = atomic_load(&ps->rx_bad_inner);
+	out->rx_wrong_source = atomic_load(&ps->rx_wrong_source);
+	out->tx_no_route = atomic_load(&ps->tx_no_route);
+	out->tx_staged_dropped = atomic_load(&ps->tx_staged_dropped);
+	out->tx_bad_offload = atomic_load(&ps->tx_bad_offload);
+	out->handshakes_completed = atomic_load(&ps->handshakes_completed);
+	out->rx_packets = atomic_load(&ds->rx_packets);
+	out->tx_packets = atomic_load(&ds->tx_packets);
+	out->handshake_queue_dropped = atomic_load(&ds->handshake_queue_dropped);
+	out->events_dropped = atomic_load(&ds->events_dropped);
+	out->tun_write_errors = atomic_load(&ds->tun_write_errors);
+	out->udp_send_errors = atomic_load(&ds->udp_send_errors);
+	out->live_keypairs = atomic_load(&dev->proto.live_keypairs);
+}
+
+const char *wg_device_ifname(const struct wg_device *dev)
+{
+	return dev->ifname;
+}
+
+int wg_device_enable_control(struct wg_device *dev)
+{
+	atomic_store(&dev->control_enabled, true);
+	return dev->ev_fd;
+}
+
+void wg_device_set_mtu_hint(struct wg_device *dev, unsigned mtu)
+{
+	atomic_store(&dev->mtu, mtu);
 }
 
 int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, const uint8_t *buf, size_t len)

@@ -1,6 +1,7 @@
 /* The engine of one interface: TUN device, UDP sockets, worker threads, the
  * UAPI server and the event queue to Lua.  It owns its threads; the
- * datapath never calls into Lua.  Lua (lua_core.c) and the UAPI server reach
+ * datapath never calls into Lua.  Lua (csrc/lua_*.c, only through the
+ * functions declared here) and the UAPI server reach
  * the same configuration functions: wg_device_apply() and wg_device_get(). */
 #ifndef WG_DEVICE_H
 #define WG_DEVICE_H
@@ -115,9 +116,59 @@ int wg_device_apply(struct wg_device *dev, const struct wg_uapi_set *set, char *
 /* Formats the UAPI `get` reply body (without errno=), malloc'd, into *out. */
 int wg_device_get_uapi(struct wg_device *dev, char **out, size_t *outlen);
 
-/* Status for Lua: calls cb for each peer (under the config lock). */
-void wg_device_foreach_peer(struct wg_device *dev,
-			    void (*cb)(void *arg, const struct wg_peer_info *info, struct wg_peer *peer), void *arg);
+/* What status() reports of the interface and its peers, copied under the
+ * configuration locks into malloc'd arrays (no keys but public ones). */
+struct wg_device_snapshot_aip {
+	uint8_t family, cidr;
+	uint8_t addr[16];
+};
+
+struct wg_device_snapshot_peer {
+	uint8_t public_key[32];
+	bool has_endpoint;
+	struct wg_endpoint endpoint;
+	uint64_t last_handshake_real, rx_bytes, tx_bytes;   /* epoch ns, bytes */
+	uint16_t persistent_keepalive;
+	size_t first_aip, n_aips;     /* a range of snapshot->aips */
+};
+
+struct wg_device_snapshot {
+	char ifname[IFNAMSIZ];
+	bool has_public_key;
+	uint8_t public_key[32];
+	uint16_t listen_port;
+	uint32_t fwmark;
+	unsigned mtu;
+	struct wg_device_snapshot_peer *peers;
+	size_t n_peers, cap_peers;
+	struct wg_device_snapshot_aip *aips;
+	size_t n_aips, cap_aips;
+};
+
+/* Fills snap (zeroed by the caller); 0 or -ENOMEM.  Takes and releases the
+ * locks itself and calls nothing else meanwhile.  Free with
+ * wg_device_snapshot_free whatever it returned. */
+int wg_device_snapshot(struct wg_device *dev, struct wg_device_snapshot *snap);
+/* Frees the arrays and zeroes snap; idempotent. */
+void wg_device_snapshot_free(struct wg_device_snapshot *snap);
+
+/* The counters of the protocol and of the device, copied. */
+struct wg_device_counters {
+	uint64_t rx_junk, rx_bad_mac1, rx_cookie_sent, rx_ratelimited, rx_handshake_invalid, rx_unknown_index,
+		rx_decrypt_failed, rx_replayed, rx_expired_key, rx_bad_inner, rx_wrong_source, tx_no_route,
+		tx_staged_dropped, tx_bad_offload, handshakes_completed;
+	uint64_t rx_packets, tx_packets, handshake_queue_dropped, events_dropped, tun_write_errors,
+		udp_send_errors;
+	int live_keypairs;
+};
+void wg_device_get_stats(struct wg_device *dev, struct wg_device_counters *out);
+
+const char *wg_device_ifname(const struct wg_device *dev);
+/* From now on non-WireGuard datagrams go to the event queue (as
+ * WG_DEV_EVENT_DATAGRAM); returns the eventfd that signals pending events. */
+int wg_device_enable_control(struct wg_device *dev);
+/* The MTU the datapath assumes (576..65535), e.g. after a path MTU change. */
+void wg_device_set_mtu_hint(struct wg_device *dev, unsigned mtu);
 
 /* Sends raw bytes from the WireGuard socket. */
 int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, const uint8_t *buf, size_t len);

@@ -1,4 +1,4 @@
-/* The Lua binding (csrc/lua_core.c) on its error paths, driven through a
+/* The Lua binding (csrc/lua_*.c) on its error paths, driven through a
  * lua_State of our own whose allocator can be told to fail from the Nth
  * allocation on:
  *
