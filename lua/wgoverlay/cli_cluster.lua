@@ -68,7 +68,7 @@ function M.commands.init(a)
 end
 
 function M.commands.token(a)
-  local daemon = require "wgoverlay.daemon"
+  local control = require "wgoverlay.control"
   local cluster = require "wgoverlay.cluster"
   if not a.ttl or a.ttl <= 0 then return die("token: --ttl must be a positive integer") end
   if not a.uses or a.uses <= 0 then return die("token: --uses must be a positive integer") end
@@ -78,7 +78,7 @@ function M.commands.token(a)
   -- a token written beside it); only when none answers is the file used.
   if require("luv").fs_stat(cluster.paths(a.state).control) then
     local r
-    r, err = daemon.request(a.state, { cmd = "token", ttl = a.ttl, uses = a.uses })
+    r, err = control.request(a.state, { cmd = "token", ttl = a.ttl, uses = a.uses })
     str = r and r.token
     if not str and not tostring(err):match("^no daemon runs") then return die("token: %s", err) end
   end
@@ -115,26 +115,25 @@ function M.commands.run(a)
   return rc
 end
 
-local function control(a, req, fmt)
-  local daemon = require "wgoverlay.daemon"
-  local r, err = daemon.request(a.state, req)
+local function ask(a, req, fmt)
+  local r, err = require("wgoverlay.control").request(a.state, req)
   if not r then return die("%s: %s", req.cmd, err) end
   if fmt then io.write(fmt(r)) end
   return 0
 end
 
 function M.commands.attach(a)
-  return control(a, { cmd = "attach", netns = a.netns, name = a.name }, function(r)
+  return ask(a, { cmd = "attach", netns = a.netns, name = a.name }, function(r)
     return string.format("attached %s as %s: %s %s\n", a.netns, r.name, r.ip, r.ip6 or "")
   end)
 end
 
 function M.commands.detach(a)
-  return control(a, { cmd = "detach", netns = a.netns })
+  return ask(a, { cmd = "detach", netns = a.netns })
 end
 
 M.commands["remove-node"] = function(a)
-  return control(a, { cmd = "remove-node", name = a.name })
+  return ask(a, { cmd = "remove-node", name = a.name })
 end
 
 local function age(epoch, now)
@@ -182,8 +181,8 @@ end
 
 --- `status --state DIR [--json]`
 function M.status(a)
-  local daemon = require "wgoverlay.daemon"
-  local r, err = daemon.request(a.state, { cmd = "status" })
+  local control = require "wgoverlay.control"
+  local r, err = control.request(a.state, { cmd = "status" })
   if not r then return die("status: %s", err) end
   if a.json then
     io.write(require("cjson").encode(r), "\n")

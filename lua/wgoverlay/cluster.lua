@@ -16,7 +16,6 @@ M.DEFAULT_CIDR4 = "10.200.0.0/16"
 M.DEFAULT_CIDR6 = "fd00:200::/48"
 M.DEFAULT_ZONE = "overlay.internal"
 M.MEMBERSHIP_PORT = 7946
-M.HEALTH_PORT = 7947
 
 --- Paths of a state directory's files.
 function M.paths(dir)

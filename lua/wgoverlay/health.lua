@@ -13,9 +13,16 @@
 -- learns it: a forged or replayed reply (from a container, from another
 -- host on the overlay, with a spoofed source) changes nothing, and is
 -- counted.  Replies are the size of the probe (no amplification).
--- Pure: the daemon supplies sockets, clock and randomness.
+--
+-- `tracker` is pure (the caller supplies clock and randomness); `service`
+-- runs the responder and the prober on a node's overlay address (luv).
 -- @module wgoverlay.health
 local M = {}
+
+M.PORT = 7947
+M.INTERVAL = 2        -- seconds between probes
+M.TIMEOUT = 6         -- a peer is unhealthy without a probe answer for this long
+M.HANDSHAKE_MAX = 180 -- ... or without a handshake for this long (REJECT_AFTER_TIME)
 
 M.PROBE = "WGP2"
 M.REPLY = "WGR2"
@@ -80,6 +87,89 @@ end
 function Tracker:forget(key)
   for _, n in ipairs(self.by_peer[key] or {}) do self.by_nonce[n] = nil end
   self.by_peer[key] = nil
+end
+
+-- ---------------------------------------------------------------------
+-- the service: responder and prober on the node's overlay address
+-- ---------------------------------------------------------------------
+
+local Service = {}
+Service.__index = Service
+
+--- Starts answering probes on `ip`:PORT and probing every peer of `t`
+-- that is a member.  `peers` (public key -> `{ healthy, changed_at,
+-- rtt_ms, last_reply, last_reply_at }`) is kept up to date; the NAT agent
+-- reads it.
+-- @tparam table o `ip`, `t` (transport), `members()` -> member records,
+--   `peers` (the table above), `clock()` (epoch seconds, fractional),
+--   `random(n)`, `log(fmt, ...)`, `event(kind, fields)`, `guard(where, fn)`
+-- @return service, or nil and a message
+function M.service(o)
+  local uv = require "luv"
+  local udp = uv.new_udp()
+  local ok, err = udp:bind(o.ip, M.PORT)
+  if not ok then
+    udp:close()
+    return nil, "health responder: " .. tostring(err)
+  end
+  local self = setmetatable({ o = o, udp = udp, peers = o.peers,
+                              tracker = M.tracker({ random = o.random, clock = o.clock }) }, Service)
+  udp:recv_start(o.guard("health socket", function(rerr, data, addr)
+    if rerr or not data or not addr then return end
+    local answer = M.answer(data)
+    if answer then
+      udp:send(answer, addr.ip, addr.port, function() end)
+    elseif M.is_reply(data) then
+      local pk, rtt = self.tracker:on_reply(data, addr.ip)
+      local h = pk and self.peers[pk]
+      if h then
+        h.rtt_ms = rtt * 1000
+        h.last_reply = os.time()
+        h.last_reply_at = o.clock()
+      end
+    end
+  end))
+  self.timer = uv.new_timer()
+  self.timer:start(500, M.INTERVAL * 1000, o.guard("health probes", function() self:probe_all() end))
+  return self
+end
+
+--- Probes every member peer once and updates its health.
+function Service:probe_all()
+  local o, now = self.o, os.time()
+  local bykey = {}
+  for _, r in ipairs(o.members()) do bykey[r.public_key] = r end
+  for _, p in ipairs(o.t:status().peers) do
+    local r = bykey[p.public_key]
+    if r then
+      local h = self.peers[p.public_key] or { healthy = false }
+      self.peers[p.public_key] = h
+      self.udp:send(self.tracker:probe(p.public_key, r.overlay_ip), r.overlay_ip, M.PORT, function() end)
+      local healthy = p.last_handshake > 0 and now - p.last_handshake < M.HANDSHAKE_MAX
+                      and h.last_reply ~= nil and now - h.last_reply <= M.TIMEOUT
+      if healthy ~= h.healthy then
+        h.healthy = healthy
+        h.changed_at = now
+        o.log("peer %s is now %s", r.name, healthy and "healthy" or "unhealthy")
+        o.event(healthy and "peer_healthy" or "peer_unhealthy", { peer = r.name })
+      end
+    end
+  end
+end
+
+--- A peer left the cluster.
+function Service:forget(key)
+  self.peers[key] = nil
+  self.tracker:forget(key)
+end
+
+--- Accepted and refused replies, for status.
+function Service:stats() return self.tracker.stats end
+
+function Service:stop()
+  for _, h in ipairs({ self.timer, self.udp }) do
+    if h and not h:is_closing() then h:close() end
+  end
 end
 
 return M
