@@ -172,15 +172,15 @@ M.JOIN_PENDING = "join-pending.json"
 -- The key pair of an earlier, unfinished join of `name` from this state
 -- directory, or a new one (recorded before anything is sent).
 local function joiner_identity(path, name, token_id)
-  local old = state.load(path)
-  if type(old) == "table" and old.name == name and type(old.private_key) == "string"
-     and core.public_key(old.private_key) == old.public_key then
+  local old, err, kind = state.load_checked(path, "join_pending")
+  if not old and kind ~= "missing" then return nil, err .. " (remove it to start a new join)" end
+  if old and old.name == name and core.public_key(old.private_key) == old.public_key then
     return old.private_key, old.public_key, true
   end
   local priv, pub = core.generate_keys()
-  local ok, err = state.save(path, { name = name, private_key = priv, public_key = pub, token = token_id,
-                                     created = os.time() })
-  if not ok then return nil, err end
+  local ok, serr = state.save(path, { name = name, private_key = priv, public_key = pub, token = token_id,
+                                      created = os.time() })
+  if not ok then return nil, serr end
   return priv, pub, false
 end
 

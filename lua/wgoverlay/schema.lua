@@ -409,6 +409,17 @@ local function path_text(path)
   return table.concat(out)
 end
 
+--- Checks one member record as the registry will store it (the leader
+-- checks what members send before it persists it: a record it stored
+-- must never make leader.json fail this schema on the next start).
+-- @return true, or nil and a message naming the field
+function M.check_member(r, ctx)
+  local msg, path = member(r, ctx or {})
+  if not msg then return true end
+  if not path or #path == 0 then return nil, msg end
+  return nil, ("field \"%s\": %s"):format(path_text(path), msg)
+end
+
 --- Checks `data` (decoded state) against the schema of `kind`.
 -- @tparam string kind "node", "leader", "members", "containers" or "join_pending"
 -- @param data

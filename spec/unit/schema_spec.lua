@@ -368,4 +368,25 @@ describe("state schemas", function()
       end
     end)
   end)
+  describe("check_member (what the leader stores from a member)", function()
+    local node = { cluster = { cidr4 = "10.200.0.0/16", cidr6 = "fd00:200::/48" } }
+    local r = { name = "a", public_key = "jHlumK3PAXLFbNxx3EyaHSKs1cHOOArHzBsIjfolpGc=", endpoint = "192.0.2.2:51820",
+                overlay_ip = "10.200.0.17", overlay_ip6 = "fd00:200:0:1::1", slice = "10.200.0.16/28",
+                slice6 = "fd00:200:0:1::/64", containers = {} }
+    local function with(c) return setmetatable({ containers = c }, { __index = r }) end
+
+    it("accepts containers inside the member's slice", function()
+      assert.is_true(schema.check_member(with({ { name = "web", ip = "10.200.0.18", ip6 = "fd00:200:0:1::2" } }),
+                                         { node = node }))
+    end)
+
+    it("refuses a bad name or an address outside the slice, naming the field", function()
+      local ok, err = schema.check_member(with({ { name = "Bad Name", ip = "10.200.0.18" } }), { node = node })
+      assert.is_nil(ok)
+      assert.matches('field "containers%[1%]%.name"', err)
+      ok, err = schema.check_member(with({ { name = "web", ip = "10.200.0.99" } }), { node = node })
+      assert.is_nil(ok)
+      assert.matches('field "containers%[1%]%.ip": expected an address inside 10.200.0.16/28', err)
+    end)
+  end)
 end)

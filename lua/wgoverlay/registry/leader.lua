@@ -17,6 +17,7 @@ local membership = require "wgoverlay.membership"
 local cluster = require "wgoverlay.cluster"
 local jsonlines = require "wgoverlay.jsonlines"
 local candidates = require "wgoverlay.nat.candidates"
+local schema = require "wgoverlay.schema"
 
 local M = {}
 
@@ -269,8 +270,13 @@ function Leader:on_member_line(s, line)
     s.epoch = type(msg.epoch) == "string" and msg.epoch or nil
     self:push(s)
   elseif msg.type == "containers" and type(msg.containers) == "table" then
-    local up, err = self.registry:update(s.name, { containers = msg.containers })
-    if up then self:changed() else self.host.log("containers of %s refused: %s", s.name, err) end
+    -- checked as leader.json will be on the next start (names, addresses
+    -- inside the member's slice), so a member cannot make it unloadable
+    local r = self.registry:get(s.name)
+    local probe = setmetatable({ containers = msg.containers }, { __index = r })
+    local ok, err = schema.check_member(probe, { node = self.node })
+    if ok then ok, err = self.registry:update(s.name, { containers = msg.containers }) end
+    if ok then self:changed() else self.host.log("containers of %s refused: %s", s.name, err) end
   elseif msg.type == "candidates" then
     self:member_candidates(s.name, msg.candidates)
   elseif msg.type == "punch_request" and type(msg.peer) == "string" then
