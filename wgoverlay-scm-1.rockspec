@@ -1,13 +1,27 @@
--- Local build with LuaRocks (nothing is downloaded):
---   luarocks --lua-version 5.4 make --tree DIR wgoverlay-scm-1.rockspec
--- Lua dependencies (argparse, cjson, luv, socket) come from Debian packages
--- (scripts/deps.sh), not from a rocks server.
+-- LuaRocks build of wgoverlay, from a checkout of this repository.
+--
+--   luarocks --lua-version 5.4 make wgoverlay-scm-1.rockspec   # build, install
+--   luarocks --lua-version 5.4 test wgoverlay-scm-1.rockspec   # spec/unit
+--   luarocks --lua-version 5.4 lint wgoverlay-scm-1.rockspec
+--
+-- There is no public repository or release archive: `luarocks make` builds
+-- from the current directory and never fetches source.url, which therefore
+-- names the checkout itself ("."); `luarocks build`/`install` of this file
+-- from elsewhere are not supported.
+--
+-- The dependencies are rocks; on Debian 12 the same code comes from Debian
+-- packages (scripts/deps.sh installs them): luv = lua-luv, lua-cjson =
+-- lua-cjson, argparse = lua-argparse, luaossl = lua-luaossl, luasocket =
+-- lua-socket, busted = lua-busted.  LuaRocks does not see Debian packages:
+-- tell it with `rocks_provided` in its configuration (README has the
+-- lines), or pass --deps-mode=none to `make` (`test` always checks).  libsodium and
+-- libmnl (libsodium-dev, libmnl-dev) are external C dependencies.
 rockspec_format = "3.0"
 package = "wgoverlay"
 version = "scm-1"
 
 source = {
-  url = "git+file:///dev/null",
+  url = ".",
 }
 
 description = {
@@ -18,10 +32,18 @@ Lua 5.4 as wgoverlay.core, with orchestration modules and a command-line
 tool.  Wire-compatible with WireGuard; configurable with the stock wg tool.
 ]],
   license = "MIT",
+  labels = { "wireguard", "vpn", "networking", "overlay" },
 }
 
+-- Lower bounds: the versions in Debian 12 (bookworm), which the project
+-- is tested with; upper bounds: the next major version.
 dependencies = {
   "lua >= 5.4",
+  "luv >= 1.44.2, < 2",          -- event loop (daemon, cluster, NAT agent)
+  "lua-cjson >= 2.1.0, < 3",     -- JSON (state, control, status --json)
+  "argparse >= 0.7.1, < 1",      -- command line (bin/wgoverlay)
+  "luaossl >= 20220711",         -- openssl.digest/hmac/rand (TURN, tokens)
+  "luasocket >= 3.1.0, < 4",     -- socket.gettime (TURN client clock)
 }
 
 external_dependencies = {
@@ -100,4 +122,20 @@ build = {
       wgoverlay = "bin/wgoverlay",
     },
   },
+}
+
+test_dependencies = {
+  "busted >= 2.1.1, < 3",
+}
+
+-- The unit specs (no root, a few seconds); spec/integration needs root
+-- and network namespaces and is run by `make check`.  The command type,
+-- not busted's: LuaRocks 3.8's busted runner insists on a busted rock in
+-- a rocks tree (it ignores rocks_provided), and Debian's busted is not one.
+-- The busted script on PATH is run by Lua 5.4 (lua5.4 on Debian, else
+-- lua): Debian's /usr/bin/busted would start the default `lua`, 5.1 there.
+-- The rockspec spec is left out here: it runs `luarocks test` itself.
+test = {
+  type = "command",
+  command = [["$(command -v lua5.4 || command -v lua)" "$(command -v busted)" --run=unit --exclude-tags=rock]],
 }

@@ -51,6 +51,23 @@ local function addresses(ns, dev)
   return out
 end
 
+-- What configure may change on `ifname` (transport `var` of driver `drv`):
+-- MTU, link state, addresses, routes and the engine's peers.
+local function iface_state(ns, drv, var, ifname)
+  local link = helpers.ip_json(ns, "link show dev " .. ifname)[1]
+  local peers = drv:call(([[
+    local out = {}
+    for _, p in ipairs(%s:status().peers) do
+      table.sort(p.allowed_ips)
+      out[#out + 1] = { p.public_key, p.endpoint or false, p.allowed_ips, p.persistent_keepalive }
+    end
+    table.sort(out, function(x, y) return x[1] < y[1] end)
+    return out
+  ]]):format(var))
+  return { mtu = link.mtu, up = set_of(link.flags).UP or false, addresses = addresses(ns, ifname),
+           routes = routes(ns, ifname), peers = peers }
+end
+
 -- Code run once in every driver: helpers for the chunks below.
 local DRIVER_PRELUDE = [[
   function drain(tr)
@@ -165,6 +182,16 @@ describe("transport #netns", function()
       -- not for a time after the handshake, nor for a peer we do not have
       assert.is_false(A.drv:call("return t:check_handshake(...)", B.pub, os.time() + 3600))
       assert.is_false(A.drv:call("return t:check_handshake(...)", (select(2, wgo.generate_keys()))))
+      -- a malformed key is an error, not a quiet false (a typo would never
+      -- handshake); the message shows only the start of the key
+      local res, msg, errno = A.drv:call("return t:check_handshake(...)", B.pub:sub(1, 40))
+      assert.is_nil(res)
+      assert.equal(('bad key "%s..." (40 characters): expected 32 bytes base64'):format(B.pub:sub(1, 4)), msg)
+      assert.equal(22, errno)
+      res, msg, errno = A.drv:call("return t:check_handshake('not a key', 0)")
+      assert.is_nil(res)
+      assert.equal('bad key "not ..." (9 characters): expected 32 bytes base64', msg)
+      assert.equal(22, errno)
       assert.has_error(function() A.drv:call("return t:check_handshake(42)") end)
       assert.has_error(function() A.drv:call("return t:check_handshake(..., 'soon')", B.pub) end)
     end))
@@ -554,6 +581,112 @@ describe("transport #netns", function()
       B.drv:call("t6:shutdown() t6 = nil")
       assert.is_false(link_exists(A.ns, a6.ifname))
       assert.is_false(socket_exists(b6.ifname))
+    end))
+  end)
+
+  ---------------------------------------------------------------------------
+  describe("configure is all or nothing", function()
+    local _, ppub = wgo.generate_keys()
+    local good = { public_key = ppub, endpoint = "192.0.2.2:51070", allowed_ips = { "10.86.5.0/24", "fd86:5::/64" } }
+
+    it("an address the kernel refuses: nothing stays (no peers, addresses, routes; link down)", helpers.guard(function()
+      local name = helpers.ifname("wt")
+      A.drv:call([[S.ra = assert(wgo.transport.new({ listen_port = 51071,
+        address = { "10.86.0.1/24", "fd86::1/64", "ff02::1/64" } }, ...)) assert(S.ra:create_interface())]], name)
+      local before = iface_state(A.ns, A.drv, "S.ra", name)
+      assert.is_false(before.up)
+      local res, msg, errno = A.drv:call("return S.ra:configure(...)", { good })
+      assert.is_nil(res)
+      assert.truthy(msg:find("adding address ff02::1/64: ", 1, true), msg)
+      assert.equal(99, errno) -- EADDRNOTAVAIL
+      assert.same(before, iface_state(A.ns, A.drv, "S.ra", name))
+      A.drv:call("S.ra:shutdown()")
+    end))
+
+    it("a peer the engine refuses after addresses, link and routes: all undone", helpers.guard(function()
+      local name = helpers.ifname("wt")
+      A.drv:call([[S.rb = assert(wgo.transport.new({ listen_port = 51072,
+        address = { "10.86.1.1/24", "fd86:1::1/64" } }, ...)) assert(S.rb:create_interface())]], name)
+      local before = iface_state(A.ns, A.drv, "S.rb", name)
+      local res, msg, errno = A.drv:call("return S.rb:configure(...)",
+        { good, { public_key = (select(2, wgo.generate_keys())), endpoint = "10.0.0.1" } })
+      assert.is_nil(res)
+      assert.equal('endpoint "10.0.0.1" invalid: expected IP:PORT or [IPv6]:PORT', msg)
+      assert.equal(22, errno)
+      assert.same(before, iface_state(A.ns, A.drv, "S.rb", name))
+      -- and the same call without the bad peer then works
+      assert.is_true(A.drv:call("return S.rb:configure(...)", { good }))
+      local st = iface_state(A.ns, A.drv, "S.rb", name)
+      assert.is_true(st.up)
+      assert.truthy(st.routes["10.86.5.0/24"])
+      assert.equal(1, #st.peers)
+      A.drv:call("S.rb:shutdown()")
+    end))
+
+    it("a route the kernel refuses on a configured interface: peers, routes, MTU back as they were", helpers.guard(function()
+      local name = helpers.ifname("wt")
+      local p1 = { public_key = ppub, endpoint = "192.0.2.2:51070", allowed_ips = { "10.86.2.2/32" } }
+      A.drv:call([[S.rc = assert(wgo.transport.new({ listen_port = 51073, address = "10.86.2.1/24" }, ...))
+        assert(S.rc:create_interface())]], name)
+      assert.is_true(A.drv:call("return S.rc:configure(...)", { p1 }))
+      -- IPv6 off on the interface: an IPv6 route on it is refused.  And an
+      -- MTU set by hand, which configure changes and must put back.
+      A.ns:must(("sysctl -qw net.ipv6.conf.%s.disable_ipv6=1 && ip link set dev %s mtu 1300"):format(name, name))
+      local before = iface_state(A.ns, A.drv, "S.rc", name)
+      assert.equal(1300, before.mtu)
+      local _, pub2 = wgo.generate_keys()
+      local res, msg, errno = A.drv:call("return S.rc:configure(...)", { p1,
+        { public_key = pub2, endpoint = "192.0.2.3:51070", allowed_ips = { "10.86.9.0/24", "fd86:9::/64" } } })
+      assert.is_nil(res)
+      assert.truthy(msg:find("adding route fd86:9::/64", 1, true), msg)
+      assert.equal(13, errno) -- EACCES: IPv6 is disabled on the device
+      local after = iface_state(A.ns, A.drv, "S.rc", name)
+      assert.is_nil(after.routes["10.86.9.0/24"], "the route added before the failure stayed")
+      assert.same(before, after)
+      A.drv:call("S.rc:shutdown()")
+    end))
+
+    it("every method returns nil, message, errno", helpers.guard(function()
+      local name = helpers.ifname("wt")
+      A.drv:call([[S.re = assert(wgo.transport.new({ listen_port = 51074, address = "10.86.3.1/24" }, ...))
+        assert(S.re:create_interface()) assert(S.re:configure({}))]], name)
+      local _, stranger = wgo.generate_keys()
+      local calls = {
+        { "wgo.transport.new({ mtu = 100 }, 'wgx0')", 22 },
+        { "S.re:add_peer({ public_key = 'abc' })", 22 },
+        { "S.re:add_peer({ public_key = ..., allowed_ips = { '10.0.0.0/99' } })", 22 },
+        { "S.re:add_peer({ public_key = ..., endpoint = 'nowhere' })", 22 },
+        { "S.re:remove_peer(...)", 2 },
+        { "S.re:remove_peer('abc')", 22 },
+        { "S.re:update_peer_endpoint(..., '192.0.2.9:1')", 2 },
+        { "S.re:add_allowed_ip(..., '10.9.0.0/24')", 2 },
+        { "S.re:remove_allowed_ip(..., '10.9.0.0/24')", 2 },
+        { "S.re:configure({ { public_key = 'abc' } })", 22 },
+        { "S.re:send_datagram('nowhere', 'x')", 22 },
+        { "S.re:initiate_handshake('abc')", 22 },
+        { "S.re:check_handshake('abc')", 22 },
+        { "S.re:set_relay('nowhere')", 22 },
+      }
+      for _, c in ipairs(calls) do
+        local res, msg, errno = A.drv:call("return " .. c[1], stranger)
+        assert.is_nil(res, c[1])
+        assert.is_string(msg, c[1])
+        assert.equal(c[2], errno, c[1] .. ": " .. tostring(msg))
+      end
+      -- create_interface: a port in use
+      local res, msg, errno = A.drv:call([[S.rf = wgo.transport.new({ listen_port = 51074 }, ...)
+        return S.rf:create_interface()]], helpers.ifname("wt"))
+      assert.is_nil(res)
+      assert.equal("cannot listen on UDP port 51074: Address already in use", msg)
+      assert.equal(98, errno) -- EADDRINUSE
+      A.drv:call("S.re:shutdown()")
+    end))
+
+    it("wgo.transport.generate_keys makes a key pair", helpers.guard(function()
+      local priv, pub = wgo.transport.generate_keys()
+      assert.equal(44, #priv)
+      assert.equal(pub, wgo.public_key(priv))
+      assert.not_equal(priv, (wgo.transport.generate_keys()))
     end))
   end)
 
