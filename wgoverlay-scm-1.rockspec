@@ -113,6 +113,7 @@ build = {
     ["wgoverlay.registry.leader"] = "lua/wgoverlay/registry/leader.lua",
     ["wgoverlay.registry.member"] = "lua/wgoverlay/registry/member.lua",
     ["wgoverlay.schema"] = "lua/wgoverlay/schema.lua",
+    ["wgoverlay.sdnotify"] = "lua/wgoverlay/sdnotify.lua",
     ["wgoverlay.state"] = "lua/wgoverlay/state.lua",
     ["wgoverlay.token"] = "lua/wgoverlay/token.lua",
     ["wgoverlay.transport"] = "lua/wgoverlay/transport.lua",

@@ -50,7 +50,11 @@ function commands.interface(args)
   end
   io.stderr:write(string.format("wgoverlay: interface %s up, UAPI socket /var/run/wireguard/%s.sock, AEAD %s\n",
     args.ifname, args.ifname, core.aead_name()))
+  -- under systemd (Type=notify): ready once the interface and its socket exist
+  local sdnotify = require "wgoverlay.sdnotify"
+  sdnotify.ready(string.format("interface %s up", args.ifname))
   local sig = core.wait_signal()
+  sdnotify.stopping(string.format("SIG%s: removing interface %s", sig, args.ifname))
   dev:close()
   io.stderr:write(string.format("wgoverlay: SIG%s: interface %s removed\n", sig, args.ifname))
   return 0
