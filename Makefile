@@ -1,6 +1,7 @@
 # wgoverlay build.  `make` builds the Lua module build/wgoverlay/core.so,
 # the pure-protocol library for C tests and the C test binaries.
-# Targets: all check demo bench fuzz soak deps clean.  SANITIZE=1 builds
+# Targets: all check demo bench fuzz soak deps format clean (format: the C
+# sources through clang-format, .clang-format).  SANITIZE=1 builds
 # everything with AddressSanitizer + UBSan into build-san/.  AEAD=avx512
 # adds our AVX-512 ChaCha20-Poly1305 (csrc/aead_avx512.c, used when the CPU
 # has AVX-512, libsodium otherwise) and builds into build-avx512/
@@ -39,7 +40,7 @@ TESTS    := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c)
 BENCHES  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 MODULE   := $(BUILD)/wgoverlay/core.so
 
-.PHONY: all deps check demo bench fuzz soak clean
+.PHONY: all deps check demo bench fuzz soak format clean
 all: $(MODULE) $(TESTS) $(BENCHES)
 
 $(BUILD)/obj/%.o: csrc/%.c $(wildcard csrc/*.h) | $(BUILD)/obj
@@ -92,6 +93,10 @@ soak: deps
 demo-nat: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo_nat.sh
+
+FORMAT_SRC := $(wildcard csrc/*.c csrc/*.h tests/c/*.c tests/c/*.h fuzz/*.c bench/*.c)
+format:
+	clang-format -i $(FORMAT_SRC)
 
 clean:
 	rm -rf build build-san build-fuzz build-avx512 build-san-avx512

@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential pkg-config lua5.4 liblua5.4-dev libsodium-dev libmnl-dev
   lua-busted lua-luassert lua-argparse lua-cjson lua-luv lua-socket
   wireguard-go wireguard-tools iperf3 iproute2 nftables iputils-ping socat bind9-dnsutils
-  clang libclang-rt-14-dev valgrind luarocks tshark lua-luaossl coturn conntrack
+  clang clang-format libclang-rt-14-dev valgrind luarocks tshark lua-luaossl coturn conntrack
   systemd util-linux
 )
 
