@@ -27,6 +27,7 @@ local registry = require "wgoverlay.registry"
 local cidr = require "wgoverlay.cidr"
 local transport = require "wgoverlay.transport"
 local nat_agent = require "wgoverlay.nat.agent"
+local sdnotify = require "wgoverlay.sdnotify"
 
 local M = {}
 
@@ -284,7 +285,15 @@ function Node:start_loop()
   end))
   local nt = uv.new_timer()
   nt:start(0, math.floor(M.NAT_TICK * 1000), self:guard("NAT tick", function()
-    if not self.stopping then self.nat:tick(self.health) end
+    if self.stopping then return end
+    self.nat:tick(self.health)
+    -- systemd readiness (Type=notify): the interface is up from the start;
+    -- a leader is its own registry, a member is ready once its session to
+    -- the registry is up.  Sent once; never for a node that is stopping.
+    if not sdnotify.is_ready() and self.reg:connected() then
+      sdnotify.ready(string.format("%s %s up, interface %s, registry reached",
+        self.node.role, self.node.self.overlay_ip, self.node.ifname))
+    end
   end))
   self.timers[#self.timers + 1] = nt
   for _, sig in ipairs({ "sigterm", "sigint", "sighup" }) do
@@ -358,6 +367,7 @@ end
 function Node:stop()
   if self.stopping then return end
   self.stopping = true
+  sdnotify.stopping()
   for _, tm in ipairs(self.timers) do close(tm) end
   close(self.poll)
   if self.dns then self.dns:stop() end
