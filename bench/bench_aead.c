@@ -19,7 +19,7 @@
 #define POOL_BYTES (256 * 1024)
 #define ROUNDS 5
 
-static const uint8_t key[32] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+static const uint8_t key[32] = { 1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
 				 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32 };
 
 static double now(void)
@@ -146,8 +146,8 @@ int main(int argc, char **argv)
 			double d = run(&impls[k], &p, len, true, ms);
 
 			snprintf(label, sizeof(label), "%s%s", k ? "wg_aead " : "", impls[k].name);
-			printf("%6zu  %-16s %10.3f %8.2f %10.3f %8.2f\n", len, label, e * 1e6, (double)len * 8 / e / 1e9,
-			       d * 1e6, (double)len * 8 / d / 1e9);
+			printf("%6zu  %-16s %10.3f %8.2f %10.3f %8.2f\n", len, label, e * 1e6,
+			       (double)len * 8 / e / 1e9, d * 1e6, (double)len * 8 / d / 1e9);
 		}
 		free(p.mem);
 		free(p.work);

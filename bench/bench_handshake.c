@@ -31,7 +31,9 @@ static void fsend(void *ctx, const struct wg_endpoint *to, const uint8_t *buf, s
 	}
 }
 
-static void fdeliver(void *ctx, const uint8_t *ip, size_t len) {}
+static void fdeliver(void *ctx, const uint8_t *ip, size_t len)
+{
+}
 
 static const struct wg_proto_ops ops = { .clock = fclock, .send_udp = fsend, .deliver = fdeliver };
 

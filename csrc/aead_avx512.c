@@ -171,8 +171,7 @@ AVX512_INLINE struct v3 load8(const uint8_t *m)
 {
 	const __m512i a = _mm512_loadu_si512(m), b = _mm512_loadu_si512(m + 64);
 
-	return limbs(_mm512_permutex2var_epi64(a, EVEN_QWORDS, b), _mm512_permutex2var_epi64(a, ODD_QWORDS, b),
-		     HIBIT);
+	return limbs(_mm512_permutex2var_epi64(a, EVEN_QWORDS, b), _mm512_permutex2var_epi64(a, ODD_QWORDS, b), HIBIT);
 }
 
 /* nbytes <= 128 bytes at m (the last partial block zero-padded) into the
@@ -283,8 +282,7 @@ static AVX512 void poly1305(const uint8_t *c, size_t len, const uint8_t key[32],
 
 	ha = hb = zero; /* ha takes the last group */
 	if (groups % 2) {
-		ha = vmul(group(c, len, 0, groups, lead), groups == 1 ? last.b : step.b,
-			  groups == 1 ? last.s : step.s);
+		ha = vmul(group(c, len, 0, groups, lead), groups == 1 ? last.b : step.b, groups == 1 ? last.s : step.s);
 		g = 1;
 	}
 	for (; g < groups; g += 2) {
@@ -395,97 +393,121 @@ AVX512_INLINE void emit(const struct sink *o, uint32_t b, __m512i ks)
 #define Y_SET1 _mm256_set1_epi32
 
 /* One step a += b; d = (d ^ a) <<< r of four quarter rounds side by side. */
-#define STEP4(V, a0, b0, d0, a1, b1, d1, a2, b2, d2, a3, b3, d3, r) do { \
-	a0 = V##_ADD(a0, b0); a1 = V##_ADD(a1, b1); a2 = V##_ADD(a2, b2); a3 = V##_ADD(a3, b3); \
-	d0 = V##_ROL(V##_XOR(d0, a0), r); d1 = V##_ROL(V##_XOR(d1, a1), r); \
-	d2 = V##_ROL(V##_XOR(d2, a2), r); d3 = V##_ROL(V##_XOR(d3, a3), r); \
-} while (0)
+#define STEP4(V, a0, b0, d0, a1, b1, d1, a2, b2, d2, a3, b3, d3, r) \
+	do {                                                        \
+		a0 = V##_ADD(a0, b0);                               \
+		a1 = V##_ADD(a1, b1);                               \
+		a2 = V##_ADD(a2, b2);                               \
+		a3 = V##_ADD(a3, b3);                               \
+		d0 = V##_ROL(V##_XOR(d0, a0), r);                   \
+		d1 = V##_ROL(V##_XOR(d1, a1), r);                   \
+		d2 = V##_ROL(V##_XOR(d2, a2), r);                   \
+		d3 = V##_ROL(V##_XOR(d3, a3), r);                   \
+	} while (0)
 
-#define QR4(V, a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3) do { \
-	STEP4(V, a0, b0, d0, a1, b1, d1, a2, b2, d2, a3, b3, d3, 16); \
-	STEP4(V, c0, d0, b0, c1, d1, b1, c2, d2, b2, c3, d3, b3, 12); \
-	STEP4(V, a0, b0, d0, a1, b1, d1, a2, b2, d2, a3, b3, d3, 8); \
-	STEP4(V, c0, d0, b0, c1, d1, b1, c2, d2, b2, c3, d3, b3, 7); \
-} while (0)
+#define QR4(V, a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3) \
+	do {                                                                   \
+		STEP4(V, a0, b0, d0, a1, b1, d1, a2, b2, d2, a3, b3, d3, 16);  \
+		STEP4(V, c0, d0, b0, c1, d1, b1, c2, d2, b2, c3, d3, b3, 12);  \
+		STEP4(V, a0, b0, d0, a1, b1, d1, a2, b2, d2, a3, b3, d3, 8);   \
+		STEP4(V, c0, d0, b0, c1, d1, b1, c2, d2, b2, c3, d3, b3, 7);   \
+	} while (0)
 
 /* The column and the diagonal rounds on the state words p0 .. p15 */
-#define COLUMNS(V, p) QR4(V, p##0, p##4, p##8, p##12, p##1, p##5, p##9, p##13, \
-			  p##2, p##6, p##10, p##14, p##3, p##7, p##11, p##15)
-#define DIAGONALS(V, p) QR4(V, p##0, p##5, p##10, p##15, p##1, p##6, p##11, p##12, \
-			    p##2, p##7, p##8, p##13, p##3, p##4, p##9, p##14)
+#define COLUMNS(V, p) \
+	QR4(V, p##0, p##4, p##8, p##12, p##1, p##5, p##9, p##13, p##2, p##6, p##10, p##14, p##3, p##7, p##11, p##15)
+#define DIAGONALS(V, p) \
+	QR4(V, p##0, p##5, p##10, p##15, p##1, p##6, p##11, p##12, p##2, p##7, p##8, p##13, p##3, p##4, p##9, p##14)
 
 /* Declares p0 .. p15 (type T), the state with counters c12 in word 12. */
-#define STATE(T, V, p, c12) \
-	T p##0 = V##_SET1((int)st[0]), p##1 = V##_SET1((int)st[1]), p##2 = V##_SET1((int)st[2]); \
-	T p##3 = V##_SET1((int)st[3]), p##4 = V##_SET1((int)st[4]), p##5 = V##_SET1((int)st[5]); \
-	T p##6 = V##_SET1((int)st[6]), p##7 = V##_SET1((int)st[7]), p##8 = V##_SET1((int)st[8]); \
+#define STATE(T, V, p, c12)                                                                          \
+	T p##0 = V##_SET1((int)st[0]), p##1 = V##_SET1((int)st[1]), p##2 = V##_SET1((int)st[2]);     \
+	T p##3 = V##_SET1((int)st[3]), p##4 = V##_SET1((int)st[4]), p##5 = V##_SET1((int)st[5]);     \
+	T p##6 = V##_SET1((int)st[6]), p##7 = V##_SET1((int)st[7]), p##8 = V##_SET1((int)st[8]);     \
 	T p##9 = V##_SET1((int)st[9]), p##10 = V##_SET1((int)st[10]), p##11 = V##_SET1((int)st[11]); \
-	T p##12 = c12, p##13 = V##_SET1((int)st[13]), p##14 = V##_SET1((int)st[14]); \
+	T p##12 = c12, p##13 = V##_SET1((int)st[13]), p##14 = V##_SET1((int)st[14]);                 \
 	T p##15 = V##_SET1((int)st[15])
 
 /* Adds the input state back in (the end of the block function).  The
  * empty asm makes the compiler load st again rather than keep 16
  * broadcasts live through the rounds (which spills in chacha24). */
-#define FEEDFORWARD(V, p, c12) do { \
-	__asm__("" : "+r"(st)); \
-	p##0 = V##_ADD(p##0, V##_SET1((int)st[0])); p##1 = V##_ADD(p##1, V##_SET1((int)st[1])); \
-	p##2 = V##_ADD(p##2, V##_SET1((int)st[2])); p##3 = V##_ADD(p##3, V##_SET1((int)st[3])); \
-	p##4 = V##_ADD(p##4, V##_SET1((int)st[4])); p##5 = V##_ADD(p##5, V##_SET1((int)st[5])); \
-	p##6 = V##_ADD(p##6, V##_SET1((int)st[6])); p##7 = V##_ADD(p##7, V##_SET1((int)st[7])); \
-	p##8 = V##_ADD(p##8, V##_SET1((int)st[8])); p##9 = V##_ADD(p##9, V##_SET1((int)st[9])); \
-	p##10 = V##_ADD(p##10, V##_SET1((int)st[10])); p##11 = V##_ADD(p##11, V##_SET1((int)st[11])); \
-	p##12 = V##_ADD(p##12, c12); p##13 = V##_ADD(p##13, V##_SET1((int)st[13])); \
-	p##14 = V##_ADD(p##14, V##_SET1((int)st[14])); p##15 = V##_ADD(p##15, V##_SET1((int)st[15])); \
-} while (0)
+#define FEEDFORWARD(V, p, c12)                                 \
+	do {                                                   \
+		__asm__("" : "+r"(st));                        \
+		p##0 = V##_ADD(p##0, V##_SET1((int)st[0]));    \
+		p##1 = V##_ADD(p##1, V##_SET1((int)st[1]));    \
+		p##2 = V##_ADD(p##2, V##_SET1((int)st[2]));    \
+		p##3 = V##_ADD(p##3, V##_SET1((int)st[3]));    \
+		p##4 = V##_ADD(p##4, V##_SET1((int)st[4]));    \
+		p##5 = V##_ADD(p##5, V##_SET1((int)st[5]));    \
+		p##6 = V##_ADD(p##6, V##_SET1((int)st[6]));    \
+		p##7 = V##_ADD(p##7, V##_SET1((int)st[7]));    \
+		p##8 = V##_ADD(p##8, V##_SET1((int)st[8]));    \
+		p##9 = V##_ADD(p##9, V##_SET1((int)st[9]));    \
+		p##10 = V##_ADD(p##10, V##_SET1((int)st[10])); \
+		p##11 = V##_ADD(p##11, V##_SET1((int)st[11])); \
+		p##12 = V##_ADD(p##12, c12);                   \
+		p##13 = V##_ADD(p##13, V##_SET1((int)st[13])); \
+		p##14 = V##_ADD(p##14, V##_SET1((int)st[14])); \
+		p##15 = V##_ADD(p##15, V##_SET1((int)st[15])); \
+	} while (0)
 
 /* 4x4 transpose of 32-bit words inside each 128-bit lane: afterwards lane
  * j of a (b, c, d) holds these four words of block 4j (4j+1, 4j+2, 4j+3). */
-#define TRANSPOSE4(P, T, a, b, c, d) do { \
-	T t0 = P##_unpacklo_epi32(a, b), t1 = P##_unpackhi_epi32(a, b); \
-	T t2 = P##_unpacklo_epi32(c, d), t3 = P##_unpackhi_epi32(c, d); \
-	a = P##_unpacklo_epi64(t0, t2); b = P##_unpackhi_epi64(t0, t2); \
-	c = P##_unpacklo_epi64(t1, t3); d = P##_unpackhi_epi64(t1, t3); \
-} while (0)
+#define TRANSPOSE4(P, T, a, b, c, d)                                            \
+	do {                                                                    \
+		T t0 = P##_unpacklo_epi32(a, b), t1 = P##_unpackhi_epi32(a, b); \
+		T t2 = P##_unpacklo_epi32(c, d), t3 = P##_unpackhi_epi32(c, d); \
+		a = P##_unpacklo_epi64(t0, t2);                                 \
+		b = P##_unpackhi_epi64(t0, t2);                                 \
+		c = P##_unpacklo_epi64(t1, t3);                                 \
+		d = P##_unpackhi_epi64(t1, t3);                                 \
+	} while (0)
 
 /* 16 blocks from counter ctr, in zmm words p0 .. p15, out to o.  After
  * TRANSPOSE4, lane j of p(4g+k) holds words 4g..4g+3 of block 4j+k: each
  * block gathers lane j of p(k), p(4+k), p(8+k), p(12+k). */
-#define OUT16_4(k, a, b, c, d) do { \
-	__m512i t0 = _mm512_shuffle_i32x4(a, b, 0x44), t1 = _mm512_shuffle_i32x4(a, b, 0xee); \
-	__m512i t2 = _mm512_shuffle_i32x4(c, d, 0x44), t3 = _mm512_shuffle_i32x4(c, d, 0xee); \
-	emit(o, ctr + k, _mm512_shuffle_i32x4(t0, t2, 0x88)); \
-	emit(o, ctr + 4 + k, _mm512_shuffle_i32x4(t0, t2, 0xdd)); \
-	emit(o, ctr + 8 + k, _mm512_shuffle_i32x4(t1, t3, 0x88)); \
-	emit(o, ctr + 12 + k, _mm512_shuffle_i32x4(t1, t3, 0xdd)); \
-} while (0)
-#define OUT16(p, ctr) do { \
-	TRANSPOSE4(_mm512, __m512i, p##0, p##1, p##2, p##3); \
-	TRANSPOSE4(_mm512, __m512i, p##4, p##5, p##6, p##7); \
-	TRANSPOSE4(_mm512, __m512i, p##8, p##9, p##10, p##11); \
-	TRANSPOSE4(_mm512, __m512i, p##12, p##13, p##14, p##15); \
-	OUT16_4(0, p##0, p##4, p##8, p##12); \
-	OUT16_4(1, p##1, p##5, p##9, p##13); \
-	OUT16_4(2, p##2, p##6, p##10, p##14); \
-	OUT16_4(3, p##3, p##7, p##11, p##15); \
-} while (0)
+#define OUT16_4(k, a, b, c, d)                                                                        \
+	do {                                                                                          \
+		__m512i t0 = _mm512_shuffle_i32x4(a, b, 0x44), t1 = _mm512_shuffle_i32x4(a, b, 0xee); \
+		__m512i t2 = _mm512_shuffle_i32x4(c, d, 0x44), t3 = _mm512_shuffle_i32x4(c, d, 0xee); \
+		emit(o, ctr + k, _mm512_shuffle_i32x4(t0, t2, 0x88));                                 \
+		emit(o, ctr + 4 + k, _mm512_shuffle_i32x4(t0, t2, 0xdd));                             \
+		emit(o, ctr + 8 + k, _mm512_shuffle_i32x4(t1, t3, 0x88));                             \
+		emit(o, ctr + 12 + k, _mm512_shuffle_i32x4(t1, t3, 0xdd));                            \
+	} while (0)
+#define OUT16(p, ctr)                                                    \
+	do {                                                             \
+		TRANSPOSE4(_mm512, __m512i, p##0, p##1, p##2, p##3);     \
+		TRANSPOSE4(_mm512, __m512i, p##4, p##5, p##6, p##7);     \
+		TRANSPOSE4(_mm512, __m512i, p##8, p##9, p##10, p##11);   \
+		TRANSPOSE4(_mm512, __m512i, p##12, p##13, p##14, p##15); \
+		OUT16_4(0, p##0, p##4, p##8, p##12);                     \
+		OUT16_4(1, p##1, p##5, p##9, p##13);                     \
+		OUT16_4(2, p##2, p##6, p##10, p##14);                    \
+		OUT16_4(3, p##3, p##7, p##11, p##15);                    \
+	} while (0)
 
 /* The same for 8 blocks in ymm words: lane j (0, 1) of p(4g+k) holds
  * words 4g..4g+3 of block 4j+k. */
 #define JOIN(lo, hi) _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
-#define OUT8_4(k, a, b, c, d) do { \
-	emit(o, ctr + k, JOIN(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(c, d, 0x20))); \
-	emit(o, ctr + 4 + k, JOIN(_mm256_permute2x128_si256(a, b, 0x31), _mm256_permute2x128_si256(c, d, 0x31))); \
-} while (0)
-#define OUT8(p, ctr) do { \
-	TRANSPOSE4(_mm256, __m256i, p##0, p##1, p##2, p##3); \
-	TRANSPOSE4(_mm256, __m256i, p##4, p##5, p##6, p##7); \
-	TRANSPOSE4(_mm256, __m256i, p##8, p##9, p##10, p##11); \
-	TRANSPOSE4(_mm256, __m256i, p##12, p##13, p##14, p##15); \
-	OUT8_4(0, p##0, p##4, p##8, p##12); \
-	OUT8_4(1, p##1, p##5, p##9, p##13); \
-	OUT8_4(2, p##2, p##6, p##10, p##14); \
-	OUT8_4(3, p##3, p##7, p##11, p##15); \
-} while (0)
+#define OUT8_4(k, a, b, c, d)                                                                                         \
+	do {                                                                                                          \
+		emit(o, ctr + k, JOIN(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(c, d, 0x20))); \
+		emit(o, ctr + 4 + k,                                                                                  \
+		     JOIN(_mm256_permute2x128_si256(a, b, 0x31), _mm256_permute2x128_si256(c, d, 0x31)));             \
+	} while (0)
+#define OUT8(p, ctr)                                                     \
+	do {                                                             \
+		TRANSPOSE4(_mm256, __m256i, p##0, p##1, p##2, p##3);     \
+		TRANSPOSE4(_mm256, __m256i, p##4, p##5, p##6, p##7);     \
+		TRANSPOSE4(_mm256, __m256i, p##8, p##9, p##10, p##11);   \
+		TRANSPOSE4(_mm256, __m256i, p##12, p##13, p##14, p##15); \
+		OUT8_4(0, p##0, p##4, p##8, p##12);                      \
+		OUT8_4(1, p##1, p##5, p##9, p##13);                      \
+		OUT8_4(2, p##2, p##6, p##10, p##14);                     \
+		OUT8_4(3, p##3, p##7, p##11, p##15);                     \
+	} while (0)
 
 #define LANES16 _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 #define LANES8 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
@@ -581,8 +603,9 @@ AVX512_INLINE void xor_wipe(uint8_t *dst, uint8_t *ks, size_t len)
 	if (i < len) {
 		__mmask64 m = _bzhi_u64(~(uint64_t)0, (unsigned)(len - i));
 
-		_mm512_mask_storeu_epi8(dst + i, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, dst + i),
-								     _mm512_maskz_loadu_epi8(m, ks + i)));
+		_mm512_mask_storeu_epi8(
+			dst + i, m,
+			_mm512_xor_si512(_mm512_maskz_loadu_epi8(m, dst + i), _mm512_maskz_loadu_epi8(m, ks + i)));
 		_mm512_mask_storeu_epi8(ks + i, m, z);
 	}
 	__asm__ __volatile__("" : : "r"(ks) : "memory");
@@ -602,8 +625,7 @@ struct secrets {
 	uint8_t mac[16];
 };
 
-AVX512 void wg_aead_avx512_encrypt(uint8_t *buf, size_t len, uint8_t tag[16], uint64_t counter,
-				   const uint8_t key[32])
+AVX512 void wg_aead_avx512_encrypt(uint8_t *buf, size_t len, uint8_t tag[16], uint64_t counter, const uint8_t key[32])
 {
 	struct secrets k;
 	const struct sink o = { buf, buf, len, k.pk };

@@ -12,7 +12,6 @@
 /* True if this CPU has every instruction set the implementation uses. */
 bool wg_aead_avx512_usable(void);
 void wg_aead_avx512_encrypt(uint8_t *buf, size_t len, uint8_t tag[16], uint64_t counter, const uint8_t key[32]);
-bool wg_aead_avx512_decrypt(uint8_t *buf, size_t len, const uint8_t tag[16], uint64_t counter,
-			    const uint8_t key[32]);
+bool wg_aead_avx512_decrypt(uint8_t *buf, size_t len, const uint8_t tag[16], uint64_t counter, const uint8_t key[32]);
 #endif
 #endif

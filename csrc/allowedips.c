@@ -41,8 +41,8 @@
 
 enum {
 	AIP_ENTRY = 1 << 0, /* has an owner; node is a struct aip_entry */
-	AIP_BIG   = 1 << 1, /* allocated as struct aip_entry (may be a join) */
-	AIP_V6    = 1 << 2, /* lives in the IPv6 trie */
+	AIP_BIG = 1 << 1,   /* allocated as struct aip_entry (may be a join) */
+	AIP_V6 = 1 << 2,    /* lives in the IPv6 trie */
 };
 
 /*
@@ -124,8 +124,8 @@ static inline void store_be64(uint8_t *p, uint64_t v)
 static void load_key(uint64_t key[2], int family, const uint8_t *addr)
 {
 	if (family == AF_INET) {
-		key[0] = ((uint64_t)addr[0] << 56) | ((uint64_t)addr[1] << 48) |
-			 ((uint64_t)addr[2] << 40) | ((uint64_t)addr[3] << 32);
+		key[0] = ((uint64_t)addr[0] << 56) | ((uint64_t)addr[1] << 48) | ((uint64_t)addr[2] << 40) |
+			 ((uint64_t)addr[3] << 32);
 		key[1] = 0;
 	} else {
 		key[0] = load_be64(addr);
@@ -357,7 +357,7 @@ new_leaf:
  * entry's stored prefix is checked once at the end.
  */
 static struct wg_aip_node **find_exact(struct wg_aip_node **slot, const uint64_t key[2], unsigned int cidr,
-				    struct wg_aip_node ***parent_slot)
+				       struct wg_aip_node ***parent_slot)
 {
 	struct wg_aip_node **pslot = NULL, *n;
 	uint64_t nkey[2];

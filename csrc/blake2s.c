@@ -19,8 +19,7 @@
 #include <sodium.h>
 
 static const uint32_t blake2s_iv[8] = {
-	0x6A09E667UL, 0xBB67AE85UL, 0x3C6EF372UL, 0xA54FF53AUL,
-	0x510E527FUL, 0x9B05688CUL, 0x1F83D9ABUL, 0x5BE0CD19UL,
+	0x6A09E667UL, 0xBB67AE85UL, 0x3C6EF372UL, 0xA54FF53AUL, 0x510E527FUL, 0x9B05688CUL, 0x1F83D9ABUL, 0x5BE0CD19UL,
 };
 
 /*
@@ -49,8 +48,7 @@ static inline uint32_t ror32(uint32_t w, unsigned int c)
 /* BLAKE2s is little-endian on the wire; these compile to plain moves on x86. */
 static inline uint32_t load_le32(const uint8_t *p)
 {
-	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) |
-	       ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
 static inline void store_le32(uint8_t *p, uint32_t v)
@@ -78,8 +76,7 @@ static inline void blake2s_increment_counter(struct wg_blake2s_state *s, uint32_
  * before each one.  inc is 64 for every block except the final one, whose
  * counter must reflect only the bytes actually present (RFC 7693 3.3).
  */
-static void blake2s_compress(struct wg_blake2s_state *s, const uint8_t *block,
-			     size_t nblocks, uint32_t inc)
+static void blake2s_compress(struct wg_blake2s_state *s, const uint8_t *block, size_t nblocks, uint32_t inc)
 {
 	uint32_t m[16], v[16];
 	int i;
@@ -99,27 +96,29 @@ static void blake2s_compress(struct wg_blake2s_state *s, const uint8_t *block,
 		v[14] = blake2s_iv[6] ^ s->f[0];
 		v[15] = blake2s_iv[7] ^ s->f[1];
 
-#define G(r, i, a, b, c, d) do { \
-		a += b + m[blake2s_sigma[r][2 * (i)]]; \
-		d = ror32(d ^ a, 16); \
-		c += d; \
-		b = ror32(b ^ c, 12); \
+#define G(r, i, a, b, c, d)                                \
+	do {                                               \
+		a += b + m[blake2s_sigma[r][2 * (i)]];     \
+		d = ror32(d ^ a, 16);                      \
+		c += d;                                    \
+		b = ror32(b ^ c, 12);                      \
 		a += b + m[blake2s_sigma[r][2 * (i) + 1]]; \
-		d = ror32(d ^ a, 8); \
-		c += d; \
-		b = ror32(b ^ c, 7); \
+		d = ror32(d ^ a, 8);                       \
+		c += d;                                    \
+		b = ror32(b ^ c, 7);                       \
 	} while (0)
 
 /* One round: four column mixes, then four diagonal mixes. */
-#define ROUND(r) do { \
-		G(r, 0, v[0], v[4], v[8], v[12]); \
-		G(r, 1, v[1], v[5], v[9], v[13]); \
+#define ROUND(r)                                   \
+	do {                                       \
+		G(r, 0, v[0], v[4], v[8], v[12]);  \
+		G(r, 1, v[1], v[5], v[9], v[13]);  \
 		G(r, 2, v[2], v[6], v[10], v[14]); \
 		G(r, 3, v[3], v[7], v[11], v[15]); \
 		G(r, 4, v[0], v[5], v[10], v[15]); \
 		G(r, 5, v[1], v[6], v[11], v[12]); \
-		G(r, 6, v[2], v[7], v[8], v[13]); \
-		G(r, 7, v[3], v[4], v[9], v[14]); \
+		G(r, 6, v[2], v[7], v[8], v[13]);  \
+		G(r, 7, v[3], v[4], v[9], v[14]);  \
 	} while (0)
 
 		ROUND(0);
@@ -148,8 +147,7 @@ static void blake2s_compress(struct wg_blake2s_state *s, const uint8_t *block,
 
 void wg_blake2s_init_key(struct wg_blake2s_state *s, size_t outlen, const uint8_t *key, size_t keylen)
 {
-	if (!outlen || outlen > WG_BLAKE2S_HASH_SIZE || keylen > WG_BLAKE2S_KEY_SIZE ||
-	    (keylen && !key))
+	if (!outlen || outlen > WG_BLAKE2S_HASH_SIZE || keylen > WG_BLAKE2S_KEY_SIZE || (keylen && !key))
 		blake2s_bug();
 
 	memset(s, 0, sizeof(*s));
@@ -237,8 +235,8 @@ void wg_blake2s(uint8_t *out, size_t outlen, const uint8_t *in, size_t inlen, co
  * uses (not BLAKE2s's native keyed mode), so it must match Python's
  * hmac.new(key, msg, hashlib.blake2s) bit for bit.
  */
-void wg_blake2s_hmac(uint8_t out[WG_BLAKE2S_HASH_SIZE], const uint8_t *in, size_t inlen,
-		     const uint8_t *key, size_t keylen)
+void wg_blake2s_hmac(uint8_t out[WG_BLAKE2S_HASH_SIZE], const uint8_t *in, size_t inlen, const uint8_t *key,
+		     size_t keylen)
 {
 	struct wg_blake2s_state s;
 	uint8_t x_key[WG_BLAKE2S_BLOCK_SIZE];

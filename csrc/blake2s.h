@@ -5,9 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WG_BLAKE2S_HASH_SIZE  32
+#define WG_BLAKE2S_HASH_SIZE 32
 #define WG_BLAKE2S_BLOCK_SIZE 64
-#define WG_BLAKE2S_KEY_SIZE   32
+#define WG_BLAKE2S_KEY_SIZE 32
 
 struct wg_blake2s_state {
 	uint32_t h[8];
@@ -28,8 +28,8 @@ void wg_blake2s_final(struct wg_blake2s_state *s, uint8_t *out);
 void wg_blake2s(uint8_t *out, size_t outlen, const uint8_t *in, size_t inlen, const uint8_t *key, size_t keylen);
 
 /* HMAC (RFC 2104) over BLAKE2s-256; keylen up to 64 (longer keys hashed). */
-void wg_blake2s_hmac(uint8_t out[WG_BLAKE2S_HASH_SIZE], const uint8_t *in, size_t inlen,
-		     const uint8_t *key, size_t keylen);
+void wg_blake2s_hmac(uint8_t out[WG_BLAKE2S_HASH_SIZE], const uint8_t *in, size_t inlen, const uint8_t *key,
+		     size_t keylen);
 
 /* Noise KDF: tau0 = HMAC(ck, input); out1 = HMAC(tau0, 0x1);
  * out2 = HMAC(tau0, out1 || 0x2); out3 = HMAC(tau0, out2 || 0x3).

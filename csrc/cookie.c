@@ -16,8 +16,8 @@
 #include "noise.h"
 
 #define COOKIE_REPLY_RECEIVER 4
-#define COOKIE_REPLY_NONCE    8
-#define COOKIE_REPLY_COOKIE   32
+#define COOKIE_REPLY_NONCE 8
+#define COOKIE_REPLY_COOKIE 32
 
 static void precompute_key(uint8_t key[NOISE_SYMMETRIC_KEY_LEN], const uint8_t pub[NOISE_PUBLIC_KEY_LEN],
 			   const char *label)
@@ -48,8 +48,7 @@ static void compute_mac1(uint8_t mac1[COOKIE_LEN], const uint8_t *msg, size_t le
 	wg_blake2s(mac1, COOKIE_LEN, msg, len - 2 * COOKIE_LEN, key, NOISE_SYMMETRIC_KEY_LEN);
 }
 
-static void compute_mac2(uint8_t mac2[COOKIE_LEN], const uint8_t *msg, size_t len,
-			 const uint8_t cookie[COOKIE_LEN])
+static void compute_mac2(uint8_t mac2[COOKIE_LEN], const uint8_t *msg, size_t len, const uint8_t cookie[COOKIE_LEN])
 {
 	wg_blake2s(mac2, COOKIE_LEN, msg, len - COOKIE_LEN, cookie, COOKIE_LEN);
 }
@@ -131,8 +130,8 @@ static void reply_nonce(uint8_t nonce[COOKIE_NONCE_LEN])
 	crypto_stream_chacha20(nonce, COOKIE_NONCE_LEN, n, key);
 }
 
-void wg_cookie_create_reply(struct wg_proto *p, uint8_t out[MESSAGE_COOKIE_REPLY_SIZE],
-			    const uint8_t *msg, size_t len, const struct wg_endpoint *src)
+void wg_cookie_create_reply(struct wg_proto *p, uint8_t out[MESSAGE_COOKIE_REPLY_SIZE], const uint8_t *msg, size_t len,
+			    const struct wg_endpoint *src)
 {
 	uint8_t cookie[COOKIE_LEN];
 
@@ -161,9 +160,9 @@ void wg_cookie_consume_reply(struct wg_proto *p, const uint8_t msg[MESSAGE_COOKI
 	pthread_mutex_lock(&peer->lock);
 	if (peer->cookie.have_sent_mac1 &&
 	    crypto_aead_xchacha20poly1305_ietf_decrypt(cookie, NULL, NULL, msg + COOKIE_REPLY_COOKIE,
-						       COOKIE_LEN + NOISE_AUTHTAG_LEN,
-						       peer->cookie.last_mac1_sent, COOKIE_LEN,
-						       msg + COOKIE_REPLY_NONCE, peer->cookie.decryption_key) == 0) {
+						       COOKIE_LEN + NOISE_AUTHTAG_LEN, peer->cookie.last_mac1_sent,
+						       COOKIE_LEN, msg + COOKIE_REPLY_NONCE,
+						       peer->cookie.decryption_key) == 0) {
 		memcpy(peer->cookie.cookie, cookie, COOKIE_LEN);
 		peer->cookie.birth = wg_mono_now(p);
 		if (!peer->cookie.birth)

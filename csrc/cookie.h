@@ -20,8 +20,8 @@ enum wg_cookie_mac_state wg_cookie_validate(struct wg_proto *p, const uint8_t *m
 /* Fills mac1 (and mac2 when holding a fresh cookie); peer->lock held. */
 void wg_cookie_add_macs(struct wg_peer *peer, uint8_t *msg, size_t len);
 /* Builds a 64-byte cookie reply to msg (a handshake from src). */
-void wg_cookie_create_reply(struct wg_proto *p, uint8_t out[MESSAGE_COOKIE_REPLY_SIZE],
-			    const uint8_t *msg, size_t len, const struct wg_endpoint *src);
+void wg_cookie_create_reply(struct wg_proto *p, uint8_t out[MESSAGE_COOKIE_REPLY_SIZE], const uint8_t *msg, size_t len,
+			    const struct wg_endpoint *src);
 /* Accepts a cookie reply addressed to one of our pending handshakes. */
 void wg_cookie_consume_reply(struct wg_proto *p, const uint8_t msg[MESSAGE_COOKIE_REPLY_SIZE]);
 

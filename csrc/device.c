@@ -226,7 +226,8 @@ static void dev_event(void *ctx, enum wg_event_type type, const uint8_t pub[32],
 	if (!ev)
 		return;
 	ev->type = type == WG_EVENT_HANDSHAKE_COMPLETE ? WG_DEV_EVENT_HANDSHAKE
-		 : type == WG_EVENT_ENDPOINT_CHANGED ? WG_DEV_EVENT_ENDPOINT : WG_DEV_EVENT_STALE;
+		   : type == WG_EVENT_ENDPOINT_CHANGED ? WG_DEV_EVENT_ENDPOINT
+						       : WG_DEV_EVENT_STALE;
 	memcpy(ev->public_key, pub, 32);
 	if (ep)
 		ev->ep = *ep;
@@ -288,8 +289,8 @@ static bool stopping(int stop_fd)
 
 /* A TSO super-packet from the kernel: cut it into MTU-sized segments laid
  * out so that, encrypted in place, they form UDP GSO buffers. */
-static void send_tso(struct wg_device *dev, uint8_t *gso, const uint8_t *pkt, size_t len,
-		     const struct wg_vnet_hdr *h, unsigned mtu)
+static void send_tso(struct wg_device *dev, uint8_t *gso, const uint8_t *pkt, size_t len, const struct wg_vnet_hdr *h,
+		     unsigned mtu)
 {
 	size_t lens[WG_TSO_MAX_SEGS], seglen = wg_tso_segment_len(pkt, len, h);
 	size_t d = wg_proto_datagram_len(seglen, mtu), n, per;
@@ -733,11 +734,14 @@ static int tun_open(const char *ifname, char *msg, size_t msglen)
 		int e = errno;
 
 		if (e == EPERM)
-			snprintf(msg, msglen, "cannot create interface \"%s\": permission denied: needs CAP_NET_ADMIN", ifname);
+			snprintf(msg, msglen, "cannot create interface \"%s\": permission denied: needs CAP_NET_ADMIN",
+				 ifname);
 		else if (e == EBUSY)
-			snprintf(msg, msglen, "cannot create interface \"%s\": it exists and is in use by another process", ifname);
+			snprintf(msg, msglen,
+				 "cannot create interface \"%s\": it exists and is in use by another process", ifname);
 		else if (e == EINVAL)
-			snprintf(msg, msglen, "cannot create interface \"%s\": a link of another type has that name", ifname);
+			snprintf(msg, msglen, "cannot create interface \"%s\": a link of another type has that name",
+				 ifname);
 		else
 			snprintf(msg, msglen, "cannot create interface \"%s\": %s", ifname, strerror(e));
 		close(fd);
@@ -761,16 +765,16 @@ static int tun_open(const char *ifname, char *msg, size_t msglen)
 
 /* ---- lifecycle ---- */
 
-struct wg_device *wg_device_create(const char *ifname, const struct wg_device_opts *opts, int *err,
-				   char *msg, size_t msglen)
+struct wg_device *wg_device_create(const char *ifname, const struct wg_device_opts *opts, int *err, char *msg,
+				   size_t msglen)
 {
 	struct wg_device *dev;
 	unsigned mtu = opts && opts->mtu ? opts->mtu : WG_DEFAULT_MTU;
 	int r;
 
 	msg[0] = '\0';
-	if (!ifname || !*ifname || strlen(ifname) >= IFNAMSIZ || strchr(ifname, '/') ||
-	    !strcmp(ifname, ".") || !strcmp(ifname, "..")) {
+	if (!ifname || !*ifname || strlen(ifname) >= IFNAMSIZ || strchr(ifname, '/') || !strcmp(ifname, ".") ||
+	    !strcmp(ifname, "..")) {
 		*err = -EINVAL;
 		snprintf(msg, msglen, "interface name \"%s\" invalid: 1 to %d bytes, no '/'", ifname ? ifname : "",
 			 IFNAMSIZ - 1);
@@ -783,7 +787,8 @@ struct wg_device *wg_device_create(const char *ifname, const struct wg_device_op
 		return NULL;
 	}
 	snprintf(dev->ifname, sizeof(dev->ifname), "%s", ifname);
-	dev->tun_fd = dev->udp4 = dev->udp6 = dev->stop_fd = dev->timer_fd = dev->udp_stop_fd = dev->ev_fd = dev->uapi_fd = -1;
+	dev->tun_fd = dev->udp4 = dev->udp6 = dev->stop_fd = dev->timer_fd = dev->udp_stop_fd = dev->ev_fd =
+		dev->uapi_fd = -1;
 	pthread_rwlock_init(&dev->sock_lock, NULL);
 	pthread_mutex_init(&dev->cfg_mutex, NULL);
 	pthread_mutex_init(&dev->hs_lock, NULL);

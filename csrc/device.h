@@ -16,8 +16,8 @@
 
 #define WG_DEFAULT_MTU 1420
 #define WG_EVENT_QUEUE_MAX 1024
-#define WG_CONTROL_MAX 2048           /* largest control datagram handed to Lua */
-#define WG_HANDSHAKE_QUEUE_MAX 4096   /* as MAX_QUEUED_INCOMING_HANDSHAKES */
+#define WG_CONTROL_MAX 2048         /* largest control datagram handed to Lua */
+#define WG_HANDSHAKE_QUEUE_MAX 4096 /* as MAX_QUEUED_INCOMING_HANDSHAKES */
 #define WG_UAPI_DIR "/var/run/wireguard"
 #define WG_MAX_RELAYS 8
 
@@ -33,9 +33,9 @@ struct wg_dev_event {
 	enum wg_dev_event_type type;
 	uint8_t public_key[32];
 	struct wg_endpoint ep;
-	uint64_t time_real;  /* epoch ns */
+	uint64_t time_real; /* epoch ns */
 	size_t len;
-	uint8_t data[];      /* datagram bytes for WG_DEV_EVENT_DATAGRAM */
+	uint8_t data[]; /* datagram bytes for WG_DEV_EVENT_DATAGRAM */
 };
 
 struct wg_hs_item {
@@ -59,33 +59,33 @@ struct wg_device {
 	atomic_uint mtu;
 	int ifindex;
 
-	pthread_rwlock_t sock_lock;   /* the UDP fds below */
+	pthread_rwlock_t sock_lock; /* the UDP fds below */
 	int udp4, udp6;
 	uint16_t listen_port;
 	uint32_t fwmark;
 
-	int stop_fd;                  /* eventfd: all threads stop */
-	int timer_fd;                 /* timerfd (CLOCK_BOOTTIME) of the timer thread */
-	int udp_stop_fd;              /* eventfd: the UDP receiver alone stops */
-	int uapi_fd;                  /* listening unix socket, -1 if none */
+	int stop_fd;     /* eventfd: all threads stop */
+	int timer_fd;    /* timerfd (CLOCK_BOOTTIME) of the timer thread */
+	int udp_stop_fd; /* eventfd: the UDP receiver alone stops */
+	int uapi_fd;     /* listening unix socket, -1 if none */
 	pthread_t tun_thread, udp_thread, hs_thread, timer_thread, uapi_thread;
 	bool udp_running, uapi_running, threads_running;
-	pthread_mutex_t cfg_mutex;    /* serialises apply/get (UAPI vs Lua) */
+	pthread_mutex_t cfg_mutex; /* serialises apply/get (UAPI vs Lua) */
 
 	pthread_mutex_t hs_lock;
 	pthread_cond_t hs_cond;
 	struct wg_hs_item *hs_ring;
 	unsigned hs_head, hs_count;
-	uint64_t last_under_load;     /* monotonic ns */
+	uint64_t last_under_load; /* monotonic ns */
 
 	pthread_mutex_t ev_lock;
 	pthread_mutex_t tun_read_lock; /* held while reading + sending a TUN batch */
 	pthread_mutex_t timer_lock;    /* serialises timerfd programming */
 	uint64_t timer_armed;          /* timerfd deadline (0: disarmed); timer_lock */
-	int ev_fd;                    /* eventfd: events pending (Lua polls it) */
+	int ev_fd;                     /* eventfd: events pending (Lua polls it) */
 	struct wg_dev_event *ev_head, *ev_tail;
 	unsigned ev_count;
-	atomic_bool control_enabled;  /* hand non-WireGuard datagrams to Lua */
+	atomic_bool control_enabled; /* hand non-WireGuard datagrams to Lua */
 
 	/* TURN servers whose ChannelData the datapath unwraps (set from Lua). */
 	pthread_mutex_t relay_lock;
@@ -97,14 +97,14 @@ struct wg_device {
 };
 
 struct wg_device_opts {
-	bool uapi;                    /* serve /var/run/wireguard/<ifname>.sock */
-	unsigned mtu;                 /* 0 = WG_DEFAULT_MTU */
+	bool uapi;    /* serve /var/run/wireguard/<ifname>.sock */
+	unsigned mtu; /* 0 = WG_DEFAULT_MTU */
 };
 
 /* Creates the TUN interface, UDP sockets (random port) and threads.  On
  * failure returns NULL with a negative errno in *err and a message in msg. */
-struct wg_device *wg_device_create(const char *ifname, const struct wg_device_opts *opts, int *err,
-				   char *msg, size_t msglen);
+struct wg_device *wg_device_create(const char *ifname, const struct wg_device_opts *opts, int *err, char *msg,
+				   size_t msglen);
 /* Stops the threads, removes the socket, closes the TUN (the kernel removes
  * the interface) and wipes all keys.  Safe to call once. */
 void wg_device_destroy(struct wg_device *dev);
@@ -127,9 +127,9 @@ struct wg_device_snapshot_peer {
 	uint8_t public_key[32];
 	bool has_endpoint;
 	struct wg_endpoint endpoint;
-	uint64_t last_handshake_real, rx_bytes, tx_bytes;   /* epoch ns, bytes */
+	uint64_t last_handshake_real, rx_bytes, tx_bytes; /* epoch ns, bytes */
 	uint16_t persistent_keepalive;
-	size_t first_aip, n_aips;     /* a range of snapshot->aips */
+	size_t first_aip, n_aips; /* a range of snapshot->aips */
 };
 
 struct wg_device_snapshot {
@@ -157,8 +157,7 @@ struct wg_device_counters {
 	uint64_t rx_junk, rx_bad_mac1, rx_cookie_sent, rx_ratelimited, rx_handshake_invalid, rx_unknown_index,
 		rx_decrypt_failed, rx_replayed, rx_expired_key, rx_bad_inner, rx_wrong_source, tx_no_route,
 		tx_staged_dropped, tx_bad_offload, handshakes_completed;
-	uint64_t rx_packets, tx_packets, handshake_queue_dropped, events_dropped, tun_write_errors,
-		udp_send_errors;
+	uint64_t rx_packets, tx_packets, handshake_queue_dropped, events_dropped, tun_write_errors, udp_send_errors;
 	int live_keypairs;
 };
 void wg_device_get_stats(struct wg_device *dev, struct wg_device_counters *out);

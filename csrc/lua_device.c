@@ -245,11 +245,13 @@ static const char *read_peer(lua_State *L, int t, struct wg_uapi_peer *op)
 
 		s = lua_tolstring(L, -1, &len);
 		if (!wg_parse_endpoint(s, len, &ss)) {
-			snprintf(errbuf, sizeof(errbuf), "endpoint \"%.64s\" invalid: expected IP:PORT or [IPv6]:PORT", s);
+			snprintf(errbuf, sizeof(errbuf), "endpoint \"%.64s\" invalid: expected IP:PORT or [IPv6]:PORT",
+				 s);
 			lua_pop(L, 1);
 			return errbuf;
 		}
-		memcpy(&op->endpoint, &ss, ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+		memcpy(&op->endpoint, &ss,
+		       ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
 		op->has_endpoint = true;
 		break;
 	}
@@ -428,10 +430,11 @@ static void push_snap_peer(lua_State *L, const struct wg_device_snapshot *snap,
 	lua_setfield(L, -2, "allowed_ips");
 }
 
-#define STAT(name) do { \
-	lua_pushinteger(L, (lua_Integer)st.name); \
-	lua_setfield(L, -2, #name); \
-} while (0)
+#define STAT(name)                                        \
+	do {                                              \
+		lua_pushinteger(L, (lua_Integer)st.name); \
+		lua_setfield(L, -2, #name);               \
+	} while (0)
 
 static int l_status(lua_State *L)
 {
@@ -881,11 +884,7 @@ static const luaL_Reg device_methods[] = {
 };
 
 static const luaL_Reg device_meta[] = {
-	{ "__gc", l_close },
-	{ "__close", l_close },
-	{ "__tostring", l_tostring },
-	{ "__index", NULL },
-	{ NULL, NULL },
+	{ "__gc", l_close }, { "__close", l_close }, { "__tostring", l_tostring }, { "__index", NULL }, { NULL, NULL },
 };
 
 static const luaL_Reg set_meta[] = {

@@ -232,8 +232,8 @@ static int l_aead_open(lua_State *L)
 	/* The plaintext may be a secret (the join protocol carries keys):
 	 * the only copy besides the result string is wiped. */
 	out = wgo_secret_new(L, cl);
-	if (crypto_aead_xchacha20poly1305_ietf_decrypt(out, &ml, NULL, (const uint8_t *)c, cl, (const uint8_t *)ad,
-						       al, (const uint8_t *)n, (const uint8_t *)k) != 0) {
+	if (crypto_aead_xchacha20poly1305_ietf_decrypt(out, &ml, NULL, (const uint8_t *)c, cl, (const uint8_t *)ad, al,
+						       (const uint8_t *)n, (const uint8_t *)k) != 0) {
 		lua_pushnil(L);
 		return 1;
 	}

@@ -70,7 +70,8 @@ static int l_route(lua_State *L)
 	if (ifindex < 0)
 		return nl_result(L, ifindex, "interface", ifname);
 	if (!strcmp(op, "add"))
-		return nl_result(L, wg_nl_route_add(ifindex, family, addr, plen, (uint32_t)table), "adding route", cidr);
+		return nl_result(L, wg_nl_route_add(ifindex, family, addr, plen, (uint32_t)table), "adding route",
+				 cidr);
 	return nl_result(L, wg_nl_route_del(ifindex, family, addr, plen, (uint32_t)table), "removing route", cidr);
 }
 

@@ -64,9 +64,9 @@ struct nl_ctx;
 typedef int (*nl_data_cb_t)(const struct nlmsghdr *nlh, struct nl_ctx *ctx);
 
 struct nl_ctx {
-	nl_data_cb_t cb;	/* per-message handler for replies, or NULL */
-	void *arg;		/* handler state */
-	int err;		/* negative errno from the kernel or a handler */
+	nl_data_cb_t cb; /* per-message handler for replies, or NULL */
+	void *arg;       /* handler state */
+	int err;         /* negative errno from the kernel or a handler */
 };
 
 /* ---- argument checks ---------------------------------------------------- */
@@ -105,8 +105,7 @@ static int nl_check_prefix(int family, const uint8_t *addr, uint8_t plen)
 /* Clear the host bits: the kernel rejects an IPv4 route whose destination
  * has them set ("Invalid prefix for given prefix length") while IPv6
  * silently masks, so masking here makes both families behave the same. */
-static void nl_mask_prefix(uint8_t *out, const uint8_t *in, int alen,
-			   uint8_t plen)
+static void nl_mask_prefix(uint8_t *out, const uint8_t *in, int alen, uint8_t plen)
 {
 	for (int i = 0; i < alen; i++) {
 		int bits = plen - i * 8;
@@ -136,10 +135,8 @@ static struct nlmsghdr *nl_msg_init(void *buf, uint16_t type, uint16_t flags)
 static int nl_extack_attr_cb(const struct nlattr *attr, void *data)
 {
 	(void)data;
-	if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG &&
-	    mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) == 0)
-		snprintf(nl_extack, sizeof(nl_extack), "%s",
-			 mnl_attr_get_str(attr));
+	if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG && mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) == 0)
+		snprintf(nl_extack, sizeof(nl_extack), "%s", mnl_attr_get_str(attr));
 	return MNL_CB_OK;
 }
 
@@ -148,8 +145,7 @@ static int nl_extack_attr_cb(const struct nlattr *attr, void *data)
  * only @off itself needs checking against the payload. */
 static void nl_parse_extack(const struct nlmsghdr *nlh, size_t off)
 {
-	if (!(nlh->nlmsg_flags & NLM_F_ACK_TLVS) ||
-	    off > mnl_nlmsg_get_payload_len(nlh))
+	if (!(nlh->nlmsg_flags & NLM_F_ACK_TLVS) || off > mnl_nlmsg_get_payload_len(nlh))
 		return;
 	mnl_attr_parse(nlh, (unsigned)off, nl_extack_attr_cb, NULL);
 }
@@ -165,7 +161,7 @@ static int nl_error_cb(const struct nlmsghdr *nlh, void *data)
 		return MNL_CB_ERROR;
 	}
 	if (e->error == 0)
-		return MNL_CB_STOP;	/* the ACK we were waiting for */
+		return MNL_CB_STOP; /* the ACK we were waiting for */
 	ctx->err = e->error < 0 ? e->error : -e->error;
 
 	/* With NETLINK_CAP_ACK honoured (NLM_F_CAPPED) only the header of
@@ -241,8 +237,7 @@ static int nl_open(struct mnl_socket **out, bool dump)
 	 * address dump and report -ENODEV for a missing link.  We filter in
 	 * userspace as well, so kernels without it (< 4.20) still work. */
 	if (dump)
-		setsockopt(fd, SOL_NETLINK, NETLINK_GET_STRICT_CHK, &one,
-			   sizeof(one));
+		setsockopt(fd, SOL_NETLINK, NETLINK_GET_STRICT_CHK, &one, sizeof(one));
 	if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0)
 		goto fail;
 	*out = nl;
@@ -294,17 +289,15 @@ static int nl_talk(struct nlmsghdr *nlh, nl_data_cb_t cb, void *arg)
 				continue;
 			/* ENOBUFS: the socket overflowed and the answer may
 			 * be lost; returned as is (dumps are retried). */
-			ret = (errno == EAGAIN || errno == EWOULDBLOCK) ?
-				-ETIMEDOUT : -errno;
+			ret = (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT : -errno;
 			break;
 		}
-		if (n == 0) {	/* never sent by the kernel; don't spin */
+		if (n == 0) { /* never sent by the kernel; don't spin */
 			ret = -EIO;
 			break;
 		}
 		errno = 0;
-		ret = mnl_cb_run2(rx, (size_t)n, seq, portid, nl_data_cb, &ctx,
-				  nl_ctl_cbs, NLMSG_MIN_TYPE);
+		ret = mnl_cb_run2(rx, (size_t)n, seq, portid, nl_data_cb, &ctx, nl_ctl_cbs, NLMSG_MIN_TYPE);
 		if (ret == MNL_CB_ERROR) {
 			/* ctx.err: kernel error or handler failure; else a
 			 * libmnl check failed: EPROTO (wrong seq), ESRCH
@@ -340,8 +333,7 @@ static int nl_getlink_cb(const struct nlmsghdr *nlh, struct nl_ctx *ctx)
 	const struct ifinfomsg *ifm = mnl_nlmsg_get_payload(nlh);
 	int *ifindex = ctx->arg;
 
-	if (nlh->nlmsg_type == RTM_NEWLINK &&
-	    nlh->nlmsg_len >= mnl_nlmsg_size(sizeof(*ifm)))
+	if (nlh->nlmsg_type == RTM_NEWLINK && nlh->nlmsg_len >= mnl_nlmsg_size(sizeof(*ifm)))
 		*ifindex = ifm->ifi_index;
 	return MNL_CB_OK;
 }
@@ -369,8 +361,7 @@ int wg_nl_ifindex(const char *ifname)
 }
 
 /* RTM_SETLINK (not NEWLINK) for changes: it can never create a link. */
-static struct nlmsghdr *nl_setlink_init(void *buf, int ifindex,
-					struct ifinfomsg **ifmp)
+static struct nlmsghdr *nl_setlink_init(void *buf, int ifindex, struct ifinfomsg **ifmp)
 {
 	struct nlmsghdr *nlh = nl_msg_init(buf, RTM_SETLINK, NLM_F_ACK);
 	struct ifinfomsg *ifm = nl_put_ifinfo(nlh, ifindex);
@@ -419,8 +410,7 @@ int wg_nl_link_delete(int ifindex)
 	return nl_talk(nlh, NULL, NULL);
 }
 
-int wg_nl_veth_create(const char *name, const char *peer_name,
-		      int peer_netns_fd)
+int wg_nl_veth_create(const char *name, const char *peer_name, int peer_netns_fd)
 {
 	NL_BUF(buf);
 	struct nlattr *linkinfo, *data, *peer;
@@ -436,8 +426,7 @@ int wg_nl_veth_create(const char *name, const char *peer_name,
 
 	/* NLM_F_EXCL: an existing link of that name is an error, not
 	 * something to modify. */
-	nlh = nl_msg_init(buf, RTM_NEWLINK,
-			  NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
+	nlh = nl_msg_init(buf, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
 	nl_put_ifinfo(nlh, 0);
 	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
 	linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
@@ -462,10 +451,8 @@ int wg_nl_veth_create(const char *name, const char *peer_name,
 
 /* ---- addresses ---------------------------------------------------------- */
 
-static struct nlmsghdr *nl_addr_msg(void *buf, uint16_t type, uint16_t flags,
-				    int ifindex, int family,
-				    const uint8_t *addr, int alen,
-				    uint8_t prefixlen)
+static struct nlmsghdr *nl_addr_msg(void *buf, uint16_t type, uint16_t flags, int ifindex, int family,
+				    const uint8_t *addr, int alen, uint8_t prefixlen)
 {
 	struct nlmsghdr *nlh = nl_msg_init(buf, type, flags);
 	struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifa));
@@ -475,16 +462,14 @@ static struct nlmsghdr *nl_addr_msg(void *buf, uint16_t type, uint16_t flags,
 	ifa->ifa_index = ifindex;
 	/* Like ip(8): loopback addresses get host scope; IPv6 derives the
 	 * scope from the address itself. */
-	ifa->ifa_scope = (family == AF_INET && addr[0] == 127) ?
-		RT_SCOPE_HOST : RT_SCOPE_UNIVERSE;
+	ifa->ifa_scope = (family == AF_INET && addr[0] == 127) ? RT_SCOPE_HOST : RT_SCOPE_UNIVERSE;
 	/* Local address == prefix address: not a point-to-point peer. */
 	mnl_attr_put(nlh, IFA_LOCAL, alen, addr);
 	mnl_attr_put(nlh, IFA_ADDRESS, alen, addr);
 	return nlh;
 }
 
-int wg_nl_addr_add(int ifindex, int family, const uint8_t *addr,
-		   uint8_t prefixlen)
+int wg_nl_addr_add(int ifindex, int family, const uint8_t *addr, uint8_t prefixlen)
 {
 	NL_BUF(buf);
 	struct nlmsghdr *nlh;
@@ -497,9 +482,8 @@ int wg_nl_addr_add(int ifindex, int family, const uint8_t *addr,
 		return alen;
 	/* NLM_F_REPLACE makes re-adding an existing address a successful
 	 * no-op (it refreshes lifetimes) instead of -EEXIST. */
-	nlh = nl_addr_msg(buf, RTM_NEWADDR,
-			  NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
-			  ifindex, family, addr, alen, prefixlen);
+	nlh = nl_addr_msg(buf, RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK, ifindex, family, addr, alen,
+			  prefixlen);
 	if (family == AF_INET6) {
 		/* Skip duplicate address detection: the address must be
 		 * bindable right away, and on a TUN/veth we own the link. */
@@ -511,8 +495,7 @@ int wg_nl_addr_add(int ifindex, int family, const uint8_t *addr,
 	return nl_talk(nlh, NULL, NULL);
 }
 
-int wg_nl_addr_del(int ifindex, int family, const uint8_t *addr,
-		   uint8_t prefixlen)
+int wg_nl_addr_del(int ifindex, int family, const uint8_t *addr, uint8_t prefixlen)
 {
 	NL_BUF(buf);
 	struct nlmsghdr *nlh;
@@ -523,8 +506,7 @@ int wg_nl_addr_del(int ifindex, int family, const uint8_t *addr,
 	alen = nl_check_prefix(family, addr, prefixlen);
 	if (alen < 0)
 		return alen;
-	nlh = nl_addr_msg(buf, RTM_DELADDR, NLM_F_ACK, ifindex, family, addr,
-			  alen, prefixlen);
+	nlh = nl_addr_msg(buf, RTM_DELADDR, NLM_F_ACK, ifindex, family, addr, alen, prefixlen);
 	return nl_talk(nlh, NULL, NULL);
 }
 
@@ -538,7 +520,7 @@ struct nl_addr_set {
 	struct nl_addr_ent *v;
 	size_t n, cap;
 	uint32_t ifindex;
-	int family;		/* family of the dump in progress */
+	int family; /* family of the dump in progress */
 };
 
 static int nl_addr_attr_cb(const struct nlattr *attr, void *data)
@@ -559,8 +541,7 @@ static int nl_addr_dump_cb(const struct nlmsghdr *nlh, struct nl_ctx *ctx)
 	const struct nlattr *a;
 	int alen;
 
-	if (nlh->nlmsg_type != RTM_NEWADDR ||
-	    nlh->nlmsg_len < mnl_nlmsg_size(sizeof(*ifa)))
+	if (nlh->nlmsg_type != RTM_NEWADDR || nlh->nlmsg_len < mnl_nlmsg_size(sizeof(*ifa)))
 		return MNL_CB_OK;
 	/* The kernel filters by link when it supports strict dumps; the
 	 * family filter is needed anyway, see wg_nl_addr_list(). */
@@ -610,7 +591,7 @@ static int nl_addr_dump(struct nl_addr_set *set, int family)
 	int ret = -EIO;
 
 	for (int i = 0; i < NL_DUMP_TRIES; i++) {
-		set->n = start;	/* drop what a failed attempt collected */
+		set->n = start; /* drop what a failed attempt collected */
 		set->family = family;
 		/* Strict dump checking wants every header field but family
 		 * and index zero, and no NLM_F_ACK. */
@@ -651,8 +632,7 @@ int wg_nl_addr_list(int ifindex, int family, wg_nl_addr_cb cb, void *arg)
 	}
 	if (!ret) {
 		for (size_t i = 0; i < set.n; i++)
-			cb(arg, set.v[i].family, set.v[i].addr,
-			   set.v[i].prefixlen);
+			cb(arg, set.v[i].family, set.v[i].addr, set.v[i].prefixlen);
 	}
 	free(set.v);
 	return ret;
@@ -660,10 +640,8 @@ int wg_nl_addr_list(int ifindex, int family, wg_nl_addr_cb cb, void *arg)
 
 /* ---- routes ------------------------------------------------------------- */
 
-static struct nlmsghdr *nl_route_msg(void *buf, uint16_t type, uint16_t flags,
-				     int ifindex, int family,
-				     const uint8_t *dst, int alen,
-				     uint8_t prefixlen, uint32_t table)
+static struct nlmsghdr *nl_route_msg(void *buf, uint16_t type, uint16_t flags, int ifindex, int family,
+				     const uint8_t *dst, int alen, uint8_t prefixlen, uint32_t table)
 {
 	struct nlmsghdr *nlh = nl_msg_init(buf, type, flags);
 	struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
@@ -678,7 +656,7 @@ static struct nlmsghdr *nl_route_msg(void *buf, uint16_t type, uint16_t flags,
 	rtm->rtm_table = table < 256 ? table : RT_TABLE_UNSPEC;
 	if (type == RTM_NEWROUTE) {
 		rtm->rtm_protocol = WG_NL_RTPROT;
-		rtm->rtm_scope = RT_SCOPE_LINK;	/* directly on the link */
+		rtm->rtm_scope = RT_SCOPE_LINK; /* directly on the link */
 		rtm->rtm_type = RTN_UNICAST;
 	} else {
 		/* Delete: NOWHERE scope and 0 protocol/type are wildcards,
@@ -693,8 +671,7 @@ static struct nlmsghdr *nl_route_msg(void *buf, uint16_t type, uint16_t flags,
 	return nlh;
 }
 
-static int nl_route_check(int ifindex, int family, const uint8_t *dst,
-			  uint8_t prefixlen)
+static int nl_route_check(int ifindex, int family, const uint8_t *dst, uint8_t prefixlen)
 {
 	static const uint8_t any[16];
 
@@ -706,8 +683,7 @@ static int nl_route_check(int ifindex, int family, const uint8_t *dst,
 	return nl_check_prefix(family, dst, prefixlen);
 }
 
-int wg_nl_route_add(int ifindex, int family, const uint8_t *dst,
-		    uint8_t prefixlen, uint32_t table)
+int wg_nl_route_add(int ifindex, int family, const uint8_t *dst, uint8_t prefixlen, uint32_t table)
 {
 	NL_BUF(buf);
 	struct nlmsghdr *nlh;
@@ -718,14 +694,12 @@ int wg_nl_route_add(int ifindex, int family, const uint8_t *dst,
 		return alen;
 	/* CREATE|REPLACE: add, or overwrite the existing route to the same
 	 * prefix, so repeating the call is harmless. */
-	nlh = nl_route_msg(buf, RTM_NEWROUTE,
-			   NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
-			   ifindex, family, dst, alen, prefixlen, table);
+	nlh = nl_route_msg(buf, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK, ifindex, family, dst, alen,
+			   prefixlen, table);
 	return nl_talk(nlh, NULL, NULL);
 }
 
-int wg_nl_route_add_via(int ifindex, int family, const uint8_t *dst,
-			uint8_t prefixlen, const uint8_t *gateway)
+int wg_nl_route_add_via(int ifindex, int family, const uint8_t *dst, uint8_t prefixlen, const uint8_t *gateway)
 {
 	NL_BUF(buf);
 	struct nlmsghdr *nlh;
@@ -737,9 +711,8 @@ int wg_nl_route_add_via(int ifindex, int family, const uint8_t *dst,
 		return alen;
 	if (!gateway)
 		return -EINVAL;
-	nlh = nl_route_msg(buf, RTM_NEWROUTE,
-			   NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
-			   ifindex, family, dst, alen, prefixlen, 0);
+	nlh = nl_route_msg(buf, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK, ifindex, family, dst, alen,
+			   prefixlen, 0);
 	rtm = mnl_nlmsg_get_payload(nlh);
 	/* Through a gateway that is on the link but has no address of ours in
 	 * its subnet (a container's link-local next hop): universe scope,
@@ -750,8 +723,7 @@ int wg_nl_route_add_via(int ifindex, int family, const uint8_t *dst,
 	return nl_talk(nlh, NULL, NULL);
 }
 
-int wg_nl_route_del(int ifindex, int family, const uint8_t *dst,
-		    uint8_t prefixlen, uint32_t table)
+int wg_nl_route_del(int ifindex, int family, const uint8_t *dst, uint8_t prefixlen, uint32_t table)
 {
 	NL_BUF(buf);
 	struct nlmsghdr *nlh;
@@ -760,8 +732,7 @@ int wg_nl_route_del(int ifindex, int family, const uint8_t *dst,
 	alen = nl_route_check(ifindex, family, dst, prefixlen);
 	if (alen < 0)
 		return alen;
-	nlh = nl_route_msg(buf, RTM_DELROUTE, NLM_F_ACK, ifindex, family, dst,
-			   alen, prefixlen, table);
+	nlh = nl_route_msg(buf, RTM_DELROUTE, NLM_F_ACK, ifindex, family, dst, alen, prefixlen, table);
 	return nl_talk(nlh, NULL, NULL);
 }
 

@@ -51,16 +51,13 @@ int wg_nl_link_delete(int ifindex);
  * `ip addr add` would).  Idempotent: re-adding an identical address returns
  * 0.  IPv6 addresses are added with IFA_F_NODAD so they are usable at once
  * (no "tentative" phase). */
-int wg_nl_addr_add(int ifindex, int family, const uint8_t *addr,
-		   uint8_t prefixlen);
+int wg_nl_addr_add(int ifindex, int family, const uint8_t *addr, uint8_t prefixlen);
 
 /* Remove an address; -EADDRNOTAVAIL if the link does not carry exactly this
  * address/prefixlen. */
-int wg_nl_addr_del(int ifindex, int family, const uint8_t *addr,
-		   uint8_t prefixlen);
+int wg_nl_addr_del(int ifindex, int family, const uint8_t *addr, uint8_t prefixlen);
 
-typedef void (*wg_nl_addr_cb)(void *arg, int family, const uint8_t *addr,
-			      uint8_t prefixlen);
+typedef void (*wg_nl_addr_cb)(void *arg, int family, const uint8_t *addr, uint8_t prefixlen);
 
 /* Call @cb once for each address on the link.  @family is AF_INET,
  * AF_INET6 or AF_UNSPEC (both).  The list is a consistent snapshot: it is
@@ -78,26 +75,22 @@ int wg_nl_addr_list(int ifindex, int family, wg_nl_addr_cb cb, void *arg);
  * Idempotent (NLM_F_REPLACE): an existing route to the same prefix in the
  * same table and with the same metric is replaced, even if it pointed at
  * another device. */
-int wg_nl_route_add(int ifindex, int family, const uint8_t *dst,
-		    uint8_t prefixlen, uint32_t table);
+int wg_nl_route_add(int ifindex, int family, const uint8_t *dst, uint8_t prefixlen, uint32_t table);
 
 /* Route @dst/@prefixlen via @gateway (same family) on the link, with
  * RTNH_F_ONLINK so the gateway need not be in one of our subnets (main
  * table, idempotent like wg_nl_route_add). */
-int wg_nl_route_add_via(int ifindex, int family, const uint8_t *dst,
-			uint8_t prefixlen, const uint8_t *gateway);
+int wg_nl_route_add_via(int ifindex, int family, const uint8_t *dst, uint8_t prefixlen, const uint8_t *gateway);
 
 /* Delete that route; -ESRCH if there is no such route (also when the link
  * does not exist). */
-int wg_nl_route_del(int ifindex, int family, const uint8_t *dst,
-		    uint8_t prefixlen, uint32_t table);
+int wg_nl_route_del(int ifindex, int family, const uint8_t *dst, uint8_t prefixlen, uint32_t table);
 
 /* Create veth pair @name <-> @peer_name.  @peer_name may be NULL to let the
  * kernel pick one.  If @peer_netns_fd >= 0 (an open /proc/PID/ns/net or
  * /run/netns/NAME), the peer is created directly inside that namespace.
  * -EEXIST if either name is already taken (nothing is created then). */
-int wg_nl_veth_create(const char *name, const char *peer_name,
-		      int peer_netns_fd);
+int wg_nl_veth_create(const char *name, const char *peer_name, int peer_netns_fd);
 
 /* Human-readable text for a negative errno returned above; thread-safe,
  * never NULL. */

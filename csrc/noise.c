@@ -20,15 +20,15 @@ static uint8_t handshake_init_chaining_key[NOISE_HASH_LEN];
 static uint8_t handshake_init_hash[NOISE_HASH_LEN];
 
 /* Message layouts (whitepaper 5.4.2, 5.4.3). */
-#define INIT_SENDER     4
-#define INIT_EPHEMERAL  8
-#define INIT_STATIC     40
-#define INIT_TIMESTAMP  88
-#define INIT_MAC1       116
-#define RESP_SENDER     4
-#define RESP_RECEIVER   8
-#define RESP_EPHEMERAL  12
-#define RESP_EMPTY      44
+#define INIT_SENDER 4
+#define INIT_EPHEMERAL 8
+#define INIT_STATIC 40
+#define INIT_TIMESTAMP 88
+#define INIT_MAC1 116
+#define RESP_SENDER 4
+#define RESP_RECEIVER 8
+#define RESP_EPHEMERAL 12
+#define RESP_EMPTY 44
 
 void wg_noise_init(void)
 {
@@ -87,8 +87,7 @@ static void mix_hash(uint8_t hash[NOISE_HASH_LEN], const uint8_t *src, size_t le
 	wg_blake2s_final(&s, hash);
 }
 
-static void mix_key(uint8_t ck[NOISE_HASH_LEN], uint8_t key[NOISE_SYMMETRIC_KEY_LEN],
-		    const uint8_t *src, size_t len)
+static void mix_key(uint8_t ck[NOISE_HASH_LEN], uint8_t key[NOISE_SYMMETRIC_KEY_LEN], const uint8_t *src, size_t len)
 {
 	wg_kdf(ck, key, NULL, src, len, ck);
 }
@@ -115,8 +114,8 @@ static bool mix_precomputed_dh(uint8_t ck[NOISE_HASH_LEN], uint8_t key[NOISE_SYM
 	return true;
 }
 
-static void mix_psk(uint8_t ck[NOISE_HASH_LEN], uint8_t hash[NOISE_HASH_LEN],
-		    uint8_t key[NOISE_SYMMETRIC_KEY_LEN], const uint8_t psk[NOISE_SYMMETRIC_KEY_LEN])
+static void mix_psk(uint8_t ck[NOISE_HASH_LEN], uint8_t hash[NOISE_HASH_LEN], uint8_t key[NOISE_SYMMETRIC_KEY_LEN],
+		    const uint8_t psk[NOISE_SYMMETRIC_KEY_LEN])
 {
 	uint8_t tau[NOISE_HASH_LEN];
 
@@ -129,19 +128,18 @@ static const uint8_t zero_nonce[crypto_aead_chacha20poly1305_IETF_NPUBBYTES];
 
 /* AEAD with counter 0 and the running hash as associated data, then mix
  * the ciphertext into the hash. */
-static void message_encrypt(uint8_t *dst, const uint8_t *src, size_t len,
-			    const uint8_t key[NOISE_SYMMETRIC_KEY_LEN], uint8_t hash[NOISE_HASH_LEN])
+static void message_encrypt(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t key[NOISE_SYMMETRIC_KEY_LEN],
+			    uint8_t hash[NOISE_HASH_LEN])
 {
-	crypto_aead_chacha20poly1305_ietf_encrypt(dst, NULL, src, len, hash, NOISE_HASH_LEN, NULL,
-						  zero_nonce, key);
+	crypto_aead_chacha20poly1305_ietf_encrypt(dst, NULL, src, len, hash, NOISE_HASH_LEN, NULL, zero_nonce, key);
 	mix_hash(hash, dst, len + NOISE_AUTHTAG_LEN);
 }
 
 static bool message_decrypt(uint8_t *dst, const uint8_t *src, size_t src_len,
 			    const uint8_t key[NOISE_SYMMETRIC_KEY_LEN], uint8_t hash[NOISE_HASH_LEN])
 {
-	if (crypto_aead_chacha20poly1305_ietf_decrypt(dst, NULL, NULL, src, src_len, hash, NOISE_HASH_LEN,
-						      zero_nonce, key) != 0)
+	if (crypto_aead_chacha20poly1305_ietf_decrypt(dst, NULL, NULL, src, src_len, hash, NOISE_HASH_LEN, zero_nonce,
+						      key) != 0)
 		return false;
 	mix_hash(hash, src, src_len);
 	return true;

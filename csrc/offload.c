@@ -17,10 +17,26 @@
 #define TCP_ECE 0x40
 #define TCP_CWR 0x80
 
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t get32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static void put32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v; }
+static uint16_t get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+static void put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
 
 uint32_t wg_csum_partial(const uint8_t *d, size_t len, uint32_t sum)
 {
@@ -88,8 +104,10 @@ static uint32_t pseudo_sum(const uint8_t *ip, int family, size_t l4len)
 
 		return wg_csum_partial(t, 4, wg_csum_partial(ip + 12, 8, 0));
 	} else {
-		uint8_t t[8] = { (uint8_t)(l4len >> 24), (uint8_t)(l4len >> 16), (uint8_t)(l4len >> 8), (uint8_t)l4len,
-				 0, 0, 0, IPPROTO_TCP_NUM };
+		uint8_t t[8] = {
+			(uint8_t)(l4len >> 24), (uint8_t)(l4len >> 16), (uint8_t)(l4len >> 8), (uint8_t)l4len, 0, 0, 0,
+			IPPROTO_TCP_NUM
+		};
 
 		return wg_csum_partial(t, 8, wg_csum_partial(ip + 8, 32, 0));
 	}
@@ -172,10 +190,11 @@ size_t wg_tso_segment(const uint8_t *pkt, size_t len, const struct wg_vnet_hdr *
 		if (i > 0)
 			f &= (uint8_t)~TCP_CWR;
 		if (i + 1 < nsegs)
-			f &= (uint8_t)~(TCP_FIN | TCP_PSH);
+			f &= (uint8_t) ~(TCP_FIN | TCP_PSH);
 		t[13] = f;
 		t[16] = t[17] = 0;
-		store_csum(t + 16, wg_csum_fold(wg_csum_partial(t, total - iplen, pseudo_sum(o, family, total - iplen))));
+		store_csum(t + 16,
+			   wg_csum_fold(wg_csum_partial(t, total - iplen, pseudo_sum(o, family, total - iplen))));
 		lens[i] = total;
 	}
 	return nsegs;

@@ -18,10 +18,10 @@
 #define WG_VNET_HDR_LEN 10
 #define WG_VNET_F_NEEDS_CSUM 1
 #define WG_VNET_F_DATA_VALID 2
-#define WG_VNET_GSO_NONE  0
+#define WG_VNET_GSO_NONE 0
 #define WG_VNET_GSO_TCPV4 1
 #define WG_VNET_GSO_TCPV6 4
-#define WG_VNET_GSO_ECN   0x80
+#define WG_VNET_GSO_ECN 0x80
 #define WG_TSO_MAX_SEGS 64
 
 struct wg_vnet_hdr {
@@ -56,13 +56,13 @@ size_t wg_tso_segment_len(const uint8_t *pkt, size_t len, const struct wg_vnet_h
  * the next in-order segment of the same TCP flow.  The caller keeps the
  * super-packet in a buffer of at least 65535 bytes. */
 struct wg_gro {
-	uint8_t *buf;       /* super-packet under construction (IP packet) */
+	uint8_t *buf; /* super-packet under construction (IP packet) */
 	size_t len;
-	size_t hdr_len;     /* IP + TCP header length */
-	size_t mss;         /* payload size of the first segment */
+	size_t hdr_len; /* IP + TCP header length */
+	size_t mss;     /* payload size of the first segment */
 	unsigned segs;
-	int family;         /* 0 = empty */
-	bool last_short;    /* a shorter segment arrived: nothing may follow */
+	int family;      /* 0 = empty */
+	bool last_short; /* a shorter segment arrived: nothing may follow */
 };
 
 /* Tries to append pkt; true if it was merged (or started a new super-packet

@@ -55,9 +55,18 @@ void wg_proto_destroy(struct wg_proto *p)
 	pthread_mutex_destroy(&p->ratelimit_lock);
 }
 
-void wg_proto_cfg_wrlock(struct wg_proto *p) { pthread_rwlock_wrlock(&p->cfg_lock); }
-void wg_proto_cfg_rdlock(struct wg_proto *p) { pthread_rwlock_rdlock(&p->cfg_lock); }
-void wg_proto_cfg_unlock(struct wg_proto *p) { pthread_rwlock_unlock(&p->cfg_lock); }
+void wg_proto_cfg_wrlock(struct wg_proto *p)
+{
+	pthread_rwlock_wrlock(&p->cfg_lock);
+}
+void wg_proto_cfg_rdlock(struct wg_proto *p)
+{
+	pthread_rwlock_rdlock(&p->cfg_lock);
+}
+void wg_proto_cfg_unlock(struct wg_proto *p)
+{
+	pthread_rwlock_unlock(&p->cfg_lock);
+}
 
 void wg_proto_precompute_static_static(struct wg_proto *p, struct wg_peer *peer)
 {

@@ -65,8 +65,7 @@ struct wg_proto_ops {
 	/* A timer deadline earlier than any before was armed: wake the timer loop. */
 	void (*timer_kick)(void *ctx);
 	/* Protocol event for a peer (called without locks held). */
-	void (*event)(void *ctx, enum wg_event_type type, const uint8_t public_key[32],
-		      const struct wg_endpoint *ep);
+	void (*event)(void *ctx, enum wg_event_type type, const uint8_t public_key[32], const struct wg_endpoint *ep);
 };
 
 enum wg_handshake_state {
@@ -89,13 +88,13 @@ struct wg_index_entry {
 
 struct wg_keypair {
 	atomic_int refcount;
-	struct wg_peer *peer;       /* the keypair holds a peer reference */
+	struct wg_peer *peer; /* the keypair holds a peer reference */
 	struct wg_index_entry entry;
 	uint8_t send_key[NOISE_SYMMETRIC_KEY_LEN];
 	uint8_t recv_key[NOISE_SYMMETRIC_KEY_LEN];
 	atomic_uint_fast64_t send_nonce;
 	atomic_bool sending_valid, receiving_valid;
-	uint64_t birth;             /* monotonic ns */
+	uint64_t birth; /* monotonic ns */
 	uint32_t remote_index;
 	bool i_am_initiator;
 	pthread_mutex_t replay_lock;
@@ -116,7 +115,7 @@ struct wg_handshake {
 
 struct wg_cookie_state { /* initiator side: the cookie a responder gave us */
 	uint8_t cookie[COOKIE_LEN];
-	uint64_t birth;            /* monotonic ns, 0 = none */
+	uint64_t birth; /* monotonic ns, 0 = none */
 	bool have_sent_mac1;
 	uint8_t last_mac1_sent[COOKIE_LEN];
 	uint8_t decryption_key[NOISE_SYMMETRIC_KEY_LEN]; /* HASH(LABEL_COOKIE || S_pub_peer) */
@@ -141,7 +140,7 @@ enum wg_timer {
 struct wg_peer {
 	atomic_int refcount;
 	struct wg_proto *proto;
-	pthread_mutex_t lock;      /* handshake, keypairs, endpoint, timers, staged */
+	pthread_mutex_t lock; /* handshake, keypairs, endpoint, timers, staged */
 	uint8_t public_key[NOISE_PUBLIC_KEY_LEN];
 	uint8_t preshared_key[NOISE_SYMMETRIC_KEY_LEN];
 	uint8_t static_static[NOISE_PUBLIC_KEY_LEN]; /* DH(S_priv, S_pub_peer), 0 if invalid */
@@ -151,24 +150,24 @@ struct wg_peer {
 	struct wg_endpoint endpoint;
 	bool has_endpoint;
 	struct wg_aip_owner aips;
-	struct wg_staged *staged;  /* allocated while packets wait (idle peers stay small) */
+	struct wg_staged *staged; /* allocated while packets wait (idle peers stay small) */
 	atomic_uint_fast64_t rx_bytes, tx_bytes;
-	uint64_t last_handshake_real; /* epoch ns, 0 = never */
-	uint64_t last_sent_handshake; /* monotonic ns, 0 = never */
+	uint64_t last_handshake_real;    /* epoch ns, 0 = never */
+	uint64_t last_sent_handshake;    /* monotonic ns, 0 = never */
 	uint64_t timers[WG_TIMER_COUNT]; /* monotonic deadlines, 0 = not armed */
 	unsigned handshake_attempts;
 	uint16_t persistent_keepalive; /* seconds, 0 = off */
 	bool need_another_keepalive;
 	bool sent_lastminute_handshake;
 	bool dead;
-	struct wg_peer *hash_next;      /* public key table */
-	struct wg_peer *prev, *next;    /* device list, in insertion order */
+	struct wg_peer *hash_next;   /* public key table */
+	struct wg_peer *prev, *next; /* device list, in insertion order */
 };
 
 struct wg_ratelimit_entry {
 	uint8_t key[16];
-	uint64_t last;       /* monotonic ns */
-	uint64_t tokens;     /* in ns of credit */
+	uint64_t last;   /* monotonic ns */
+	uint64_t tokens; /* in ns of credit */
 };
 
 #define WG_RATELIMIT_SLOTS 16384
@@ -176,9 +175,9 @@ struct wg_ratelimit_entry {
 #define WG_INDEX_HASH_BITS 16
 
 struct wg_proto_stats {
-	atomic_uint_fast64_t rx_junk;           /* not a WireGuard message */
+	atomic_uint_fast64_t rx_junk; /* not a WireGuard message */
 	atomic_uint_fast64_t rx_bad_mac1;
-	atomic_uint_fast64_t rx_cookie_sent;    /* under load without valid mac2 */
+	atomic_uint_fast64_t rx_cookie_sent; /* under load without valid mac2 */
 	atomic_uint_fast64_t rx_ratelimited;
 	atomic_uint_fast64_t rx_handshake_invalid; /* failed decryption, unknown peer, replay, flood */
 	atomic_uint_fast64_t rx_unknown_index;
@@ -203,13 +202,13 @@ struct wg_proto {
 	bool has_identity;
 	uint8_t static_private[NOISE_PUBLIC_KEY_LEN];
 	uint8_t static_public[NOISE_PUBLIC_KEY_LEN];
-	uint8_t mac1_key[NOISE_SYMMETRIC_KEY_LEN];    /* HASH(LABEL_MAC1 || S_pub) */
-	uint8_t cookie_key[NOISE_SYMMETRIC_KEY_LEN];  /* HASH(LABEL_COOKIE || S_pub) */
+	uint8_t mac1_key[NOISE_SYMMETRIC_KEY_LEN];   /* HASH(LABEL_MAC1 || S_pub) */
+	uint8_t cookie_key[NOISE_SYMMETRIC_KEY_LEN]; /* HASH(LABEL_COOKIE || S_pub) */
 	struct wg_peer *peer_hash[1u << WG_PEER_HASH_BITS];
 	struct wg_peer *peers_head, *peers_tail;
 	size_t npeers;
 	struct wg_allowedips aips;
-	uint8_t hash_secret[16];                      /* siphash key for tables */
+	uint8_t hash_secret[16]; /* siphash key for tables */
 
 	pthread_rwlock_t index_lock;
 	struct wg_index_entry *index_hash[1u << WG_INDEX_HASH_BITS];
@@ -220,9 +219,9 @@ struct wg_proto {
 	uint64_t cookie_secret_birth;
 
 	pthread_mutex_t ratelimit_lock;
-	struct wg_ratelimit_entry *ratelimit;  /* WG_RATELIMIT_SLOTS */
+	struct wg_ratelimit_entry *ratelimit; /* WG_RATELIMIT_SLOTS */
 
-	atomic_uint_fast64_t next_deadline;    /* earliest armed timer, hint for the loop */
+	atomic_uint_fast64_t next_deadline; /* earliest armed timer, hint for the loop */
 	struct wg_proto_stats stats;
 	/* Test hook: how many secret-bearing objects (keypairs, handshakes with
 	 * key material, identity) are alive; checked to prove wiping on teardown. */
@@ -231,7 +230,7 @@ struct wg_proto {
 
 /* --- lifecycle and configuration (called under no lock) --- */
 int wg_proto_init(struct wg_proto *p, const struct wg_proto_ops *ops, void *ctx);
-void wg_proto_destroy(struct wg_proto *p);           /* frees peers, wipes keys */
+void wg_proto_destroy(struct wg_proto *p);                                /* frees peers, wipes keys */
 void wg_proto_set_private_key(struct wg_proto *p, const uint8_t key[32]); /* NULL clears */
 bool wg_proto_get_public_key(struct wg_proto *p, uint8_t out[32]);
 /* Configuration transactions: take the write lock, then use the _locked calls. */
@@ -292,8 +291,8 @@ bool wg_proto_answer_with_cookie(struct wg_proto *p, const struct wg_endpoint *s
 /* Handshake messages (types 1..3).  under_load: the engine's handshake queue
  * is congested, so demand a valid mac2 (else reply with a cookie) and apply
  * the per-source rate limit. */
-void wg_proto_receive_handshake(struct wg_proto *p, const struct wg_endpoint *src,
-				const uint8_t *buf, size_t len, bool under_load);
+void wg_proto_receive_handshake(struct wg_proto *p, const struct wg_endpoint *src, const uint8_t *buf, size_t len,
+				bool under_load);
 /* Transport data (type 4), decrypted in place. */
 void wg_proto_receive_data(struct wg_proto *p, const struct wg_endpoint *src, uint8_t *buf, size_t len);
 /* An IP packet from the TUN device.  ip must have WG_HEADROOM bytes before it

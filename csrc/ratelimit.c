@@ -12,7 +12,7 @@
 #include "noise.h"
 
 #define PACKET_COST (WG_NS_PER_SEC / RATELIMIT_PACKETS_PER_SECOND)
-#define TOKEN_MAX   (PACKET_COST * RATELIMIT_PACKETS_BURSTABLE)
+#define TOKEN_MAX (PACKET_COST * RATELIMIT_PACKETS_BURSTABLE)
 #define WAYS 4
 
 bool wg_ratelimit_allow(struct wg_proto *p, const struct wg_endpoint *src)

@@ -102,8 +102,8 @@ static bool set_endpoint_from_packet_locked(struct wg_peer *peer, const struct w
 	return changed;
 }
 
-void wg_proto_receive_handshake(struct wg_proto *p, const struct wg_endpoint *src,
-				const uint8_t *buf, size_t len, bool under_load)
+void wg_proto_receive_handshake(struct wg_proto *p, const struct wg_endpoint *src, const uint8_t *buf, size_t len,
+				bool under_load)
 {
 	int type = wg_proto_message_type(buf, len);
 	enum wg_cookie_mac_state mac;

@@ -8,8 +8,8 @@
 #include <stdint.h>
 
 #define WG_REPLAY_BITS_TOTAL 8192
-#define WG_REPLAY_WORD_BITS  64
-#define WG_REPLAY_WINDOW     (WG_REPLAY_BITS_TOTAL - WG_REPLAY_WORD_BITS) /* 8128 */
+#define WG_REPLAY_WORD_BITS 64
+#define WG_REPLAY_WINDOW (WG_REPLAY_BITS_TOTAL - WG_REPLAY_WORD_BITS) /* 8128 */
 
 struct wg_replay {
 	uint64_t counter; /* one past the highest counter accepted so far */

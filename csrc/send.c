@@ -15,7 +15,7 @@
 #include "timers.h"
 #include "proto_internal.h"
 
-#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 void wg_send_to_peer_locked(struct wg_peer *peer, const uint8_t *buf, size_t len)
 {

@@ -182,12 +182,23 @@ uint64_t wg_timers_expire(struct wg_peer *peer, uint64_t now, bool *gave_up)
 			continue;
 		peer->timers[t] = 0;
 		switch ((enum wg_timer)t) {
-		case TIMER_RETRANSMIT_HANDSHAKE: expired_retransmit_handshake(peer, gave_up); break;
-		case TIMER_SEND_KEEPALIVE: expired_send_keepalive(peer); break;
-		case TIMER_NEW_HANDSHAKE: expired_new_handshake(peer); break;
-		case TIMER_ZERO_KEY_MATERIAL: expired_zero_key_material(peer); break;
-		case TIMER_PERSISTENT_KEEPALIVE: expired_persistent_keepalive(peer); break;
-		case WG_TIMER_COUNT: break;
+		case TIMER_RETRANSMIT_HANDSHAKE:
+			expired_retransmit_handshake(peer, gave_up);
+			break;
+		case TIMER_SEND_KEEPALIVE:
+			expired_send_keepalive(peer);
+			break;
+		case TIMER_NEW_HANDSHAKE:
+			expired_new_handshake(peer);
+			break;
+		case TIMER_ZERO_KEY_MATERIAL:
+			expired_zero_key_material(peer);
+			break;
+		case TIMER_PERSISTENT_KEEPALIVE:
+			expired_persistent_keepalive(peer);
+			break;
+		case WG_TIMER_COUNT:
+			break;
 		}
 	}
 	for (int t = 0; t < WG_TIMER_COUNT; t++)

@@ -98,7 +98,7 @@ bool wg_hex_to_key(uint8_t key[WG_KEY_LEN], const char *hex, size_t len)
 
 	for (i = 0; i < 2 * WG_KEY_LEN; ++i) {
 		unsigned int c = (unsigned char)hex[i];
-		unsigned int lower = c | 0x20U;   /* folds 'A'..'F' onto 'a'..'f' */
+		unsigned int lower = c | 0x20U; /* folds 'A'..'F' onto 'a'..'f' */
 		unsigned int m_num = ct_range_mask(c, '0', '9');
 		unsigned int m_alpha = ct_range_mask(lower, 'a', 'f');
 		unsigned int nibble = (m_num & (c - '0')) | (m_alpha & (lower - 'a' + 10U));
@@ -138,16 +138,17 @@ static unsigned int b64_value(unsigned int c, unsigned int *bad)
 	unsigned int m_slash = ct_range_mask(c, '/', '/');
 
 	*bad |= ~(m_upper | m_lower | m_digit | m_plus | m_slash) & 1U;
-	return ((m_upper & (c - 'A')) | (m_lower & (c - 'a' + 26U)) |
-		(m_digit & (c - '0' + 52U)) | (m_plus & 62U) | (m_slash & 63U)) & 63U;
+	return ((m_upper & (c - 'A')) | (m_lower & (c - 'a' + 26U)) | (m_digit & (c - '0' + 52U)) | (m_plus & 62U) |
+		(m_slash & 63U)) &
+	       63U;
 }
 
 static char b64_char(unsigned int v)
 {
 	/* 'A'+v; 'a'+v-26 = 'A'+v+6; '0'+v-52 = 'A'+v-69; '+' = 'A'+62-84;
 	 * '/' = 'A'+63-81: the offsets step by +6, -75, -15, +3. */
-	return (char)('A' + v + (ct_le_mask(26, v) & 6U) - (ct_le_mask(52, v) & 75U) -
-		      (ct_le_mask(62, v) & 15U) + (ct_le_mask(63, v) & 3U));
+	return (char)('A' + v + (ct_le_mask(26, v) & 6U) - (ct_le_mask(52, v) & 75U) - (ct_le_mask(62, v) & 15U) +
+		      (ct_le_mask(63, v) & 3U));
 }
 
 #define WG_KEY_LEN_BASE64 44
@@ -167,17 +168,14 @@ bool wg_base64_to_key(uint8_t key[WG_KEY_LEN], const char *b64, size_t len)
 	for (i = 0; i < WG_KEY_LEN / 3; ++i) {
 		const char *q = &b64[i * 4];
 
-		v = b64_value((unsigned char)q[0], &bad) << 18 |
-		    b64_value((unsigned char)q[1], &bad) << 12 |
-		    b64_value((unsigned char)q[2], &bad) << 6 |
-		    b64_value((unsigned char)q[3], &bad);
+		v = b64_value((unsigned char)q[0], &bad) << 18 | b64_value((unsigned char)q[1], &bad) << 12 |
+		    b64_value((unsigned char)q[2], &bad) << 6 | b64_value((unsigned char)q[3], &bad);
 		tmp[i * 3 + 0] = (uint8_t)(v >> 16);
 		tmp[i * 3 + 1] = (uint8_t)(v >> 8);
 		tmp[i * 3 + 2] = (uint8_t)v;
 	}
 	/* i == 10: the last three characters carry 18 bits = 2 bytes + 2 bits. */
-	v = b64_value((unsigned char)b64[i * 4 + 0], &bad) << 12 |
-	    b64_value((unsigned char)b64[i * 4 + 1], &bad) << 6 |
+	v = b64_value((unsigned char)b64[i * 4 + 0], &bad) << 12 | b64_value((unsigned char)b64[i * 4 + 1], &bad) << 6 |
 	    b64_value((unsigned char)b64[i * 4 + 2], &bad);
 	bad |= (v & 3U) != 0;
 	tmp[i * 3 + 0] = (uint8_t)(v >> 10);
@@ -267,8 +265,7 @@ bool wg_parse_endpoint(const char *s, size_t len, struct sockaddr_storage *out)
 		in6.sin6_port = htons((uint16_t)port_num);
 		pct = memchr(inner, '%', inner_len);
 		addr_len = pct ? (size_t)(pct - inner) : inner_len;
-		if (!copy_cstr(host, sizeof(host), inner, addr_len) ||
-		    inet_pton(AF_INET6, host, &in6.sin6_addr) != 1)
+		if (!copy_cstr(host, sizeof(host), inner, addr_len) || inet_pton(AF_INET6, host, &in6.sin6_addr) != 1)
 			return false;
 		if (pct && !parse_scope(pct + 1, inner_len - addr_len - 1, &in6.sin6_scope_id))
 			return false;
@@ -291,8 +288,7 @@ bool wg_parse_endpoint(const char *s, size_t len, struct sockaddr_storage *out)
 		memset(&in4, 0, sizeof(in4));
 		in4.sin_family = AF_INET;
 		in4.sin_port = htons((uint16_t)port_num);
-		if (!copy_cstr(host, sizeof(host), s, colon - 1) ||
-		    inet_pton(AF_INET, host, &in4.sin_addr) != 1)
+		if (!copy_cstr(host, sizeof(host), s, colon - 1) || inet_pton(AF_INET, host, &in4.sin_addr) != 1)
 			return false;
 		memset(out, 0, sizeof(*out));
 		memcpy(out, &in4, sizeof(in4));
@@ -389,8 +385,8 @@ size_t wg_format_endpoint(char *out, size_t outlen, const struct sockaddr *sa)
 
 struct parse_ctx {
 	struct wg_uapi_set *set;
-	struct wg_uapi_peer *peer;   /* entry being filled, NULL before public_key */
-	struct wg_uapi_get *get;     /* the get reply parser's out, peer and */
+	struct wg_uapi_peer *peer; /* entry being filled, NULL before public_key */
+	struct wg_uapi_get *get;   /* the get reply parser's out, peer and */
 	struct wg_uapi_get_peer *get_peer;
 	char *err;
 	size_t errlen;
@@ -400,8 +396,7 @@ struct parse_ctx {
 	bool has_eq;
 };
 
-static void __attribute__((format(printf, 3, 4)))
-set_error(char *err, size_t errlen, const char *fmt, ...)
+static void __attribute__((format(printf, 3, 4))) set_error(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -424,8 +419,8 @@ static bool looks_like_key_material(const char *s, size_t len)
 	for (i = 0; i < len; ++i) {
 		char c = s[i];
 
-		if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-		    (c >= 'A' && c <= 'Z') || c == '+' || c == '/') {
+		if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' ||
+		    c == '/') {
 			if (++run >= SECRET_RUN)
 				return true;
 		} else {
@@ -435,7 +430,7 @@ static bool looks_like_key_material(const char *s, size_t len)
 	return false;
 }
 
-#define QUOTE_MAX 96   /* input bytes quoted per part before "..." */
+#define QUOTE_MAX 96 /* input bytes quoted per part before "..." */
 
 /* Escapes s for quoting inside "...": printable ASCII as is, '"', '\\' and
  * everything else as \xNN; at most QUOTE_MAX input bytes. */
@@ -480,15 +475,14 @@ static int line_error(struct parse_ctx *ctx, int ret, const char *reason)
 
 	if (!ctx->has_eq)
 		qvalue[0] = '\0';
-	else if (key_is(ctx->key, ctx->key_len, "private_key") ||
-		 key_is(ctx->key, ctx->key_len, "preshared_key") ||
+	else if (key_is(ctx->key, ctx->key_len, "private_key") || key_is(ctx->key, ctx->key_len, "preshared_key") ||
 		 looks_like_key_material(ctx->value, ctx->value_len))
 		strcpy(qvalue, "(hidden)");
 	else
 		quote_part(qvalue, ctx->value, ctx->value_len);
 
-	set_error(ctx->err, ctx->errlen, "invalid UAPI line \"%s%s%s\": %s",
-		  qkey, ctx->has_eq ? "=" : "", qvalue, reason);
+	set_error(ctx->err, ctx->errlen, "invalid UAPI line \"%s%s%s\": %s", qkey, ctx->has_eq ? "=" : "", qvalue,
+		  reason);
 	return ret;
 }
 
@@ -560,7 +554,8 @@ static int add_allowed_ip(struct parse_ctx *ctx)
 	}
 	/* wg always sends the prefix length; a bare address is refused here. */
 	if (!memchr(v, '/', len) || !wg_parse_cidr(v, len, &aip.family, aip.addr, &aip.cidr))
-		return line_error(ctx, -EINVAL, "allowed_ip must be [-]address/prefix with prefix 0..32 (IPv4) or 0..128 (IPv6)");
+		return line_error(ctx, -EINVAL,
+				  "allowed_ip must be [-]address/prefix with prefix 0..32 (IPv4) or 0..128 (IPv6)");
 
 	aips = grow_array(peer->aips, &peer->cap_aips, peer->n_aips, sizeof(*aips), false);
 	if (!aips)
@@ -572,15 +567,14 @@ static int add_allowed_ip(struct parse_ctx *ctx)
 
 static bool is_device_key(const char *key, size_t len)
 {
-	return key_is(key, len, "private_key") || key_is(key, len, "listen_port") ||
-	       key_is(key, len, "fwmark") || key_is(key, len, "replace_peers");
+	return key_is(key, len, "private_key") || key_is(key, len, "listen_port") || key_is(key, len, "fwmark") ||
+	       key_is(key, len, "replace_peers");
 }
 
 static bool is_peer_key(const char *key, size_t len)
 {
-	return key_is(key, len, "remove") || key_is(key, len, "update_only") ||
-	       key_is(key, len, "preshared_key") || key_is(key, len, "endpoint") ||
-	       key_is(key, len, "persistent_keepalive_interval") ||
+	return key_is(key, len, "remove") || key_is(key, len, "update_only") || key_is(key, len, "preshared_key") ||
+	       key_is(key, len, "endpoint") || key_is(key, len, "persistent_keepalive_interval") ||
 	       key_is(key, len, "replace_allowed_ips") || key_is(key, len, "allowed_ip") ||
 	       key_is(key, len, "protocol_version");
 }
@@ -715,8 +709,7 @@ int wg_uapi_parse_set(const char *body, size_t len, struct wg_uapi_set *out, cha
 	if (err && errlen)
 		err[0] = '\0';
 	if (len > WG_UAPI_MAX_MESSAGE) {
-		set_error(err, errlen, "UAPI message too long (%zu bytes, at most %u)",
-			  len, WG_UAPI_MAX_MESSAGE);
+		set_error(err, errlen, "UAPI message too long (%zu bytes, at most %u)", len, WG_UAPI_MAX_MESSAGE);
 		return -EMSGSIZE;
 	}
 	if (!body && len) {
@@ -731,7 +724,7 @@ int wg_uapi_parse_set(const char *body, size_t len, struct wg_uapi_set *out, cha
 		int ret;
 
 		if (!line_len)
-			break;  /* empty line: end of message */
+			break; /* empty line: end of message */
 		pos += line_len + 1;
 		ret = parse_line(&ctx, line, line_len);
 		if (ret) {
@@ -967,8 +960,7 @@ static void __attribute__((format(printf, 2, 3))) put(struct wg_uapi_writer *w, 
 	}
 }
 
-void wg_uapi_put_interface(struct wg_uapi_writer *w, const uint8_t *private_key, uint16_t listen_port,
-			   uint32_t fwmark)
+void wg_uapi_put_interface(struct wg_uapi_writer *w, const uint8_t *private_key, uint16_t listen_port, uint32_t fwmark)
 {
 	char hex[2 * WG_KEY_LEN + 1];
 

@@ -18,9 +18,9 @@
 #define WG_UAPI_MAX_MESSAGE (64u << 20)
 
 struct wg_uapi_aip {
-	uint8_t family;  /* AF_INET or AF_INET6 */
+	uint8_t family; /* AF_INET or AF_INET6 */
 	uint8_t cidr;
-	bool remove;     /* the "allowed_ip=-prefix" removal form */
+	bool remove; /* the "allowed_ip=-prefix" removal form */
 	uint8_t addr[16];
 };
 
@@ -35,7 +35,7 @@ struct wg_uapi_peer {
 	bool remove;
 	bool update_only;
 	bool has_preshared_key;
-	uint8_t preshared_key[WG_KEY_LEN];   /* all zero = clear */
+	uint8_t preshared_key[WG_KEY_LEN]; /* all zero = clear */
 	bool has_endpoint;
 	union {
 		struct sockaddr sa;
@@ -43,7 +43,7 @@ struct wg_uapi_peer {
 		struct sockaddr_in6 in6;
 	} endpoint;
 	bool has_keepalive;
-	uint16_t keepalive;                  /* seconds, 0 = off */
+	uint16_t keepalive; /* seconds, 0 = off */
 	bool replace_allowed_ips;
 	size_t n_aips, cap_aips;
 	struct wg_uapi_aip *aips;
@@ -51,7 +51,7 @@ struct wg_uapi_peer {
 
 struct wg_uapi_set {
 	bool has_private_key;
-	uint8_t private_key[WG_KEY_LEN];     /* all zero = clear */
+	uint8_t private_key[WG_KEY_LEN]; /* all zero = clear */
 	bool has_listen_port;
 	uint16_t listen_port;
 	bool has_fwmark;
@@ -103,15 +103,14 @@ struct wg_uapi_writer {
 struct wg_uapi_peer_state {
 	uint8_t public_key[WG_KEY_LEN];
 	uint8_t preshared_key[WG_KEY_LEN];
-	const struct sockaddr *endpoint;     /* NULL: none */
-	uint64_t last_handshake_ns;          /* epoch ns, 0 = never */
+	const struct sockaddr *endpoint; /* NULL: none */
+	uint64_t last_handshake_ns;      /* epoch ns, 0 = never */
 	uint64_t tx_bytes, rx_bytes;
 	uint16_t persistent_keepalive;
 };
 
 /* private_key NULL: the device has none. */
-void wg_uapi_put_interface(struct wg_uapi_writer *w, const uint8_t *private_key, uint16_t listen_port,
-			   uint32_t fwmark);
+void wg_uapi_put_interface(struct wg_uapi_writer *w, const uint8_t *private_key, uint16_t listen_port, uint32_t fwmark);
 void wg_uapi_put_peer(struct wg_uapi_writer *w, const struct wg_uapi_peer_state *p);
 void wg_uapi_put_allowed_ip(struct wg_uapi_writer *w, int family, const uint8_t *addr, uint8_t cidr);
 /* Hands the text over (*out, malloc'd, NUL-terminated) and resets the
@@ -134,7 +133,7 @@ struct wg_uapi_get_peer {
 	uint64_t rx_bytes, tx_bytes;
 	uint16_t persistent_keepalive;
 	size_t n_aips, cap_aips;
-	struct wg_uapi_aip *aips;           /* remove is always false */
+	struct wg_uapi_aip *aips; /* remove is always false */
 };
 
 struct wg_uapi_get {
@@ -144,8 +143,8 @@ struct wg_uapi_get {
 	uint16_t listen_port;
 	bool has_fwmark;
 	uint32_t fwmark;
-	bool has_errno;                     /* false: the reply was cut short */
-	int errno_value;                    /* as sent: 0 = success */
+	bool has_errno;  /* false: the reply was cut short */
+	int errno_value; /* as sent: 0 = success */
 	size_t n_peers, cap_peers;
 	struct wg_uapi_get_peer *peers;
 };

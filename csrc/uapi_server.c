@@ -62,8 +62,8 @@ int wg_uapi_server_listen(struct wg_device *dev, char *msg, size_t msglen)
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
 	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
 		close(fd);
-		snprintf(msg, msglen, "interface \"%s\" is already run by another process (%s answers)",
-			 dev->ifname, path);
+		snprintf(msg, msglen, "interface \"%s\" is already run by another process (%s answers)", dev->ifname,
+			 path);
 		return -EADDRINUSE;
 	}
 	r = errno;
@@ -90,8 +90,8 @@ int wg_uapi_server_listen(struct wg_device *dev, char *msg, size_t msglen)
 		goto out_rmdir;
 	}
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/s", tmpdir);
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || chmod(sun.sun_path, 0600) < 0 ||
-	    listen(fd, 16) < 0 || rename(sun.sun_path, path) < 0) {
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || chmod(sun.sun_path, 0600) < 0 || listen(fd, 16) < 0 ||
+	    rename(sun.sun_path, path) < 0) {
 		r = -errno;
 		snprintf(msg, msglen, "cannot create UAPI socket %s: %s", path, strerror(-r));
 		unlink(sun.sun_path);
@@ -262,7 +262,8 @@ static void serve(struct wg_device *dev, int fd)
 		}
 		{
 			/* Wait for the client, but never past a stop of the device. */
-			struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = dev->stop_fd, .events = POLLIN } };
+			struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN },
+						 { .fd = dev->stop_fd, .events = POLLIN } };
 
 			if (poll(pfd, 2, CLIENT_TIMEOUT_S * 1000) <= 0 || pfd[1].revents)
 				break;

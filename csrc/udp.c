@@ -125,8 +125,7 @@ static bool has_src(const struct wg_endpoint *ep)
 }
 
 /* Builds msg_name and the source-address control message for ep. */
-static void fill_msghdr(struct msghdr *mh, const struct wg_endpoint *ep, uint8_t *cbuf, size_t cbuflen,
-			bool with_src)
+static void fill_msghdr(struct msghdr *mh, const struct wg_endpoint *ep, uint8_t *cbuf, size_t cbuflen, bool with_src)
 {
 	struct cmsghdr *c;
 
@@ -290,8 +289,8 @@ void wg_send_batch_free(struct wg_send_batch *b)
 	b->copies = NULL;
 }
 
-unsigned wg_send_batch_add(struct wg_send_batch *b, int fd4, int fd6, const struct wg_endpoint *to,
-			   const uint8_t *buf, size_t len)
+unsigned wg_send_batch_add(struct wg_send_batch *b, int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf,
+			   size_t len)
 {
 	unsigned failed = 0, i;
 

@@ -32,7 +32,7 @@ struct wg_send_batch {
 	unsigned n;
 	const uint8_t *borrow_lo, *borrow_hi;
 	struct mmsghdr msgs[WG_UDP_BATCH];
-	struct iovec iov[WG_UDP_BATCH][2];   /* [ChannelData header,] datagram */
+	struct iovec iov[WG_UDP_BATCH][2]; /* [ChannelData header,] datagram */
 	uint8_t chan_hdr[WG_UDP_BATCH][4];
 	struct wg_endpoint eps[WG_UDP_BATCH];
 	int family[WG_UDP_BATCH];
@@ -44,8 +44,8 @@ int wg_send_batch_init(struct wg_send_batch *b);
 void wg_send_batch_free(struct wg_send_batch *b);
 /* Queues one datagram; flushes first if the batch is full. Returns the
  * number of datagrams that failed to send. */
-unsigned wg_send_batch_add(struct wg_send_batch *b, int fd4, int fd6, const struct wg_endpoint *to,
-			   const uint8_t *buf, size_t len);
+unsigned wg_send_batch_add(struct wg_send_batch *b, int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf,
+			   size_t len);
 unsigned wg_send_batch_flush(struct wg_send_batch *b, int fd4, int fd6);
 
 /* TURN ChannelData framing: fills the 4-byte header for a datagram of len

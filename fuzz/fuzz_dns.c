@@ -32,8 +32,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define COV_SIZE (1 << 16)
-__attribute__((section("__libfuzzer_extra_counters"), used))
-static uint8_t lua_cov[COV_SIZE];
+__attribute__((section("__libfuzzer_extra_counters"), used)) static uint8_t lua_cov[COV_SIZE];
 
 static lua_State *L;
 static int check_ref = LUA_NOREF;
@@ -184,8 +183,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	}
 	lua_pushstring(L, root);
 	if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-		fprintf(stderr, "fuzz_dns: loading lua/wgoverlay/dns.lua from %s (set WGO_ROOT): %s\n",
-			root, lua_tostring(L, -1));
+		fprintf(stderr, "fuzz_dns: loading lua/wgoverlay/dns.lua from %s (set WGO_ROOT): %s\n", root,
+			lua_tostring(L, -1));
 		abort();
 	}
 	check_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -113,7 +113,8 @@ static void setup(void)
 		peer = wg_peer_create_locked(&P[i], pub[!i], &err);
 		inet_pton(AF_INET, "0.0.0.0", a);
 		wg_peer_aip_insert_locked(&P[i], peer, AF_INET, a, 0);
-		wg_peer_aip_insert_locked(&P[i], peer, AF_INET6, (const uint8_t *)"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 0);
+		wg_peer_aip_insert_locked(&P[i], peer, AF_INET6, (const uint8_t *)"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+					  0);
 		wg_proto_cfg_unlock(&P[i]);
 		wg_peer_set_endpoint(peer, (struct sockaddr *)&addr[!i]);
 	}

@@ -34,8 +34,7 @@ static void fuzz_set(const char *s, size_t len)
 	if (ret) {
 		static const uint8_t zero[sizeof(set)];
 
-		check(ret == -EINVAL || ret == -EPROTO || ret == -ENOMEM || ret == -EMSGSIZE,
-		      "known error code");
+		check(ret == -EINVAL || ret == -EPROTO || ret == -ENOMEM || ret == -EMSGSIZE, "known error code");
 		check(err[0] != '\0', "error message written");
 		check(!memcmp(&set, zero, sizeof(set)), "failed parse leaves out empty");
 	} else {
@@ -46,7 +45,7 @@ static void fuzz_set(const char *s, size_t len)
 			check(p->n_aips <= p->cap_aips, "aip count within capacity");
 			for (size_t j = 0; j < p->n_aips; j++)
 				check((p->aips[j].family == AF_INET && p->aips[j].cidr <= 32) ||
-				      (p->aips[j].family == AF_INET6 && p->aips[j].cidr <= 128),
+					      (p->aips[j].family == AF_INET6 && p->aips[j].cidr <= 128),
 				      "aip prefix in range");
 		}
 	}

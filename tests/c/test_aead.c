@@ -36,8 +36,17 @@ static void rnd_bytes(uint8_t *p, size_t n)
 static uint64_t pick_counter(void)
 {
 	static const uint64_t edges[] = {
-		0, 1, 2, 0xfffffffeULL, 0xffffffffULL, 0x100000000ULL, 0x100000001ULL,
-		0x7fffffffffffffffULL, 0x8000000000000000ULL, UINT64_MAX - 1, UINT64_MAX,
+		0,
+		1,
+		2,
+		0xfffffffeULL,
+		0xffffffffULL,
+		0x100000000ULL,
+		0x100000001ULL,
+		0x7fffffffffffffffULL,
+		0x8000000000000000ULL,
+		UINT64_MAX - 1,
+		UINT64_MAX,
 	};
 	uint64_t r = rnd();
 
@@ -142,7 +151,7 @@ int main(int argc, char **argv)
 
 	for (size_t len = 0; len <= 2100; len++)
 		one(len, len <= 80 || len == 447 || len == 448 || len == 449 || len == 1023 || len == 1024 ||
-			 len == 1025 || len == 1424);
+				 len == 1025 || len == 1424);
 	for (size_t len = 4096 - 130; len <= 4096 + 130; len++)
 		one(len, false);
 	one(8192, false);

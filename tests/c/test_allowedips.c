@@ -264,14 +264,14 @@ static void test_structure_changes(void)
 	CHECK_EQ(rm4("10.0.0.0", 24, &a), 0);
 	CHECK(lk4("10.0.0.9") == &c);
 	CHECK_EQ(ins4("10.0.0.0", 24, &a), 0);
-	CHECK_EQ(rm4("10.0.0.0", 23, &c), 0);  /* back to a join */
+	CHECK_EQ(rm4("10.0.0.0", 23, &c), 0); /* back to a join */
 	CHECK(lk4("10.0.0.9") == &a);
 	CHECK(lk4("10.0.1.9") == &b);
 	CHECK(lk4("10.0.2.9") == NULL);
 	CHECK_EQ(ins4("10.0.0.0", 23, &c), 0); /* onto the demoted node */
 	CHECK(lk4("10.0.1.9") == &b);
 	CHECK_EQ(rm4("10.0.0.0", 23, &c), 0);
-	CHECK_EQ(rm4("10.0.0.0", 24, &a), 0);  /* join collapses */
+	CHECK_EQ(rm4("10.0.0.0", 24, &a), 0); /* join collapses */
 	CHECK(lk4("10.0.0.9") == NULL);
 	CHECK(lk4("10.0.1.9") == &b);
 	CHECK_EQ(ins4("10.0.0.0", 8, &c), 0);  /* above a leaf */
@@ -279,7 +279,7 @@ static void test_structure_changes(void)
 	CHECK(lk4("10.0.1.9") == &b);
 	CHECK(lk4("10.0.2.9") == &a);
 	CHECK(lk4("10.1.2.9") == &c);
-	CHECK_EQ(rm4("10.0.0.0", 16, &a), 0);  /* splice out one-child entry */
+	CHECK_EQ(rm4("10.0.0.0", 16, &a), 0); /* splice out one-child entry */
 	CHECK(lk4("10.0.2.9") == &c);
 	CHECK(lk4("10.0.1.9") == &b);
 	CHECK_EQ(rm4("10.0.1.0", 24, &b), 0);
@@ -606,8 +606,8 @@ static void test_random(int family, unsigned int min_cidr)
 	if (min_cidr)
 		CHECK(misses > 500);
 	printf("random %s min /%u: %d inserts, %d removes, %d lookups (%d hits), %zu live, "
-	       "final sweep %d misses/5000\n", family == AF_INET ? "v4" : "v6", min_cidr, inserts,
-	       removes, lookups, hits, live, misses);
+	       "final sweep %d misses/5000\n",
+	       family == AF_INET ? "v4" : "v6", min_cidr, inserts, removes, lookups, hits, live, misses);
 
 	/* Tear down by owner: the table must end up completely empty. */
 	for (i = 0; i < NOWNERS; i++)
@@ -696,7 +696,8 @@ static void test_pruning(void)
 			CHECK(slack <= 512 && slack >= -512);
 			CHECK(rest <= 512 && rest >= -512);
 			printf("pruning %s: +%zu bytes for the second set, %+ld after removing it, "
-			       "%+ld after free\n", round ? "v6" : "v4", h2 - h1, slack, rest);
+			       "%+ld after free\n",
+			       round ? "v6" : "v4", h2 - h1, slack, rest);
 		}
 	}
 }
@@ -753,8 +754,8 @@ static void test_timing(void)
 	t3 = now();
 	CHECK_EQ(t.count, 0);
 	CHECK(found >= N - 5); /* random addresses may repeat (then the later owner wins) */
-	printf("timing v4: %d x /32 for %d owners: insert %.2f ms, lookup %.2f ms, remove_owner %.2f ms",
-	       N, N, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3);
+	printf("timing v4: %d x /32 for %d owners: insert %.2f ms, lookup %.2f ms, remove_owner %.2f ms", N, N,
+	       (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3);
 	print_heap(heap0, heap1, N);
 
 	heap0 = mallinfo2().uordblks;
@@ -772,8 +773,8 @@ static void test_timing(void)
 	wg_allowedips_free(&t);
 	for (i = 0; i < N; i++)
 		CHECK_EQ(peers[i].count, 0);
-	printf("timing v6: %d x /128 for %d owners: insert %.2f ms, lookup %.2f ms", N, N,
-	       (t1 - t0) * 1e3, (t2 - t1) * 1e3);
+	printf("timing v6: %d x /128 for %d owners: insert %.2f ms, lookup %.2f ms", N, N, (t1 - t0) * 1e3,
+	       (t2 - t1) * 1e3);
 	print_heap(heap0, heap1, N);
 }
 

@@ -234,7 +234,7 @@ static int scan_self(size_t *scanned)
 		return -1000;
 	}
 	maps[len] = '\0';
-	for (const char *line = maps; *line; ) {
+	for (const char *line = maps; *line;) {
 		const char *p = line, *eol = strchr(line, '\n');
 		unsigned long lo, hi;
 		bool rw;
@@ -260,10 +260,11 @@ static int scan_self(size_t *scanned)
 				if (getenv("TEST_BINDING_VERBOSE"))
 					for (int w = 0; w < n_watched; w++)
 						for (size_t i = 0; i + 32 <= (size_t)r && i < SCAN_CHUNK; i++)
-							if (count_watched(scan_buf + i, 32, 1) && (scan_buf[i] ^ MASK) == watched[w][0] &&
+							if (count_watched(scan_buf + i, 32, 1) &&
+							    (scan_buf[i] ^ MASK) == watched[w][0] &&
 							    (scan_buf[i + 31] ^ MASK) == watched[w][31])
-								fprintf(stderr, "found key %d at %#lx in %.*s\n", w, off + i,
-									(int)(eol ? eol - p : 40), p);
+								fprintf(stderr, "found key %d at %#lx in %.*s\n", w,
+									off + i, (int)(eol ? eol - p : 40), p);
 			}
 			*scanned += (size_t)r < SCAN_CHUNK ? (size_t)r : SCAN_CHUNK;
 			sodium_memzero(scan_buf, (size_t)r);
@@ -525,8 +526,7 @@ static void test_status(int devidx)
 	}
 	CHECK(done);
 	CHECK(raised > 10);
-	printf("test_binding: status() raised a memory error at %d allocation points, locks free after each\n",
-	       raised);
+	printf("test_binding: status() raised a memory error at %d allocation points, locks free after each\n", raised);
 	(void)rounds;
 	free(before);
 }
@@ -598,7 +598,8 @@ static void apply_raise(int devidx, const char *helper, const char *expect, bool
 		lua_pop(L, 1);
 		full_gc();
 		if (freed_with_secret) {
-			fprintf(stderr, "test_binding: %s: a block freed with a key in it (memory error at allocation %ld)\n",
+			fprintf(stderr,
+				"test_binding: %s: a block freed with a key in it (memory error at allocation %ld)\n",
 				helper, n);
 			break;
 		}
@@ -612,11 +613,13 @@ static void apply_raise(int devidx, const char *helper, const char *expect, bool
 		return;
 	found = scan_self(&scanned);
 	if (found)
-		fprintf(stderr, "test_binding: %s: %d raw key copies in memory after the memory errors\n", helper, found);
+		fprintf(stderr, "test_binding: %s: %d raw key copies in memory after the memory errors\n", helper,
+			found);
 	CHECK_EQ(found, 0);
 	CHECK(scanned > 100000);
 	printf("test_binding: apply %s: raises after decoding keys (plain, and memory errors at %d points): "
-	       "%d key copies in %.1f MB\n", helper, raised_mem, found, scanned / 1e6);
+	       "%d key copies in %.1f MB\n",
+	       helper, raised_mem, found, scanned / 1e6);
 	watch_clear();
 }
 
@@ -700,7 +703,8 @@ static void test_uapi_status(void)
 	len += snprintf(reply + len, sizeof(reply) - (size_t)len,
 			"preshared_key=%s\nprotocol_version=1\nendpoint=192.0.2.1:5\nlast_handshake_time_sec=17\n"
 			"last_handshake_time_nsec=0\ntx_bytes=5\nrx_bytes=6\npersistent_keepalive_interval=25\n"
-			"allowed_ip=10.1.0.0/16\nallowed_ip=fd00::1/128\nerrno=0\n\n", hex);
+			"allowed_ip=10.1.0.0/16\nallowed_ip=fd00::1/128\nerrno=0\n\n",
+			hex);
 	watch_add((uint8_t *)hex);
 	watch_add((uint8_t *)hex + 32);
 	sodium_memzero(priv, sizeof(priv));
@@ -716,7 +720,8 @@ static void test_uapi_status(void)
 		 "{fwmark=number:7,interface=string:%s,listen_port=number:51820,peers={1={allowed_ips={1=string:"
 		 "10.1.0.0/16,2=string:fd00::1/128},endpoint=string:192.0.2.1:5,last_handshake=number:17,"
 		 "persistent_keepalive=number:25,public_key=string:%s,rx_bytes=number:6,tx_bytes=number:5}},"
-		 "public_key=string:%s}", name, peer64, pub64);
+		 "public_key=string:%s}",
+		 name, peer64, pub64);
 
 	/* warm-up (see test_apply_raise), then memory errors at every point */
 	for (int pass = 0; pass < 2; pass++) {
@@ -734,13 +739,16 @@ static void test_uapi_status(void)
 			fail_disarm();
 			if (st == LUA_OK) {
 				done = !alloc_failed;
-				if (done && pass && !(lua_type(L, -1) == LUA_TSTRING && !strcmp(lua_tostring(L, -1), expect))) {
-					fprintf(stderr, "test_binding: uapi_status: %s\nexpected %s\n", lua_tostring(L, -1), expect);
+				if (done && pass &&
+				    !(lua_type(L, -1) == LUA_TSTRING && !strcmp(lua_tostring(L, -1), expect))) {
+					fprintf(stderr, "test_binding: uapi_status: %s\nexpected %s\n",
+						lua_tostring(L, -1), expect);
 					CHECK(!"uapi_status result");
 				}
 			} else {
 				if (pass && st != LUA_ERRMEM)
-					fprintf(stderr, "test_binding: uapi_status raised %d: %s\n", st, lua_tostring(L, -1));
+					fprintf(stderr, "test_binding: uapi_status raised %d: %s\n", st,
+						lua_tostring(L, -1));
 				if (pass)
 					CHECK(st == LUA_ERRMEM);
 				raised++;
@@ -804,7 +812,8 @@ static void test_small(const char *f, int nargs)
 			full_gc();
 		}
 		if (freed_with_secret) {
-			fprintf(stderr, "test_binding: %s: a block freed with the secret in it (failure at %ld)\n", f, n);
+			fprintf(stderr, "test_binding: %s: a block freed with the secret in it (failure at %ld)\n", f,
+				n);
 			break;
 		}
 	}

@@ -33,7 +33,8 @@ int main(void)
 		buf[0] = (uint8_t)t;
 		CHECK_EQ(wg_channel_unwrap(buf, 36, &inner, &inner_len), 0);
 	}
-	buf[0] = 0x01; buf[1] = 0x01; /* STUN binding success */
+	buf[0] = 0x01;
+	buf[1] = 0x01; /* STUN binding success */
 	CHECK_EQ(wg_channel_unwrap(buf, 36, &inner, &inner_len), 0);
 	buf[0] = 0x50; /* 0x5000 is outside the channel range */
 	CHECK_EQ(wg_channel_unwrap(buf, 36, &inner, &inner_len), 0);

@@ -47,10 +47,8 @@ static bool is_named_netns(const struct stat *st)
 	while (!found && (de = readdir(d))) {
 		struct stat ns;
 
-		if (de->d_name[0] != '.' &&
-		    fstatat(dirfd(d), de->d_name, &ns, 0) == 0)
-			found = ns.st_dev == st->st_dev &&
-				ns.st_ino == st->st_ino;
+		if (de->d_name[0] != '.' && fstatat(dirfd(d), de->d_name, &ns, 0) == 0)
+			found = ns.st_dev == st->st_dev && ns.st_ino == st->st_ino;
 	}
 	closedir(d);
 	return found;
@@ -183,13 +181,12 @@ struct addr_seen {
 	int family;
 	uint8_t addr[16];
 	uint8_t prefixlen;
-	int hits;		/* entries equal to addr/prefixlen */
-	int v4, v6;		/* entries per family */
+	int hits;   /* entries equal to addr/prefixlen */
+	int v4, v6; /* entries per family */
 	int total;
 };
 
-static void addr_seen_cb(void *arg, int family, const uint8_t *addr,
-			 uint8_t prefixlen)
+static void addr_seen_cb(void *arg, int family, const uint8_t *addr, uint8_t prefixlen)
 {
 	struct addr_seen *s = arg;
 	int alen = family == AF_INET ? 4 : 16;
@@ -197,14 +194,12 @@ static void addr_seen_cb(void *arg, int family, const uint8_t *addr,
 	s->total++;
 	s->v4 += family == AF_INET;
 	s->v6 += family == AF_INET6;
-	if (family == s->family && prefixlen == s->prefixlen &&
-	    !memcmp(addr, s->addr, alen))
+	if (family == s->family && prefixlen == s->prefixlen && !memcmp(addr, s->addr, alen))
 		s->hits++;
 }
 
 /* How often @txt/@plen shows up in wg_nl_addr_list(@ifindex, @family). */
-static int addr_count(int ifindex, int family, const char *txt, uint8_t plen,
-		      struct addr_seen *out)
+static int addr_count(int ifindex, int family, const char *txt, uint8_t plen, struct addr_seen *out)
 {
 	struct addr_seen s = { .prefixlen = plen };
 	int ret;
@@ -296,8 +291,7 @@ static void del_if_exists(const char *name)
 
 static int never_called;
 
-static void count_cb(void *arg, int family, const uint8_t *addr,
-		     uint8_t prefixlen)
+static void count_cb(void *arg, int family, const uint8_t *addr, uint8_t prefixlen)
 {
 	(void)arg, (void)family, (void)addr, (void)prefixlen;
 	never_called++;
@@ -311,7 +305,7 @@ static void test_errors(void)
 	ip6(a6, "fd66::1");
 
 	/* lookups */
-	CHECK_EQ(wg_nl_ifindex("lo"), 1);	/* always 1 in a netns */
+	CHECK_EQ(wg_nl_ifindex("lo"), 1); /* always 1 in a netns */
 	CHECK_EQ(wg_nl_ifindex("wgo-nosuch"), -ENODEV);
 	CHECK_EQ(wg_nl_ifindex(""), -EINVAL);
 	CHECK_EQ(wg_nl_ifindex(NULL), -EINVAL);
@@ -331,10 +325,8 @@ static void test_errors(void)
 	/* a route through a missing link is simply not there */
 	CHECK_EQ(wg_nl_route_del(BAD_IFINDEX, AF_INET, a4, 24, 0), -ESRCH);
 	never_called = 0;
-	CHECK_EQ(wg_nl_addr_list(BAD_IFINDEX, AF_UNSPEC, count_cb, NULL),
-		 -ENODEV);
-	CHECK_EQ(wg_nl_addr_list(BAD_IFINDEX, AF_INET6, count_cb, NULL),
-		 -ENODEV);
+	CHECK_EQ(wg_nl_addr_list(BAD_IFINDEX, AF_UNSPEC, count_cb, NULL), -ENODEV);
+	CHECK_EQ(wg_nl_addr_list(BAD_IFINDEX, AF_INET6, count_cb, NULL), -ENODEV);
 	CHECK_EQ(never_called, 0);
 	CHECK_EQ(wg_nl_link_set_mtu(0, 1400), -ENODEV);
 	CHECK_EQ(wg_nl_link_set_up(-1, true), -ENODEV);
@@ -374,15 +366,15 @@ static void test_local_veth(void)
 	ip4(a4, "10.77.0.1");
 	ip4(a4b, "10.77.0.2");
 	ip6(a6, "fd77::1");
-	ip4(r4, "10.78.1.2");	/* host bits set: stored as 10.78.0.0/16 */
+	ip4(r4, "10.78.1.2"); /* host bits set: stored as 10.78.0.0/16 */
 	ip4(r4t, "10.79.0.0");
-	ip6(r6, "fd78::1");	/* stored as fd78::/48 */
+	ip6(r6, "fd78::1"); /* stored as fd78::/48 */
 	ip6(r6t, "fd79::");
 
 	CHECK_EQ(wg_nl_veth_create("wgo-t0", "wgo-t1", -1), 0);
 	CHECK_EQ(wg_nl_veth_create("wgo-t0", "wgo-t9", -1), -EEXIST);
 	CHECK_EQ(wg_nl_veth_create("wgo-t8", "wgo-t1", -1), -EEXIST);
-	CHECK_EQ(wg_nl_ifindex("wgo-t8"), -ENODEV);	/* nothing half-made */
+	CHECK_EQ(wg_nl_ifindex("wgo-t8"), -ENODEV); /* nothing half-made */
 	CHECK_EQ(wg_nl_ifindex("wgo-t9"), -ENODEV);
 	i0 = wg_nl_ifindex("wgo-t0");
 	i1 = wg_nl_ifindex("wgo-t1");
@@ -393,10 +385,9 @@ static void test_local_veth(void)
 	/* MTU */
 	CHECK_EQ(wg_nl_link_set_mtu(i0, 1420), 0);
 	CHECK_EQ(wg_nl_link_set_mtu(i0, 1420), 0);
-	CHECK_EQ(cmd_count("\"mtu\":1420", "ip -j link show dev %s", "wgo-t0"),
-		 1);
-	CHECK_EQ(wg_nl_link_set_mtu(i0, 10), -EINVAL);	/* < 68 */
-	CHECK(wg_nl_last_extack()[0] != '\0');		/* kernel says why */
+	CHECK_EQ(cmd_count("\"mtu\":1420", "ip -j link show dev %s", "wgo-t0"), 1);
+	CHECK_EQ(wg_nl_link_set_mtu(i0, 10), -EINVAL); /* < 68 */
+	CHECK(wg_nl_last_extack()[0] != '\0');         /* kernel says why */
 	CHECK_EQ(wg_nl_link_set_mtu(i0, 1420), 0);
 	CHECK(wg_nl_last_extack()[0] == '\0');
 
@@ -406,10 +397,10 @@ static void test_local_veth(void)
 	CHECK_EQ(wg_nl_link_set_up(i0, true), 0);
 	CHECK_EQ(wg_nl_link_set_up(i1, true), 0);
 	CHECK(link_has_flag("wgo-t0", "UP"));
-	CHECK(link_has_flag("wgo-t0", "LOWER_UP"));	/* peer is up too */
+	CHECK(link_has_flag("wgo-t0", "LOWER_UP")); /* peer is up too */
 	CHECK_EQ(wg_nl_link_set_up(i1, false), 0);
 	CHECK(!link_has_flag("wgo-t1", "UP"));
-	CHECK(link_has_flag("wgo-t1", "MULTICAST"));	/* other flags kept */
+	CHECK(link_has_flag("wgo-t1", "MULTICAST")); /* other flags kept */
 	CHECK_EQ(wg_nl_link_set_up(i1, true), 0);
 	CHECK(link_has_flag("wgo-t1", "UP"));
 
@@ -422,7 +413,7 @@ static void test_local_veth(void)
 
 	CHECK_EQ(addr_count(i0, AF_UNSPEC, "10.77.0.1", 24, &s), 1);
 	CHECK_EQ(s.v4, 2);
-	CHECK(s.v6 >= 1);	/* fd77::1 plus the kernel's fe80:: */
+	CHECK(s.v6 >= 1); /* fd77::1 plus the kernel's fe80:: */
 	CHECK_EQ(addr_count(i0, AF_UNSPEC, "10.77.0.2", 24, NULL), 1);
 	CHECK_EQ(addr_count(i0, AF_UNSPEC, "fd77::1", 64, NULL), 1);
 	CHECK_EQ(addr_count(i0, AF_INET, "10.77.0.1", 24, &s), 1);
@@ -430,7 +421,7 @@ static void test_local_veth(void)
 	CHECK_EQ(addr_count(i0, AF_INET6, "fd77::1", 64, &s), 1);
 	CHECK_EQ(s.v4, 0);
 	CHECK_EQ(addr_count(i1, AF_UNSPEC, "10.77.0.1", 24, &s), 0);
-	CHECK_EQ(s.v4, 0);	/* other link's addresses are not listed */
+	CHECK_EQ(s.v4, 0); /* other link's addresses are not listed */
 
 	out = cmd_out("ip -j addr show dev %s", "wgo-t0");
 	CHECK_EQ(count_str(out, "\"local\":\"10.77.0.1\",\"prefixlen\":24"), 1);
@@ -471,38 +462,30 @@ static void test_local_veth(void)
 
 	out = cmd_out("ip -j route show dev %s", "wgo-t0");
 	CHECK_EQ(count_str(out, "{\"dst\":\"10.78.0.0/16\",\"protocol\":"
-			   "\"static\",\"scope\":\"link\""), 1);
+				"\"static\",\"scope\":\"link\""),
+		 1);
 	CHECK_EQ(count_str(out, "10.78."), 1);
 	free(out);
-	CHECK_EQ(cmd_count("{\"dst\":\"fd78::/48\",\"protocol\":\"static\"",
-			   "ip -j -6 route show dev %s", "wgo-t0"), 1);
-	CHECK_EQ(cmd_count("\"dst\":\"10.79.0.0/24\"",
-			   "ip -j route show table 100 dev %s", "wgo-t0"), 1);
-	CHECK_EQ(cmd_count("\"dst\":\"fd79::/64\"",
-			   "ip -j -6 route show table 1000 dev %s", "wgo-t0"), 1);
-	CHECK_EQ(cmd_count("\"dst\":\"default\"",
-			   "ip -j route show table 200 dev %s", "wgo-t0"), 1);
+	CHECK_EQ(cmd_count("{\"dst\":\"fd78::/48\",\"protocol\":\"static\"", "ip -j -6 route show dev %s", "wgo-t0"),
+		 1);
+	CHECK_EQ(cmd_count("\"dst\":\"10.79.0.0/24\"", "ip -j route show table 100 dev %s", "wgo-t0"), 1);
+	CHECK_EQ(cmd_count("\"dst\":\"fd79::/64\"", "ip -j -6 route show table 1000 dev %s", "wgo-t0"), 1);
+	CHECK_EQ(cmd_count("\"dst\":\"default\"", "ip -j route show table 200 dev %s", "wgo-t0"), 1);
 	/* not leaked into main */
 	CHECK_EQ(cmd_count("10.79.", "ip -j route show dev %s", "wgo-t0"), 0);
 
 	/* REPLACE semantics: the same prefix via another link moves it */
 	CHECK_EQ(wg_nl_route_add(i1, AF_INET, r4, 16, 0), 0);
-	CHECK_EQ(cmd_count("10.78.0.0/16", "ip -j route show dev %s", "wgo-t0"),
-		 0);
-	CHECK_EQ(cmd_count("10.78.0.0/16", "ip -j route show dev %s", "wgo-t1"),
-		 1);
+	CHECK_EQ(cmd_count("10.78.0.0/16", "ip -j route show dev %s", "wgo-t0"), 0);
+	CHECK_EQ(cmd_count("10.78.0.0/16", "ip -j route show dev %s", "wgo-t1"), 1);
 	CHECK_EQ(wg_nl_route_add(i1, AF_INET6, r6, 48, 0), 0);
-	CHECK_EQ(cmd_count("fd78::/48", "ip -j -6 route show dev %s", "wgo-t0"),
-		 0);
-	CHECK_EQ(cmd_count("fd78::/48", "ip -j -6 route show dev %s", "wgo-t1"),
-		 1);
+	CHECK_EQ(cmd_count("fd78::/48", "ip -j -6 route show dev %s", "wgo-t0"), 0);
+	CHECK_EQ(cmd_count("fd78::/48", "ip -j -6 route show dev %s", "wgo-t1"), 1);
 	CHECK_EQ(wg_nl_route_del(i0, AF_INET, r4, 16, 0), -ESRCH);
 	CHECK_EQ(wg_nl_route_add(i0, AF_INET, r4, 16, 0), 0);
 	CHECK_EQ(wg_nl_route_add(i0, AF_INET6, r6, 48, 0), 0);
-	CHECK_EQ(cmd_count("10.78.0.0/16", "ip -j route show dev %s", "wgo-t0"),
-		 1);
-	CHECK_EQ(cmd_count("fd78::/48", "ip -j -6 route show dev %s", "wgo-t0"),
-		 1);
+	CHECK_EQ(cmd_count("10.78.0.0/16", "ip -j route show dev %s", "wgo-t0"), 1);
+	CHECK_EQ(cmd_count("fd78::/48", "ip -j -6 route show dev %s", "wgo-t0"), 1);
 
 	/* route deletion */
 	CHECK_EQ(wg_nl_route_del(i0, AF_INET, r4, 16, 0), 0);
@@ -515,8 +498,7 @@ static void test_local_veth(void)
 	CHECK_EQ(wg_nl_route_del(i0, AF_INET, NULL, 0, 200), 0);
 	CHECK_EQ(cmd_count("10.78.", "ip -j route show dev %s", "wgo-t0"), 0);
 	CHECK_EQ(cmd_count("fd78:", "ip -j -6 route show dev %s", "wgo-t0"), 0);
-	CHECK_EQ(cmd_count("\"dst\"", "ip -j route show table 100 dev %s",
-			   "wgo-t0"), 0);
+	CHECK_EQ(cmd_count("\"dst\"", "ip -j route show table 100 dev %s", "wgo-t0"), 0);
 
 	/* address deletion */
 	CHECK_EQ(wg_nl_addr_del(i0, AF_INET, a4b, 25), -EADDRNOTAVAIL);
@@ -569,11 +551,10 @@ static void test_many_addrs(void)
 	CHECK_EQ(bad, 0);
 	CHECK_EQ(addr_count(ifx, AF_UNSPEC, "10.90.2.87", 32, &s), 1);
 	CHECK_EQ(s.v4, MANY4);
-	CHECK_EQ(s.v6, MANY6);	/* link is down: no fe80:: */
+	CHECK_EQ(s.v6, MANY6); /* link is down: no fe80:: */
 	CHECK_EQ(addr_count(ifx, AF_INET6, "fd90::12b", 128, &s), 1);
 	CHECK_EQ(s.total, MANY6);
-	CHECK_EQ(cmd_count("\"local\":\"10.90.", "ip -j -4 addr show dev %s",
-			   "wgo-s0"), MANY4);
+	CHECK_EQ(cmd_count("\"local\":\"10.90.", "ip -j -4 addr show dev %s", "wgo-s0"), MANY4);
 	CHECK_EQ(wg_nl_link_delete(ifx), 0);
 }
 
@@ -645,10 +626,8 @@ static void test_threads(void)
 	CHECK_EQ(wrong, 0);
 	if (intr)
 		fprintf(stderr, "note: %d dumps gave up after retries\n", intr);
-	CHECK_EQ(cmd_count("\"local\":\"10.91.", "ip -j addr show dev %s",
-			   "wgo-c0"), 0);
-	CHECK_EQ(cmd_count("\"local\":\"10.92.", "ip -j addr show dev %s",
-			   "wgo-c0"), 50);
+	CHECK_EQ(cmd_count("\"local\":\"10.91.", "ip -j addr show dev %s", "wgo-c0"), 0);
+	CHECK_EQ(cmd_count("\"local\":\"10.92.", "ip -j addr show dev %s", "wgo-c0"), 50);
 	CHECK_EQ(wg_nl_link_delete(ifx), 0);
 }
 
@@ -656,8 +635,8 @@ static void test_threads(void)
 
 struct peer_probe {
 	const char *name;
-	int ifindex;		/* wg_nl_ifindex(name) there */
-	bool configure;		/* also set MTU/up/address/route */
+	int ifindex;    /* wg_nl_ifindex(name) there */
+	bool configure; /* also set MTU/up/address/route */
 	int mtu, up, add1, add2, listed, route;
 };
 
@@ -674,8 +653,7 @@ static void peer_probe_fn(void *arg)
 		p->up = wg_nl_link_set_up(p->ifindex, true);
 		p->add1 = wg_nl_addr_add(p->ifindex, AF_INET, a, 24);
 		p->add2 = wg_nl_addr_add(p->ifindex, AF_INET, a, 24);
-		p->listed = addr_count(p->ifindex, AF_INET, "10.88.0.2", 24,
-				       NULL);
+		p->listed = addr_count(p->ifindex, AF_INET, "10.88.0.2", 24, NULL);
 		p->route = wg_nl_route_add(p->ifindex, AF_INET, r, 16, 0);
 	}
 }
@@ -703,15 +681,14 @@ static void test_peer_netns(const char *peer_ns)
 	}
 	CHECK(nsfd >= 0);
 	if (nsfd < 0) {
-		fprintf(stderr, "cannot open peer namespace %s: %s\n",
-			peer_ns ? path : "(anonymous)", strerror(errno));
+		fprintf(stderr, "cannot open peer namespace %s: %s\n", peer_ns ? path : "(anonymous)", strerror(errno));
 		return;
 	}
 
 	CHECK_EQ(wg_nl_veth_create("wgo-x0", "wgo-x1", nsfd), 0);
 	x0 = wg_nl_ifindex("wgo-x0");
 	CHECK(x0 > 0);
-	CHECK_EQ(wg_nl_ifindex("wgo-x1"), -ENODEV);	/* it is over there */
+	CHECK_EQ(wg_nl_ifindex("wgo-x1"), -ENODEV); /* it is over there */
 	CHECK_EQ(run_in_ns(nsfd, peer_probe_fn, &p), 0);
 	CHECK(p.ifindex > 0);
 	CHECK_EQ(p.mtu, 0);
@@ -723,12 +700,8 @@ static void test_peer_netns(const char *peer_ns)
 	CHECK_EQ(addr_count(x0, AF_INET, "10.88.0.2", 24, NULL), 0);
 	CHECK_EQ(cmd_count("10.89.0.0/16", "ip -j route show%s", ""), 0);
 	if (peer_ns) {
-		CHECK_EQ(cmd_count("\"local\":\"10.88.0.2\"",
-				   "ip -n %s -j addr show dev wgo-x1", peer_ns),
-			 1);
-		CHECK_EQ(cmd_count("\"mtu\":1380",
-				   "ip -n %s -j link show dev wgo-x1", peer_ns),
-			 1);
+		CHECK_EQ(cmd_count("\"local\":\"10.88.0.2\"", "ip -n %s -j addr show dev wgo-x1", peer_ns), 1);
+		CHECK_EQ(cmd_count("\"mtu\":1380", "ip -n %s -j link show dev wgo-x1", peer_ns), 1);
 	}
 
 	/* name clashes on either side: -EEXIST, nothing left behind */
@@ -748,8 +721,7 @@ static void test_peer_netns(const char *peer_ns)
 int main(int argc, char **argv)
 {
 	static const char *const stale[] = {
-		"wgo-t0", "wgo-t1", "wgo-t1r", "wgo-s0", "wgo-c0", "wgo-x0",
-		"wgo-m0", "wgo-m1", "wgo-e0",
+		"wgo-t0", "wgo-t1", "wgo-t1r", "wgo-s0", "wgo-c0", "wgo-x0", "wgo-m0", "wgo-m1", "wgo-e0",
 	};
 	const char *peer_ns = argc > 1 ? argv[1] : getenv("WGO_NLTEST_PEER_NS");
 	int fds;
@@ -772,6 +744,6 @@ int main(int argc, char **argv)
 	test_many_addrs();
 	test_threads();
 	test_peer_netns(peer_ns);
-	CHECK_EQ(count_fds(), fds);	/* no socket leaked on any path */
+	CHECK_EQ(count_fds(), fds); /* no socket leaked on any path */
 	return tl_finish("netlink");
 }

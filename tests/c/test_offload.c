@@ -53,7 +53,10 @@ static bool ip4_csum_ok(const uint8_t *p)
 	return ref_sum(p, (size_t)(p[0] & 15) * 4, 0) == 0xffff;
 }
 
-static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static uint32_t be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
 
 /* A TCP super-packet: IP header, TCP header with 12 bytes of options
  * (timestamps), payload bytes i & 0xff. */
@@ -83,13 +86,24 @@ static size_t make_tso(uint8_t *p, int family, size_t payload, uint8_t flags)
 		inet_pton(AF_INET6, "fd00::2", p + 24);
 	}
 	uint8_t *t = p + iplen;
-	t[0] = 0x9c; t[1] = 0x40; t[2] = 0x14; t[3] = 0x51;
-	t[4] = 0x10; t[5] = 0x20; t[6] = 0x30; t[7] = 0x40;  /* seq */
-	t[8] = 0xaa; t[11] = 0x01;                            /* ack */
+	t[0] = 0x9c;
+	t[1] = 0x40;
+	t[2] = 0x14;
+	t[3] = 0x51;
+	t[4] = 0x10;
+	t[5] = 0x20;
+	t[6] = 0x30;
+	t[7] = 0x40; /* seq */
+	t[8] = 0xaa;
+	t[11] = 0x01; /* ack */
 	t[12] = (uint8_t)((thl / 4) << 4);
 	t[13] = flags;
-	t[14] = 0x01; t[15] = 0xf5;
-	t[20] = 1; t[21] = 1; t[22] = 8; t[23] = 10;          /* NOP NOP TS */
+	t[14] = 0x01;
+	t[15] = 0xf5;
+	t[20] = 1;
+	t[21] = 1;
+	t[22] = 8;
+	t[23] = 10; /* NOP NOP TS */
 	for (int i = 24; i < 32; i++)
 		t[i] = (uint8_t)i;
 	for (size_t i = 0; i < payload; i++)
@@ -102,7 +116,8 @@ static void test_segment(int family, size_t payload, size_t mss, uint8_t flags)
 	static uint8_t pkt[70000], out[64 * 2048], gbuf[70000];
 	size_t lens[64], len = make_tso(pkt, family, payload, flags), iplen = family == 4 ? 20 : 40;
 	struct wg_vnet_hdr h = { .gso_type = family == 4 ? WG_VNET_GSO_TCPV4 : WG_VNET_GSO_TCPV6,
-				 .gso_size = (uint16_t)mss, .hdr_len = (uint16_t)(iplen + 32) };
+				 .gso_size = (uint16_t)mss,
+				 .hdr_len = (uint16_t)(iplen + 32) };
 	size_t n = wg_tso_segment(pkt, len, &h, out, 2048, lens, 64), total = 0;
 	struct wg_gro g = { .buf = gbuf };
 	struct wg_vnet_hdr gh;
@@ -223,7 +238,10 @@ static void test_csum_complete(void)
 
 	/* as the kernel leaves it: the pseudo-header sum in the field */
 	memcpy(ph, pkt + 12, 8);
-	ph[8] = 0; ph[9] = 6; ph[10] = 0; ph[11] = (uint8_t)(len - 20);
+	ph[8] = 0;
+	ph[9] = 6;
+	ph[10] = 0;
+	ph[11] = (uint8_t)(len - 20);
 	s = ref_sum(ph, 12, 0);
 	v = htons((uint16_t)s);
 	memcpy(pkt + 36, &v, 2);

@@ -32,7 +32,7 @@ struct node {
 	size_t delivered_len;
 	int ndelivered;
 	int events[8];
-	bool drop_out; /* drop everything this node sends */
+	bool drop_out;   /* drop everything this node sends */
 	bool under_load; /* its engine reports a congested handshake queue */
 };
 
@@ -83,7 +83,10 @@ static void fake_event(void *ctx, enum wg_event_type type, const uint8_t pub[32]
 }
 
 static const struct wg_proto_ops ops = {
-	.clock = fake_clock, .send_udp = fake_send, .deliver = fake_deliver, .event = fake_event,
+	.clock = fake_clock,
+	.send_udp = fake_send,
+	.deliver = fake_deliver,
+	.event = fake_event,
 };
 
 static struct node *node_at(const struct wg_endpoint *ep)
@@ -221,7 +224,7 @@ static void test_handshake_and_data(void)
 	pa = peer_of(&A, &B);
 	pb = peer_of(&B, &A);
 	send_ip(&A, "10.9.0.1", "10.9.0.2", 100, 0xaa);
-	CHECK_EQ(wg_peer_staged_count(pa), 1);          /* staged, initiation sent */
+	CHECK_EQ(wg_peer_staged_count(pa), 1); /* staged, initiation sent */
 	CHECK_EQ(nnet, 1);
 	CHECK_EQ(net[0].len, MESSAGE_INITIATION_SIZE);
 	CHECK_EQ(net[0].data[0], MESSAGE_HANDSHAKE_INITIATION);
@@ -231,7 +234,7 @@ static void test_handshake_and_data(void)
 	CHECK_EQ(B.delivered_len, 120);
 	CHECK_EQ(B.delivered[20], 0xaa);
 	CHECK(pa->kp_current != NULL);
-	CHECK(pb->kp_current != NULL);          /* confirmed by A's first packet */
+	CHECK(pb->kp_current != NULL); /* confirmed by A's first packet */
 	CHECK(pb->kp_next == NULL);
 	CHECK(pa->last_handshake_real == real_ns);
 	CHECK(pb->last_handshake_real == real_ns);
@@ -302,11 +305,12 @@ static void test_rejections(void)
 		junk[0] = 9;
 		receive(&B, &saved.from, junk, sizeof(junk), false);
 		junk[0] = 1;
-		receive(&B, &saved.from, junk, 100, false);  /* initiation of wrong size */
-		junk[0] = 4; junk[1] = junk[2] = junk[3] = 0;
-		receive(&B, &saved.from, junk, 20, false);    /* data below 32 bytes */
+		receive(&B, &saved.from, junk, 100, false); /* initiation of wrong size */
+		junk[0] = 4;
+		junk[1] = junk[2] = junk[3] = 0;
+		receive(&B, &saved.from, junk, 20, false); /* data below 32 bytes */
 		CHECK_EQ(atomic_load(&B.p.stats.rx_junk), 3);
-		receive(&B, &saved.from, junk, 64, false);    /* data, unknown index */
+		receive(&B, &saved.from, junk, 64, false); /* data, unknown index */
 		CHECK_EQ(atomic_load(&B.p.stats.rx_unknown_index), 1);
 		junk[0] = 3;
 		wg_proto_receive_handshake(&B.p, &saved.from, junk, 64, false); /* forged cookie reply */
@@ -545,7 +549,7 @@ static void test_timers(void)
 	/* the first try plus MAX_TIMER_HANDSHAKES + 1 retries, as the kernel */
 	CHECK_EQ(sent, MAX_TIMER_HANDSHAKES + 1);
 	CHECK_EQ(A.events[WG_EVENT_PEER_STALE], 1);
-	CHECK_EQ(wg_peer_staged_count(pa), 0);          /* staged packets dropped on giving up */
+	CHECK_EQ(wg_peer_staged_count(pa), 0); /* staged packets dropped on giving up */
 	CHECK(pa->timers[TIMER_ZERO_KEY_MATERIAL] != 0);
 	teardown_pair();
 
@@ -620,7 +624,7 @@ static void test_timers(void)
 
 		pump();
 		CHECK(pa->kp_current != old);
-		CHECK(pa->kp_previous == old);     /* kept for in-flight packets */
+		CHECK(pa->kp_previous == old); /* kept for in-flight packets */
 		CHECK(pb->kp_previous != NULL);
 	}
 	/* the responder (not initiator) does not rekey on time alone when sending */

@@ -22,16 +22,21 @@ static uint64_t reject_after;
 static int step;
 
 /* T(counter, expected): one step of a scenario; reports the step number. */
-#define T(n, v) do { \
-	bool got = wg_replay_check(&r, (n), reject_after); \
-	step++; \
-	if (got != (v)) \
-		fprintf(stderr, "  step %d: counter %llu -> %d, expected %d\n", step, \
-			(unsigned long long)(n), got, (v)); \
-	CHECK(got == (v)); \
-} while (0)
+#define T(n, v)                                                                                                        \
+	do {                                                                                                           \
+		bool got = wg_replay_check(&r, (n), reject_after);                                                     \
+		step++;                                                                                                \
+		if (got != (v))                                                                                        \
+			fprintf(stderr, "  step %d: counter %llu -> %d, expected %d\n", step, (unsigned long long)(n), \
+				got, (v));                                                                             \
+		CHECK(got == (v));                                                                                     \
+	} while (0)
 
-#define T_INIT do { wg_replay_init(&r); step = 0; } while (0)
+#define T_INIT                      \
+	do {                        \
+		wg_replay_init(&r); \
+		step = 0;           \
+	} while (0)
 #define T_LIM (WG_REPLAY_WINDOW + 1)
 
 static void scenario(uint64_t reject)
@@ -126,7 +131,7 @@ static void test_ring_laps(void)
 	/* Exactly one ring ahead: same slot as an old accepted counter. */
 	base = 3 * WG_REPLAY_BITS_TOTAL;
 	T(base, true);
-	T(base - WG_REPLAY_WINDOW, true);     /* oldest valid; its ring slot was used before */
+	T(base - WG_REPLAY_WINDOW, true);      /* oldest valid; its ring slot was used before */
 	T(base - WG_REPLAY_WINDOW - 1, false); /* one too old */
 	T(base - WG_REPLAY_WINDOW + 1, false); /* multiple of 3: seen in the first lap */
 	T(base - WG_REPLAY_WINDOW + 2, true);  /* not a multiple of 3: fresh */
@@ -202,8 +207,7 @@ static void test_random_model(void)
 		if (c >= MODEL_MAX)
 			c = rng() % MODEL_MAX;
 
-		want = c < reject_after &&
-		       (!any || c + WG_REPLAY_WINDOW >= highest) &&
+		want = c < reject_after && (!any || c + WG_REPLAY_WINDOW >= highest) &&
 		       !(model_seen[c / 8] & (1u << (c % 8)));
 		if (want) {
 			model_seen[c / 8] |= (uint8_t)(1u << (c % 8));
@@ -222,8 +226,7 @@ static void test_random_model(void)
 	CHECK_EQ(mismatches, 0);
 	CHECK(accepted > 10000);
 	CHECK(rejected > 10000);
-	printf("replay model: %d accepted, %d rejected, head %llu\n", accepted, rejected,
-	       (unsigned long long)highest);
+	printf("replay model: %d accepted, %d rejected, head %llu\n", accepted, rejected, (unsigned long long)highest);
 }
 
 int main(void)

@@ -18,31 +18,28 @@
 #define ZERO_HEX "0000000000000000000000000000000000000000000000000000000000000000"
 
 /* Bodies (after "set=1\n") of the set messages in the trace. */
-static const char trace_set_peer[] =
-	"private_key=" PRIV_HEX "\n"
-	"listen_port=51820\n"
-	"fwmark=0\n"
-	"public_key=" PEER_HEX "\n"
-	"endpoint=192.0.2.2:51821\n"
-	"persistent_keepalive_interval=25\n"
-	"replace_allowed_ips=true\n"
-	"allowed_ip=10.99.0.2/32\n"
-	"allowed_ip=10.99.1.0/24\n"
-	"\n";
-static const char trace_remove[] =
-	"public_key=" PEER_HEX "\n"
-	"remove=true\n"
-	"\n";
-static const char trace_setconf[] =
-	"private_key=" PRIV_HEX "\n"
-	"listen_port=51820\n"
-	"fwmark=0\n"
-	"replace_peers=true\n"
-	"public_key=" PEER_HEX "\n"
-	"endpoint=192.0.2.2:51821\n"
-	"replace_allowed_ips=true\n"
-	"allowed_ip=10.99.0.2/32\n"
-	"\n";
+static const char trace_set_peer[] = "private_key=" PRIV_HEX "\n"
+				     "listen_port=51820\n"
+				     "fwmark=0\n"
+				     "public_key=" PEER_HEX "\n"
+				     "endpoint=192.0.2.2:51821\n"
+				     "persistent_keepalive_interval=25\n"
+				     "replace_allowed_ips=true\n"
+				     "allowed_ip=10.99.0.2/32\n"
+				     "allowed_ip=10.99.1.0/24\n"
+				     "\n";
+static const char trace_remove[] = "public_key=" PEER_HEX "\n"
+				   "remove=true\n"
+				   "\n";
+static const char trace_setconf[] = "private_key=" PRIV_HEX "\n"
+				    "listen_port=51820\n"
+				    "fwmark=0\n"
+				    "replace_peers=true\n"
+				    "public_key=" PEER_HEX "\n"
+				    "endpoint=192.0.2.2:51821\n"
+				    "replace_allowed_ips=true\n"
+				    "allowed_ip=10.99.0.2/32\n"
+				    "\n";
 
 static char err[256];
 
@@ -92,8 +89,7 @@ static void expect_fail(const char *body, size_t len, int ret, const char *want,
 	if (r != ret || !memchr(err, '\0', sizeof(err)) || (want && !strstr(err, want)) ||
 	    !is_all_zero(&s, sizeof(s))) {
 		tl_fail++;
-		fprintf(stderr, "FAIL line %d: ret %d (want %d), err \"%.*s\"\n", line, r, ret,
-			(int)sizeof(err), err);
+		fprintf(stderr, "FAIL line %d: ret %d (want %d), err \"%.*s\"\n", line, r, ret, (int)sizeof(err), err);
 	} else {
 		tl_pass++;
 	}
@@ -217,9 +213,11 @@ static void test_every_key(void)
 		       "public_key=" PSK_HEX "\n"
 		       "preshared_key=" ZERO_HEX "\n"
 		       "persistent_keepalive_interval=0\n"
-		       "\n", &s), 0);
+		       "\n",
+		       &s),
+		 0);
 	CHECK(s.has_private_key);
-	CHECK(is_all_zero(s.private_key, 32));   /* all-zero = clear */
+	CHECK(is_all_zero(s.private_key, 32)); /* all-zero = clear */
 	CHECK_EQ(s.listen_port, 65535);
 	CHECK_EQ(s.fwmark, 4294967295u);
 	CHECK(s.replace_peers);
@@ -251,7 +249,9 @@ static void test_every_key(void)
 
 	/* Uppercase hex is accepted; numbers may have leading zeros. */
 	CHECK_EQ(parse("private_key=788E3A7E152FDD83D31664CB38B52A6B33703DEE2AC2C81442442614A3FEB04B\n"
-		       "listen_port=00080\n", &s), 0);
+		       "listen_port=00080\n",
+		       &s),
+		 0);
 	{
 		uint8_t priv[32];
 
@@ -269,7 +269,9 @@ static void test_every_key(void)
 	/* Duplicate public_key lines: separate entries, in order. */
 	CHECK_EQ(parse("public_key=" PEER_HEX "\nallowed_ip=10.0.0.1/32\n"
 		       "public_key=" PEER_HEX "\nremove=true\n"
-		       "public_key=" PEER_HEX "\nendpoint=1.2.3.4:5\n", &s), 0);
+		       "public_key=" PEER_HEX "\nendpoint=1.2.3.4:5\n",
+		       &s),
+		 0);
 	CHECK_EQ(s.n_peers, 3);
 	CHECK_EQ(s.peers[0].n_aips, 1);
 	CHECK(!s.peers[0].remove);
@@ -280,7 +282,9 @@ static void test_every_key(void)
 
 	/* replace_allowed_ips discards the allowed_ip lines before it in the entry. */
 	CHECK_EQ(parse("public_key=" PEER_HEX "\nallowed_ip=10.0.0.1/32\n"
-		       "replace_allowed_ips=true\nallowed_ip=10.0.0.2/32\n", &s), 0);
+		       "replace_allowed_ips=true\nallowed_ip=10.0.0.2/32\n",
+		       &s),
+		 0);
 	CHECK(s.peers[0].replace_allowed_ips);
 	CHECK_EQ(s.peers[0].n_aips, 1);
 	check_aip(&s.peers[0].aips[0], AF_INET, "10.0.0.2", 32, false);
@@ -295,7 +299,8 @@ static void test_every_key(void)
 
 static void test_errors(void)
 {
-	static const char nul_body[] = "listen_port=1\nfwmark=1\0" "2\n";
+	static const char nul_body[] = "listen_port=1\nfwmark=1\0"
+				       "2\n";
 	static const char nul_key[] = "private_key=" PRIV_HEX "\0\n";
 	struct wg_uapi_set s;
 	char small[16];
@@ -317,17 +322,20 @@ static void test_errors(void)
 	FAILS("listen_port\n", -EINVAL, "\"listen_port\": missing '='");
 	FAILS("listen_port=1\ngarbage\n", -EINVAL, "missing '='");
 	/* Bad / short / long hex keys. */
-	FAILS("private_key=" "788e3a7e152fdd83d31664cb38b52a6b33703dee2ac2c81442442614a3feb04\n", -EINVAL,
-	      "\"private_key=(hidden)\": private_key must be 64 hex digits");
+	FAILS("private_key="
+	      "788e3a7e152fdd83d31664cb38b52a6b33703dee2ac2c81442442614a3feb04\n",
+	      -EINVAL, "\"private_key=(hidden)\": private_key must be 64 hex digits");
 	FAILS("private_key=" PRIV_HEX "0\n", -EINVAL, "private_key=(hidden)");
-	FAILS("private_key=" "788e3a7e152fdd83d31664cb38b52a6b33703dee2ac2c81442442614a3feb04g\n", -EINVAL,
-	      "private_key=(hidden)");
+	FAILS("private_key="
+	      "788e3a7e152fdd83d31664cb38b52a6b33703dee2ac2c81442442614a3feb04g\n",
+	      -EINVAL, "private_key=(hidden)");
 	FAILS("private_key=\n", -EINVAL, "private_key=(hidden)");
 	FAILS("private_key=" PRIV_B64 "\n", -EINVAL, "private_key=(hidden)");
 	FAILS("private_key= " PRIV_HEX "\n", -EINVAL, "private_key=(hidden)");
 	FAILS("public_key=" PEER_HEX "\npreshared_key=" PSK_HEX "f\n", -EINVAL,
 	      "\"preshared_key=(hidden)\": preshared_key must be 64 hex digits");
-	FAILS("public_key=" PEER_HEX "\npreshared_key=" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdex\n",
+	FAILS("public_key=" PEER_HEX "\npreshared_key="
+	      "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdex\n",
 	      -EINVAL, "preshared_key=(hidden)");
 	FAILS("public_key=4409016bb920c521b59af95bbdbbeff5b3a378c4713951641f9b17d798808f2\n", -EINVAL,
 	      "public_key must be 64 hex digits");
@@ -336,7 +344,10 @@ static void test_errors(void)
 	/* Key material never shows, even misspelled or without '='. */
 	FAILS("privte_key=" PRIV_HEX "\n", -EINVAL, "privte_key=(hidden)\": unknown key");
 	FAILS("private-key=" PRIV_B64 "\n", -EINVAL, "\"private-key=(hidden)\": unknown key");
-	FAILS("bogus=" "4409016bb920c521b59af95bbdbbeff5b3" "\n", -EINVAL, "\"bogus=(hidden)\"");
+	FAILS("bogus="
+	      "4409016bb920c521b59af95bbdbbeff5b3"
+	      "\n",
+	      -EINVAL, "\"bogus=(hidden)\"");
 	FAILS(PRIV_HEX "\n", -EINVAL, "missing '='");
 	FAILS("private_key " PRIV_HEX "\n", -EINVAL, "missing '='");
 	FAILS("public_key=" PEER_HEX "\npresharedkey=" PSK_HEX "\n", -EINVAL, "unknown key");
@@ -367,8 +378,7 @@ static void test_errors(void)
 	FAILS("replace_peers=truee\n", -EINVAL, "replace_peers must be true");
 	FAILS("public_key=" PEER_HEX "\nremove=false\n", -EINVAL, "remove must be true");
 	FAILS("public_key=" PEER_HEX "\nupdate_only=yes\n", -EINVAL, "update_only must be true");
-	FAILS("public_key=" PEER_HEX "\nreplace_allowed_ips=tru\n", -EINVAL,
-	      "replace_allowed_ips must be true");
+	FAILS("public_key=" PEER_HEX "\nreplace_allowed_ips=tru\n", -EINVAL, "replace_allowed_ips must be true");
 	/* Bad CIDRs. */
 	FAILS("public_key=" PEER_HEX "\nallowed_ip=10.0.0.1/33\n", -EINVAL, "\"allowed_ip=10.0.0.1/33\"");
 	FAILS("public_key=" PEER_HEX "\nallowed_ip=10.0.0.1/\n", -EINVAL, "allowed_ip must be");
@@ -409,7 +419,8 @@ static void test_errors(void)
 	expect_fail("\0", 1, -EINVAL, "embedded NUL", __LINE__);
 	/* A failure after successful lines leaves nothing behind. */
 	FAILS("private_key=" PRIV_HEX "\nlisten_port=1\npublic_key=" PEER_HEX "\n"
-	      "preshared_key=" PSK_HEX "\nallowed_ip=10.0.0.0/8\nbogus=1\n", -EINVAL, "unknown key");
+	      "preshared_key=" PSK_HEX "\nallowed_ip=10.0.0.0/8\nbogus=1\n",
+	      -EINVAL, "unknown key");
 
 	/* Error buffer handling: truncated but terminated; NULL/0 are fine. */
 	CHECK_EQ(wg_uapi_parse_set("bogus=1", 7, &s, small, sizeof(small)), -EINVAL);
@@ -492,7 +503,7 @@ static void test_hex(void)
 	CHECK(wg_hex_to_key(key, "788E3A7E152FDD83D31664CB38B52A6B33703DEE2AC2C81442442614A3FEB04B", 64));
 	CHECK_MEM(key, want, 32);
 	wg_key_to_hex(hex, key);
-	CHECK(!strcmp(hex, PRIV_HEX));   /* always lowercase */
+	CHECK(!strcmp(hex, PRIV_HEX)); /* always lowercase */
 
 	memset(key, 0xaa, 32);
 	CHECK(!wg_hex_to_key(key, PRIV_HEX, 63));
@@ -511,7 +522,7 @@ static void test_hex(void)
 		uint8_t aa[32];
 
 		memset(aa, 0xaa, 32);
-		CHECK_MEM(key, aa, 32);   /* untouched on failure */
+		CHECK_MEM(key, aa, 32); /* untouched on failure */
 	}
 
 	/* Every byte value decodes only if it is a hex digit. */
@@ -578,12 +589,12 @@ static void test_base64(void)
 	memset(key, 0xaa, 32);
 	CHECK(!wg_base64_to_key(key, PEER_B64, 43));
 	CHECK(!wg_base64_to_key(key, PEER_B64 "=", 45));
-	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iAjyMA", 44));   /* no pad */
-	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iAjy==", 44));   /* two pads */
-	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iAjyN=", 44));   /* low bits set */
+	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iAjyMA", 44)); /* no pad */
+	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iAjy==", 44)); /* two pads */
+	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iAjyN=", 44)); /* low bits set */
 	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iAjyP=", 44));
 	CHECK(!wg_base64_to_key(key, "//////////////////////////////////////////9=", 44));
-	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iA-yM=", 44));   /* url-safe */
+	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iA-yM=", 44)); /* url-safe */
 	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOjeMRxOVFkH5sX15iA_yM=", 44));
 	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOj=MRxOVFkH5sX15iAjyM=", 44));
 	CHECK(!wg_base64_to_key(key, "RAkBa7kgxSG1mvlbvbvv9bOj MRxOVFkH5sX15iAjyM=", 44));
@@ -647,14 +658,42 @@ static void roundtrip_endpoint(const char *in, const char *want_out)
 static void test_endpoint(void)
 {
 	static const char *const bad[] = {
-		"", "192.0.2.2", "192.0.2.2:", ":51820", "192.0.2.2:65536", "192.0.2.2:-1",
-		"192.0.2.2:+1", "192.0.2.2: 1", "192.0.2.2:1 ", " 192.0.2.2:1", "192.0.2.2:0x10",
-		"192.0.2.2:99999999999999999999999", "192.0.2:1", "192.0.2.256:1", "01.2.3.4:1",
-		"1.2.3.4.5:1", "1.2.3.4:5:6", "example.com:51820", "localhost:1", "fd00::1:51820",
-		"[fd00::1]", "[fd00::1]:", "[fd00::1]51820", "[fd00::1", "fd00::1]:5", "[]:5",
-		"[1.2.3.4]:5", "[fd00::1]]:5", "[[fd00::1]]:5", "[fd00::1%]:5",
-		"[fe80::1%nonexistent-if0]:5", "[fe80::1%aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]:5",
-		"[fe80::1%4294967296x]:5", "[fd00:::1]:5", "[fd00::1/64]:5", "[fd00::1]:65536",
+		"",
+		"192.0.2.2",
+		"192.0.2.2:",
+		":51820",
+		"192.0.2.2:65536",
+		"192.0.2.2:-1",
+		"192.0.2.2:+1",
+		"192.0.2.2: 1",
+		"192.0.2.2:1 ",
+		" 192.0.2.2:1",
+		"192.0.2.2:0x10",
+		"192.0.2.2:99999999999999999999999",
+		"192.0.2:1",
+		"192.0.2.256:1",
+		"01.2.3.4:1",
+		"1.2.3.4.5:1",
+		"1.2.3.4:5:6",
+		"example.com:51820",
+		"localhost:1",
+		"fd00::1:51820",
+		"[fd00::1]",
+		"[fd00::1]:",
+		"[fd00::1]51820",
+		"[fd00::1",
+		"fd00::1]:5",
+		"[]:5",
+		"[1.2.3.4]:5",
+		"[fd00::1]]:5",
+		"[[fd00::1]]:5",
+		"[fd00::1%]:5",
+		"[fe80::1%nonexistent-if0]:5",
+		"[fe80::1%aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]:5",
+		"[fe80::1%4294967296x]:5",
+		"[fd00:::1]:5",
+		"[fd00::1/64]:5",
+		"[fd00::1]:65536",
 	};
 	struct sockaddr_storage ss;
 	struct sockaddr_in6 in6;
@@ -714,7 +753,7 @@ static void test_endpoint(void)
 	CHECK(!wg_parse_endpoint("1.2.3.4:5\0", 10, &ss));
 	CHECK(!wg_parse_endpoint("[::1\0]:5", 8, &ss));
 	CHECK(!wg_parse_endpoint("[fe80::1%lo\0]:5", 15, &ss));
-	CHECK(wg_parse_endpoint("1.2.3.4:56789", 9, &ss));     /* only "1.2.3.4:5" */
+	CHECK(wg_parse_endpoint("1.2.3.4:56789", 9, &ss)); /* only "1.2.3.4:5" */
 	CHECK(!wg_parse_endpoint(NULL, 0, &ss));
 
 	roundtrip_endpoint("192.0.2.2:51821", "192.0.2.2:51821");
@@ -760,11 +799,32 @@ static void check_cidr(const char *s, int family, const char *addr, int bits)
 static void test_cidr(void)
 {
 	static const char *const bad[] = {
-		"", "10.0.0.1/33", "10.0.0.1/", "/24", "/", "garbage", "10.0.0.256/8",
-		"10.0.0.0/8/8", "10.0.0.0/08", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/ 8",
-		"10.0.0.0 /8", "10.0.0/8", "fd00::/129", "fd00::/1000", "fd00::/99999999999999999999999",
-		"fe80::1%lo/64", "fe80::1%1", "fd00:::/64", "[fd00::]/64", "10.0.0.0/8 ",
-		"1.2.3.4/32x", "::/", "-10.0.0.0/8", "0x0a000000/8",
+		"",
+		"10.0.0.1/33",
+		"10.0.0.1/",
+		"/24",
+		"/",
+		"garbage",
+		"10.0.0.256/8",
+		"10.0.0.0/8/8",
+		"10.0.0.0/08",
+		"10.0.0.0/-1",
+		"10.0.0.0/+8",
+		"10.0.0.0/ 8",
+		"10.0.0.0 /8",
+		"10.0.0/8",
+		"fd00::/129",
+		"fd00::/1000",
+		"fd00::/99999999999999999999999",
+		"fe80::1%lo/64",
+		"fe80::1%1",
+		"fd00:::/64",
+		"[fd00::]/64",
+		"10.0.0.0/8 ",
+		"1.2.3.4/32x",
+		"::/",
+		"-10.0.0.0/8",
+		"0x0a000000/8",
 	};
 	uint8_t fam = 77, a[16], b = 77;
 	size_t i;
@@ -772,8 +832,8 @@ static void test_cidr(void)
 	check_cidr("10.0.0.0/8", AF_INET, "10.0.0.0", 8);
 	check_cidr("10.99.0.2/32", AF_INET, "10.99.0.2", 32);
 	check_cidr("0.0.0.0/0", AF_INET, "0.0.0.0", 0);
-	check_cidr("10.1.2.3/24", AF_INET, "10.1.2.3", 24);     /* host bits kept */
-	check_cidr("10.0.0.1", AF_INET, "10.0.0.1", 32);        /* bare address */
+	check_cidr("10.1.2.3/24", AF_INET, "10.1.2.3", 24); /* host bits kept */
+	check_cidr("10.0.0.1", AF_INET, "10.0.0.1", 32);    /* bare address */
 	check_cidr("::/0", AF_INET6, "::", 0);
 	check_cidr("fd00::/64", AF_INET6, "fd00::", 64);
 	check_cidr("fd00::1/128", AF_INET6, "fd00::1", 128);
@@ -788,11 +848,11 @@ static void test_cidr(void)
 			tl_pass++;
 		}
 	}
-	CHECK_EQ(fam, 77);   /* untouched on failure */
+	CHECK_EQ(fam, 77); /* untouched on failure */
 	CHECK_EQ(b, 77);
 	CHECK(!wg_parse_cidr("10.0.0.0\0/8", 11, &fam, a, &b));
 	CHECK(!wg_parse_cidr("10.0.0.0/8\0", 11, &fam, a, &b));
-	CHECK(wg_parse_cidr("10.0.0.0/89", 10, &fam, a, &b));     /* not NUL-terminated */
+	CHECK(wg_parse_cidr("10.0.0.0/89", 10, &fam, a, &b)); /* not NUL-terminated */
 	CHECK_EQ(b, 8);
 	CHECK(!wg_parse_cidr(NULL, 0, &fam, a, &b));
 }
@@ -920,7 +980,9 @@ static void test_get_forms(void)
 
 	/* unknown keys are ignored (as wg(8) does), the empty line ends it */
 	CHECK_EQ(parse_get("listen_port=1\nsomething_new=yes\npublic_key=" PEER_HEX "\nfuture_field=1\n"
-			   "protocol_version=1\nerrno=0\n\nlisten_port=x\n", &g), 0);
+			   "protocol_version=1\nerrno=0\n\nlisten_port=x\n",
+			   &g),
+		 0);
 	CHECK_EQ(g.listen_port, 1);
 	CHECK_EQ(g.n_peers, 1);
 	CHECK(g.has_errno);
@@ -959,7 +1021,8 @@ static void test_get_errors(void)
 		{ "public_key=" PEER_HEX "\nrx_bytes=18446744073709551616\n", "rx_bytes must be a number" },
 		{ "public_key=" PEER_HEX "\ntx_bytes=1 \n", "tx_bytes must be a number" },
 		{ "public_key=" PEER_HEX "\nlast_handshake_time_sec=+1\n", "last_handshake_time_sec must be" },
-		{ "public_key=" PEER_HEX "\nlast_handshake_time_nsec=1000000000\n", "last_handshake_time_nsec must be" },
+		{ "public_key=" PEER_HEX "\nlast_handshake_time_nsec=1000000000\n",
+		  "last_handshake_time_nsec must be" },
 		{ "public_key=" PEER_HEX "\npersistent_keepalive_interval=65536\n", "persistent_keepalive_interval" },
 		{ "public_key=" PEER_HEX "\npreshared_key=" PSK_HEX "0\n", "preshared_key must be 64 hex digits" },
 		{ "public_key=" PEER_HEX "\nprotocol_version=one\n", "protocol_version must be a number" },
@@ -981,7 +1044,8 @@ static void test_get_errors(void)
 	{
 		struct wg_uapi_get g;
 
-		CHECK_EQ(parse_get("private_key=" PRIV_HEX "\npublic_key=" PEER_HEX "\npreshared_key=" PSK_HEX "z\n", &g),
+		CHECK_EQ(parse_get("private_key=" PRIV_HEX "\npublic_key=" PEER_HEX "\npreshared_key=" PSK_HEX "z\n",
+				   &g),
 			 -EINVAL);
 		CHECK(strstr(err, "(hidden)") != NULL);
 		CHECK(strstr(err, "0123456789abcdef") == NULL);
