@@ -49,6 +49,9 @@ dependencies = {
 external_dependencies = {
   SODIUM = { header = "sodium.h", library = "sodium" },
   MNL = { header = "libmnl/libmnl.h", library = "mnl" },
+  -- no header check: Debian keeps curl/curl.h in the multiarch directory
+  -- (/usr/include/x86_64-linux-gnu), which the compiler searches by itself
+  CURL = { library = "curl" },
 }
 
 build = {
@@ -80,11 +83,12 @@ build = {
         "csrc/lua_keys.c",
         "csrc/lua_netlink.c",
         "csrc/lua_process.c",
+        "csrc/lua_http.c",
       },
       defines = { "_GNU_SOURCE" },
-      incdirs = { "csrc", "$(SODIUM_INCDIR)", "$(MNL_INCDIR)" },
-      libdirs = { "$(SODIUM_LIBDIR)", "$(MNL_LIBDIR)" },
-      libraries = { "sodium", "mnl", "pthread" },
+      incdirs = { "csrc", "$(SODIUM_INCDIR)", "$(MNL_INCDIR)", "$(CURL_INCDIR)" },
+      libdirs = { "$(SODIUM_LIBDIR)", "$(MNL_LIBDIR)", "$(CURL_LIBDIR)" },
+      libraries = { "sodium", "mnl", "pthread", "curl" },
     },
     ["wgoverlay"] = "lua/wgoverlay/init.lua",
     ["wgoverlay.allocator"] = "lua/wgoverlay/allocator.lua",
@@ -100,7 +104,9 @@ build = {
     ["wgoverlay.dns_server"] = "lua/wgoverlay/dns_server.lua",
     ["wgoverlay.joinproto"] = "lua/wgoverlay/joinproto.lua",
     ["wgoverlay.endpoint"] = "lua/wgoverlay/endpoint.lua",
+    ["wgoverlay.etcd"] = "lua/wgoverlay/etcd.lua",
     ["wgoverlay.health"] = "lua/wgoverlay/health.lua",
+    ["wgoverlay.http"] = "lua/wgoverlay/http.lua",
     ["wgoverlay.jsonlines"] = "lua/wgoverlay/jsonlines.lua",
     ["wgoverlay.membership"] = "lua/wgoverlay/membership.lua",
     ["wgoverlay.nat.agent"] = "lua/wgoverlay/nat/agent.lua",

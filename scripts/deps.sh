@@ -10,6 +10,7 @@ PACKAGES=(
   wireguard-go wireguard-tools iperf3 iproute2 nftables iputils-ping socat bind9-dnsutils
   clang clang-format libclang-rt-14-dev valgrind luarocks tshark lua-luaossl coturn conntrack
   systemd util-linux
+  libcurl4-openssl-dev etcd-server etcd-client openssl
 )
 
 missing=()
