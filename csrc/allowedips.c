@@ -7,9 +7,9 @@
  * significant bit of the address).  There are two kinds of node:
  *
  *  - entries: a prefix some owner put in the table.  They store the masked
- *    prefix and hang on their owner's doubly linked list, so that one
- *    owner's prefixes can be listed or removed without touching the rest of
- *    the table.  An entry may have zero, one or two children.
+ *    prefix and hang on their owner's list, so that one owner's prefixes
+ *    can be listed or removed without touching the rest of the table.  An
+ *    entry may have zero, one or two children.
  *
  *  - joins: pure branch points created where two prefixes diverge and no
  *    entry sits at the divergence.  A join always has exactly two children
@@ -31,6 +31,22 @@
  * Addresses are held as two host-order 64-bit words, most significant bit
  * first, so prefix comparisons are a couple of XORs and shifts rather than
  * byte loops.  IPv4 uses the top 32 bits of word 0.
+ *
+ * Owner lists keep the order in which prefixes were (last) inserted, as the
+ * kernel (list_add_tail / list_move_tail in drivers/net/wireguard/
+ * allowedips.c) and wireguard-go (PushBack) do, so that get=1, `wg
+ * showconf` and status() list a peer's allowed IPs in the order they were
+ * configured and showconf | setconf | showconf is a fixed point.  Inserting
+ * a prefix that is already in the table appends it to the tail of the
+ * (possibly new) owner's list, even when the owner does not change: that is
+ * what both reference implementations do, so UAPI allowed_ip= lines without
+ * replace_allowed_ips (and the Lua add_allowed_ip) give the same listing
+ * everywhere.  The list is NULL-terminated
+ * through `next`, and `prev` points to the previous entry, except that the
+ * head's `prev` points to the tail: append and unlink are O(1) without a
+ * tail pointer in the owner (which is embedded in every peer) and with two
+ * list pointers per entry.  The lists are never read on the datapath:
+ * lookups only walk the trie.
  */
 #include "allowedips.h"
 
@@ -60,8 +76,8 @@ struct wg_aip_node {
 struct aip_entry {
 	struct wg_aip_node node;
 	struct wg_aip_owner *owner;
-	struct wg_aip_node *next;   /* owner's list */
-	struct wg_aip_node **pprev; /* &previous->next or &owner->head: O(1) unlink */
+	struct wg_aip_node *next; /* owner's list, insertion order; NULL at the tail */
+	struct wg_aip_node *prev; /* previous entry; the tail for the head entry */
 	/*
 	 * Masked prefix, MSB first: one word for IPv4, two for IPv6.  Sizing
 	 * it per family makes an IPv4 entry 56 bytes, which glibc serves from
@@ -190,26 +206,42 @@ static struct wg_aip_node *root_of(const struct wg_allowedips *t, int family)
 	return family == AF_INET ? t->root4 : t->root6;
 }
 
+/* Append e to the tail of owner's list. */
 static void owner_link(struct aip_entry *e, struct wg_aip_owner *owner)
 {
 	e->owner = owner;
-	e->next = owner->head;
-	if (e->next)
-		to_entry(e->next)->pprev = &e->next;
-	owner->head = &e->node;
-	e->pprev = &owner->head;
+	e->next = NULL;
+	if (!owner->head) {
+		owner->head = &e->node;
+		e->prev = &e->node;
+	} else {
+		struct aip_entry *head = to_entry(owner->head);
+
+		e->prev = head->prev;
+		to_entry(head->prev)->next = &e->node;
+		head->prev = &e->node;
+	}
 	owner->count++;
 }
 
 static void owner_unlink(struct aip_entry *e)
 {
-	*e->pprev = e->next;
-	if (e->next)
-		to_entry(e->next)->pprev = e->pprev;
-	e->owner->count--;
+	struct wg_aip_owner *owner = e->owner;
+
+	if (owner->head == &e->node) {
+		/* The next entry becomes the head and inherits the tail link. */
+		owner->head = e->next;
+		if (e->next)
+			to_entry(e->next)->prev = e->prev;
+	} else {
+		to_entry(e->prev)->next = e->next;
+		/* Unlinking the tail: the head's prev moves back one. */
+		to_entry(e->next ? e->next : owner->head)->prev = e->prev;
+	}
+	owner->count--;
 	e->owner = NULL;
 	e->next = NULL;
-	e->pprev = NULL;
+	e->prev = NULL;
 }
 
 static struct aip_entry *entry_new(const uint64_t key[2], unsigned int cidr, uint8_t v6flag)
@@ -271,13 +303,15 @@ int wg_allowedips_insert(struct wg_allowedips *t, int family, const uint8_t *add
 		goto new_leaf; /* cannot happen (phase 1 reached n), but harmless */
 
 	if (n->cidr == d && d == cidr) {
-		/* The exact prefix has a node already. */
+		/*
+		 * The exact prefix has a node already: (re)assign it and move
+		 * it to the tail of the owner's list, as the kernel's
+		 * list_move_tail() does, even for the same owner.
+		 */
 		if (n->flags & AIP_ENTRY) {
 			e = to_entry(n);
-			if (e->owner != owner) {
-				owner_unlink(e);
-				owner_link(e, owner);
-			}
+			owner_unlink(e);
+			owner_link(e, owner);
 			return 0;
 		}
 		/*

@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: MIT
 /*
  * Allowed-IPs (cryptokey routing) table tests: hand-written cases for
- * longest-prefix precedence, defaults, ownership moves and removal, then a
- * randomized comparison against a brute-force linear table for both
- * families, and a printed (not asserted) timing/memory figure for 10,000
+ * longest-prefix precedence, defaults, ownership moves and removal, the
+ * order in which an owner's prefixes are listed (the kernel's: insertion
+ * order, a re-inserted prefix moves to the tail), then a randomized
+ * comparison against a brute-force linear table for both families (lists
+ * included), and a printed (not asserted) timing/memory figure for 10,000
  * peers with one /32 each.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <malloc.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -186,7 +189,7 @@ static void test_move_and_remove(void)
 	CHECK_EQ(a.count, 2);
 	CHECK_EQ(b.count, 3);
 
-	/* Re-inserting with the same owner is a no-op. */
+	/* Re-inserting with the same owner changes no count (see test_order). */
 	CHECK_EQ(ins4("192.168.1.0", 24, &a), 0);
 	CHECK_EQ(a.count, 2);
 	CHECK_EQ(t.count, 5);
@@ -245,6 +248,182 @@ static void test_move_and_remove(void)
 	CHECK(t.root4 == NULL);
 	CHECK(t.root6 == NULL);
 	wg_allowedips_free(&t);
+}
+
+/*
+ * The owner's list in order, compared with the NULL-terminated expected
+ * strings; prints both lists when they differ.
+ */
+static bool list_is(const struct wg_aip_owner *o, ...)
+{
+	struct listing l = list_of(o);
+	const char *want[64];
+	int n = 0, i;
+	bool ok;
+	va_list ap;
+
+	va_start(ap, o);
+	while (n < 64 && (want[n] = va_arg(ap, const char *)))
+		n++;
+	va_end(ap);
+	ok = l.n == n && (size_t)n == o->count;
+	for (i = 0; ok && i < n; i++)
+		ok = !strcmp(l.s[i], want[i]);
+	if (!ok) {
+		fprintf(stderr, "list (count %zu):", o->count);
+		for (i = 0; i < l.n; i++)
+			fprintf(stderr, " %s", l.s[i]);
+		fprintf(stderr, "\nwanted:");
+		for (i = 0; i < n; i++)
+			fprintf(stderr, " %s", want[i]);
+		fprintf(stderr, "\n");
+	}
+	return ok;
+}
+
+struct drop_ctx {
+	struct wg_aip_owner *owner;
+	struct listing seen;
+};
+
+/* foreach callback that removes every prefix it is handed. */
+static void collect_and_remove(void *arg, int family, const uint8_t *addr, uint8_t cidr)
+{
+	struct drop_ctx *d = arg;
+
+	collect(&d->seen, family, addr, cidr);
+	if (wg_allowedips_remove(&t, family, addr, cidr, d->owner))
+		abort();
+}
+
+/*
+ * Listing order, as in the kernel's drivers/net/wireguard/allowedips.c:
+ * new prefixes are appended (list_add_tail), a prefix inserted again is
+ * moved to the tail of its (new or same) owner's list (list_move_tail),
+ * removal leaves the others in place.
+ */
+static void test_order(void)
+{
+	struct wg_aip_owner a = { 0 }, b = { 0 }, c = { 0 };
+	struct drop_ctx d;
+
+	wg_allowedips_init(&t);
+	/* Insertion order, not address or trie order, across families. */
+	CHECK_EQ(ins4("192.168.0.0", 24, &a), 0);
+	CHECK_EQ(ins6("fd00:1::", 64, &a), 0);
+	CHECK_EQ(ins4("10.0.0.0", 8, &a), 0);
+	CHECK_EQ(ins4("10.1.0.0", 16, &a), 0);
+	CHECK_EQ(ins6("::", 0, &a), 0);
+	CHECK_EQ(ins4("172.16.0.1", 32, &a), 0);
+	CHECK(list_is(&a, "192.168.0.0/24", "fd00:1::/64", "10.0.0.0/8", "10.1.0.0/16", "::/0", "172.16.0.1/32", NULL));
+
+	/* Another owner's inserts in between do not disturb a's order. */
+	CHECK_EQ(ins4("10.2.0.0", 16, &b), 0);
+	CHECK_EQ(ins6("fd00:2::", 64, &b), 0);
+	CHECK_EQ(ins4("10.0.0.0", 24, &b), 0);
+	CHECK(list_is(&b, "10.2.0.0/16", "fd00:2::/64", "10.0.0.0/24", NULL));
+	CHECK(list_is(&a, "192.168.0.0/24", "fd00:1::/64", "10.0.0.0/8", "10.1.0.0/16", "::/0", "172.16.0.1/32", NULL));
+
+	/* Re-inserting for the same owner (here with host bits set) moves the
+	 * prefix to the tail; the tail itself stays put. */
+	CHECK_EQ(ins4("10.9.9.9", 8, &a), 0);
+	CHECK(list_is(&a, "192.168.0.0/24", "fd00:1::/64", "10.1.0.0/16", "::/0", "172.16.0.1/32", "10.0.0.0/8", NULL));
+	CHECK_EQ(ins4("192.168.0.0", 24, &a), 0); /* the head */
+	CHECK(list_is(&a, "fd00:1::/64", "10.1.0.0/16", "::/0", "172.16.0.1/32", "10.0.0.0/8", "192.168.0.0/24", NULL));
+	CHECK_EQ(ins4("192.168.0.0", 24, &a), 0); /* the tail */
+	CHECK(list_is(&a, "fd00:1::/64", "10.1.0.0/16", "::/0", "172.16.0.1/32", "10.0.0.0/8", "192.168.0.0/24", NULL));
+	CHECK_EQ(t.count, 9);
+
+	/* Moving between owners: out of a's list, onto the tail of b's. */
+	CHECK_EQ(ins4("10.1.0.0", 16, &b), 0);
+	CHECK(list_is(&a, "fd00:1::/64", "::/0", "172.16.0.1/32", "10.0.0.0/8", "192.168.0.0/24", NULL));
+	CHECK(list_is(&b, "10.2.0.0/16", "fd00:2::/64", "10.0.0.0/24", "10.1.0.0/16", NULL));
+	CHECK(lk4("10.1.2.3") == &b);
+	/* ... the head of a's list and the tail of a's list, and an append after each. */
+	CHECK_EQ(ins6("fd00:1::", 64, &c), 0);
+	CHECK_EQ(ins4("192.168.0.0", 24, &c), 0);
+	CHECK(list_is(&a, "::/0", "172.16.0.1/32", "10.0.0.0/8", NULL));
+	CHECK(list_is(&c, "fd00:1::/64", "192.168.0.0/24", NULL));
+	CHECK_EQ(ins4("192.168.1.0", 24, &a), 0);
+	CHECK(list_is(&a, "::/0", "172.16.0.1/32", "10.0.0.0/8", "192.168.1.0/24", NULL));
+	/* ... and back: it goes to the tail, not to its old place. */
+	CHECK_EQ(ins6("fd00:1::", 64, &a), 0);
+	CHECK(list_is(&a, "::/0", "172.16.0.1/32", "10.0.0.0/8", "192.168.1.0/24", "fd00:1::/64", NULL));
+	CHECK(list_is(&c, "192.168.0.0/24", NULL));
+
+	/* Removal from the middle, the tail and the head; appends still go last. */
+	CHECK_EQ(rm4("10.0.0.0", 8, &a), 0);
+	CHECK(list_is(&a, "::/0", "172.16.0.1/32", "192.168.1.0/24", "fd00:1::/64", NULL));
+	CHECK_EQ(rm6("fd00:1::", 64, &a), 0);
+	CHECK(list_is(&a, "::/0", "172.16.0.1/32", "192.168.1.0/24", NULL));
+	CHECK_EQ(ins4("10.3.0.0", 16, &a), 0);
+	CHECK(list_is(&a, "::/0", "172.16.0.1/32", "192.168.1.0/24", "10.3.0.0/16", NULL));
+	CHECK_EQ(rm6("::", 0, &a), 0);
+	CHECK(list_is(&a, "172.16.0.1/32", "192.168.1.0/24", "10.3.0.0/16", NULL));
+	CHECK_EQ(ins6("fd00:3::", 48, &a), 0);
+	CHECK(list_is(&a, "172.16.0.1/32", "192.168.1.0/24", "10.3.0.0/16", "fd00:3::/48", NULL));
+	/* The only prefix of c: its list empties and starts over. */
+	CHECK_EQ(rm4("192.168.0.0", 24, &c), 0);
+	CHECK(list_is(&c, NULL));
+	CHECK(c.head == NULL);
+	CHECK_EQ(ins4("192.168.0.0", 24, &c), 0);
+	CHECK_EQ(ins4("192.168.2.0", 24, &c), 0);
+	CHECK(list_is(&c, "192.168.0.0/24", "192.168.2.0/24", NULL));
+
+	/*
+	 * An entry demoted to a join (it has two children) and promoted
+	 * again: it comes back at the tail.  10.3.0.0/16 has 10.3.0.0/24 and
+	 * 10.3.128.0/24 below it.
+	 */
+	CHECK_EQ(ins4("10.3.0.0", 24, &b), 0);
+	CHECK_EQ(ins4("10.3.128.0", 24, &b), 0);
+	CHECK_EQ(rm4("10.3.0.0", 16, &a), 0);
+	CHECK(list_is(&a, "172.16.0.1/32", "192.168.1.0/24", "fd00:3::/48", NULL));
+	CHECK(lk4("10.3.1.1") == NULL);
+	CHECK_EQ(ins4("10.3.0.0", 16, &a), 0);
+	CHECK(list_is(&a, "172.16.0.1/32", "192.168.1.0/24", "fd00:3::/48", "10.3.0.0/16", NULL));
+	CHECK(lk4("10.3.1.1") == &a);
+	CHECK(list_is(&b, "10.2.0.0/16", "fd00:2::/64", "10.0.0.0/24", "10.1.0.0/16", "10.3.0.0/24", "10.3.128.0/24",
+		      NULL));
+
+	/*
+	 * replace_allowed_ips, as device.c applies it: drop the owner's
+	 * prefixes, then insert the new list; the result is in the new
+	 * list's order even for prefixes the owner had before.
+	 */
+	wg_allowedips_remove_owner(&t, &b);
+	CHECK(list_is(&b, NULL));
+	CHECK_EQ(ins4("10.3.128.0", 24, &b), 0);
+	CHECK_EQ(ins6("fd00:2::", 64, &b), 0);
+	CHECK_EQ(ins4("10.2.0.0", 16, &b), 0);
+	CHECK(list_is(&b, "10.3.128.0/24", "fd00:2::/64", "10.2.0.0/16", NULL));
+	/* a replace list naming a prefix twice keeps its last position */
+	wg_allowedips_remove_owner(&t, &b);
+	CHECK_EQ(ins4("10.2.0.0", 16, &b), 0);
+	CHECK_EQ(ins4("10.4.0.0", 16, &b), 0);
+	CHECK_EQ(ins4("10.2.0.0", 16, &b), 0);
+	CHECK(list_is(&b, "10.4.0.0/16", "10.2.0.0/16", NULL));
+	/* the other owners are untouched */
+	CHECK(list_is(&a, "172.16.0.1/32", "192.168.1.0/24", "fd00:3::/48", "10.3.0.0/16", NULL));
+	CHECK(list_is(&c, "192.168.0.0/24", "192.168.2.0/24", NULL));
+
+	/* foreach visits in order even when the callback removes each one. */
+	memset(&d, 0, sizeof(d));
+	d.owner = &a;
+	wg_allowedips_foreach(&a, collect_and_remove, &d);
+	CHECK_EQ(d.seen.n, 4);
+	CHECK(d.seen.n == 4 && !strcmp(d.seen.s[0], "172.16.0.1/32") && !strcmp(d.seen.s[3], "10.3.0.0/16"));
+	CHECK(list_is(&a, NULL));
+	CHECK(a.head == NULL);
+
+	/* Removing a whole owner (peer removal) leaves the others' order alone. */
+	wg_allowedips_remove_owner(&t, &c);
+	CHECK(list_is(&c, NULL));
+	CHECK(list_is(&b, "10.4.0.0/16", "10.2.0.0/16", NULL));
+	CHECK_EQ(t.count, 2);
+	wg_allowedips_free(&t);
+	CHECK(list_is(&b, NULL));
+	CHECK(b.head == NULL);
 }
 
 /* Exercise join creation, join -> entry promotion, demotion and collapse. */
@@ -371,12 +550,14 @@ static void test_v6(void)
 struct ref_prefix {
 	uint8_t addr[16];
 	uint8_t cidr;
-	int owner; /* -1: not present */
+	int owner;    /* -1: not present */
+	uint64_t seq; /* when last inserted: owners list in increasing seq */
 };
 
 static struct ref_prefix ref[MAXREF];
 static int nref;
 static struct wg_aip_owner owners[NOWNERS];
+static uint64_t ref_seq;
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
 
@@ -478,6 +659,7 @@ static int owner_index(const struct wg_aip_owner *o)
 
 struct ref_check {
 	int family, idx, bad;
+	uint64_t last_seq;
 };
 
 static void foreach_check(void *arg, int family, const uint8_t *addr, uint8_t cidr)
@@ -486,8 +668,10 @@ static void foreach_check(void *arg, int family, const uint8_t *addr, uint8_t ci
 	unsigned int len = family == AF_INET ? 4 : 16;
 	int i = family == rc->family ? ref_find(addr, cidr, len) : -1;
 
-	if (i < 0 || ref[i].owner != rc->idx)
+	if (i < 0 || ref[i].owner != rc->idx || ref[i].seq <= rc->last_seq)
 		rc->bad++;
+	if (i >= 0)
+		rc->last_seq = ref[i].seq;
 }
 
 /*
@@ -527,6 +711,7 @@ static void test_random(int family, unsigned int min_cidr)
 				ref[at].cidr = (uint8_t)cidr;
 			}
 			ref[at].owner = o;
+			ref[at].seq = ++ref_seq;
 			inserts++;
 		} else if (kind < 65 && nref) {
 			/* remove an existing prefix, sometimes with the wrong owner */
@@ -582,7 +767,7 @@ static void test_random(int family, unsigned int min_cidr)
 		live += ref[i].owner >= 0;
 	CHECK_EQ(t.count, live);
 	for (i = 0; i < NOWNERS; i++) {
-		struct ref_check rc = { family, i, 0 };
+		struct ref_check rc = { family, i, 0, 0 };
 		size_t n = 0;
 
 		for (int j = 0; j < nref; j++)
@@ -782,6 +967,7 @@ int main(void)
 {
 	test_v4_basic();
 	test_move_and_remove();
+	test_order();
 	test_structure_changes();
 	test_v6();
 	test_random(AF_INET, 0);
