@@ -103,6 +103,7 @@ build = {
     ["wgoverlay.dns"] = "lua/wgoverlay/dns.lua",
     ["wgoverlay.dns_server"] = "lua/wgoverlay/dns_server.lua",
     ["wgoverlay.joinproto"] = "lua/wgoverlay/joinproto.lua",
+    ["wgoverlay.leaderkey"] = "lua/wgoverlay/leaderkey.lua",
     ["wgoverlay.endpoint"] = "lua/wgoverlay/endpoint.lua",
     ["wgoverlay.etcd"] = "lua/wgoverlay/etcd.lua",
     ["wgoverlay.health"] = "lua/wgoverlay/health.lua",

@@ -1285,3 +1285,32 @@ int wg_device_initiate(struct wg_device *dev, const uint8_t public_key[32])
 	wg_peer_put(peer);
 	return 0;
 }
+
+/* Key rotation (see wg_proto_rotate_private_key_locked and
+ * wg_peer_set_public_key_locked): sessions survive both. */
+int wg_device_rotate_private_key(struct wg_device *dev, const uint8_t key[32])
+{
+	int r;
+
+	pthread_mutex_lock(&dev->cfg_mutex);
+	wg_proto_cfg_wrlock(&dev->proto);
+	r = wg_proto_rotate_private_key_locked(&dev->proto, key);
+	wg_proto_cfg_unlock(&dev->proto);
+	pthread_mutex_unlock(&dev->cfg_mutex);
+	return r;
+}
+
+int wg_device_set_peer_public_key(struct wg_device *dev, const uint8_t old_key[32], const uint8_t new_key[32])
+{
+	struct wg_peer *peer;
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&dev->cfg_mutex);
+	wg_proto_cfg_wrlock(&dev->proto);
+	peer = wg_peer_lookup_locked(&dev->proto, old_key);
+	if (peer)
+		r = wg_peer_set_public_key_locked(&dev->proto, peer, new_key);
+	wg_proto_cfg_unlock(&dev->proto);
+	pthread_mutex_unlock(&dev->cfg_mutex);
+	return r;
+}

@@ -174,6 +174,12 @@ int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, co
 /* Pops one event (caller frees), NULL when empty. */
 struct wg_dev_event *wg_device_pop_event(struct wg_device *dev);
 int wg_device_initiate(struct wg_device *dev, const uint8_t public_key[32]);
+/* Key rotation that keeps sessions: a new private key for the interface
+ * (-EINVAL: none set yet, zero, or a peer's), and a peer's new public key
+ * in place (-ENOENT: no peer old_key; -EEXIST: new_key is another peer's;
+ * -EINVAL: it is ours). */
+int wg_device_rotate_private_key(struct wg_device *dev, const uint8_t key[32]);
+int wg_device_set_peer_public_key(struct wg_device *dev, const uint8_t old_key[32], const uint8_t new_key[32]);
 /* Registers (add = true) or forgets a TURN server: ChannelData datagrams
  * from it are unwrapped in the datapath, the rest still go to Lua. */
 int wg_device_set_relay(struct wg_device *dev, const struct sockaddr *server, bool add);

@@ -585,6 +585,47 @@ static int l_initiate(lua_State *L)
 	return 1;
 }
 
+/* dev:rotate_private_key(base64): a new identity, sessions kept. */
+static int l_rotate_private_key(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	uint8_t key[32];
+	int r;
+
+	luaL_checktype(L, 2, LUA_TSTRING);
+	if (!wgo_key_from_lua(L, 2, key))
+		return wgo_fail(L, EINVAL, "bad private key: expected 32 bytes base64");
+	r = wg_device_rotate_private_key(dev, key);
+	sodium_memzero(key, sizeof(key));
+	if (r < 0)
+		return wgo_fail(
+			L, -r, "%s",
+			"cannot rotate the private key: the interface has none yet, or the new public key is a peer's");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* dev:set_peer_public_key(old_pub, new_pub): the peer changed its key. */
+static int l_set_peer_public_key(lua_State *L)
+{
+	struct wg_device *dev = check_dev(L, 1);
+	uint8_t old_key[32], new_key[32];
+	int r;
+
+	luaL_checktype(L, 2, LUA_TSTRING);
+	luaL_checktype(L, 3, LUA_TSTRING);
+	if (!wgo_key_from_lua(L, 2, old_key) || !wgo_key_from_lua(L, 3, new_key))
+		return wgo_fail(L, EINVAL, "bad key: expected 32 bytes base64");
+	r = wg_device_set_peer_public_key(dev, old_key, new_key);
+	if (r < 0)
+		return wgo_fail(L, -r, "%s",
+				r == -ENOENT   ? "no such peer"
+				: r == -EEXIST ? "another peer has the new public key"
+					       : "the new public key is this interface's own");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* dev:set_relay("ip:port", add) */
 static int l_set_relay(lua_State *L)
 {
@@ -876,6 +917,8 @@ static const luaL_Reg device_methods[] = {
 	{ "initiate_handshake", l_initiate },
 	{ "set_relay", l_set_relay },
 	{ "set_peer_relay", l_set_peer_relay },
+	{ "rotate_private_key", l_rotate_private_key },
+	{ "set_peer_public_key", l_set_peer_public_key },
 	{ "interface_name", l_ifname },
 	{ "ifindex", l_ifindex },
 	{ "set_mtu_hint", l_set_mtu_hint },

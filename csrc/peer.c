@@ -124,6 +124,44 @@ void wg_peer_remove_locked(struct wg_proto *p, struct wg_peer *peer)
 	wg_peer_put(peer);
 }
 
+/* A peer's new public key (it rotated its key), in place: the peer keeps
+ * its keypairs (traffic goes on under the current session), endpoint,
+ * allowed IPs, preshared key, counters and timers; what is derived from
+ * its public key is recomputed (table slot, static-static DH, mac1 and
+ * cookie keys; a cookie it gave us is dropped) and a half-done handshake
+ * under the old key is dropped, so the next handshake uses the new key.
+ * -EEXIST: another peer has that key; -EINVAL: it is our own. */
+int wg_peer_set_public_key_locked(struct wg_proto *p, struct wg_peer *peer, const uint8_t pub[32])
+{
+	struct wg_peer **pp, *other;
+	uint32_t b;
+
+	if (!memcmp(peer->public_key, pub, 32))
+		return 0;
+	other = wg_peer_lookup_locked(p, pub);
+	if (other)
+		return -EEXIST;
+	if (p->has_identity && !memcmp(pub, p->static_public, 32))
+		return -EINVAL;
+	for (pp = &p->peer_hash[peer_bucket(p, peer->public_key)]; *pp; pp = &(*pp)->hash_next) {
+		if (*pp == peer) {
+			*pp = peer->hash_next;
+			break;
+		}
+	}
+	pthread_mutex_lock(&peer->lock);
+	memcpy(peer->public_key, pub, 32);
+	wg_proto_precompute_static_static(p, peer);
+	wg_noise_handshake_clear(p, peer);
+	sodium_memzero(&peer->cookie, sizeof(peer->cookie));
+	wg_cookie_peer_init(peer);
+	pthread_mutex_unlock(&peer->lock);
+	b = peer_bucket(p, pub);
+	peer->hash_next = p->peer_hash[b];
+	p->peer_hash[b] = peer;
+	return 0;
+}
+
 void wg_peer_remove_all_locked(struct wg_proto *p)
 {
 	while (p->peers_head)

@@ -110,6 +110,41 @@ void wg_proto_set_private_key_locked(struct wg_proto *p, const uint8_t key[32])
 	}
 }
 
+/* Key rotation (wgoverlay rotate-key): a new static identity that keeps
+ * every session.  Unlike setting private_key= (kernel semantics: current
+ * keypairs expire for sending), the keypairs stay in use until the normal
+ * timers retire them (REJECT_AFTER_TIME at the latest): they were derived
+ * from ephemeral keys and do not depend on the static key any more.  What
+ * does depend on it is recomputed now: the static-static DH with every
+ * peer, our mac1 and cookie keys; a half-done handshake (made under the
+ * old identity) is dropped and retried by the timers.  The old private key
+ * is overwritten in place, nothing of it is kept.  -EINVAL: no identity
+ * yet, an all-zero key, or a key whose public half is a peer's. */
+int wg_proto_rotate_private_key_locked(struct wg_proto *p, const uint8_t key[32])
+{
+	uint8_t pub[32];
+	struct wg_peer *peer;
+
+	if (!p->has_identity || !key || sodium_is_zero(key, 32))
+		return -EINVAL;
+	if (!sodium_memcmp(key, p->static_private, 32))
+		return 0;
+	if (crypto_scalarmult_base(pub, key) != 0 || wg_peer_lookup_locked(p, pub))
+		return -EINVAL;
+	pthread_mutex_lock(&p->identity_lock);
+	memcpy(p->static_private, key, 32);
+	memcpy(p->static_public, pub, 32);
+	pthread_mutex_unlock(&p->identity_lock);
+	wg_cookie_set_identity(p);
+	for (peer = p->peers_head; peer; peer = peer->next) {
+		pthread_mutex_lock(&peer->lock);
+		wg_proto_precompute_static_static(p, peer);
+		wg_noise_handshake_clear(p, peer);
+		pthread_mutex_unlock(&peer->lock);
+	}
+	return 0;
+}
+
 void wg_proto_set_private_key(struct wg_proto *p, const uint8_t key[32])
 {
 	wg_proto_cfg_wrlock(p);

@@ -239,6 +239,9 @@ void wg_proto_cfg_rdlock(struct wg_proto *p);
 void wg_proto_cfg_unlock(struct wg_proto *p);
 void wg_proto_set_private_key_locked(struct wg_proto *p, const uint8_t key[32]);
 struct wg_peer *wg_peer_lookup_locked(struct wg_proto *p, const uint8_t pub[32]);
+/* Key rotation, sessions kept (see proto.c / peer.c): 0 or -errno. */
+int wg_proto_rotate_private_key_locked(struct wg_proto *p, const uint8_t key[32]);
+int wg_peer_set_public_key_locked(struct wg_proto *p, struct wg_peer *peer, const uint8_t pub[32]);
 /* Returns NULL on ENOMEM or if pub equals our own public key (-EINVAL in *err). */
 struct wg_peer *wg_peer_create_locked(struct wg_proto *p, const uint8_t pub[32], int *err);
 void wg_peer_remove_locked(struct wg_proto *p, struct wg_peer *peer);

@@ -1,5 +1,5 @@
 --- Cluster commands of the `wgoverlay` CLI: init, token, join, run,
--- attach, detach, remove-node, and `status --state`.
+-- attach, detach, remove-node, rotate-key, and `status --state`.
 -- @module wgoverlay.cli_cluster
 local M = {}
 
@@ -51,6 +51,9 @@ function M.register(p)
   c = p:command("remove-node", "Remove a node from the cluster (leader).")
   c:option("--state", "State directory."):count(1)
   c:argument("name", "Node name.")
+
+  c = p:command("rotate-key", "Give this node a new WireGuard key (the running daemon does it; traffic goes on).")
+  c:option("--state", "State directory."):count(1)
 end
 
 M.commands = {}
@@ -134,6 +137,27 @@ end
 
 M.commands["remove-node"] = function(a)
   return ask(a, { cmd = "remove-node", name = a.name })
+end
+
+-- The daemon makes the key, switches its interface to it, saves node.json
+-- and publishes it through the registry: a key changed in the state file
+-- alone would cut the node off from its peers, so a stopped daemon is an
+-- error, not a fallback.
+M.commands["rotate-key"] = function(a)
+  local r, err = require("wgoverlay.control").request(a.state, { cmd = "rotate-key" })
+  if not r then
+    if tostring(err):match("^no daemon runs") then
+      return die("rotate-key: %s; the key is rotated by the running daemon (`wgoverlay run --state %s`), "
+                 .. "so that its peers learn the new key, and nothing was changed", err, a.state)
+    end
+    return die("rotate-key: %s", err)
+  end
+  io.write(string.format("key rotated: public key %s (was %s)\n", r.public_key, r.old_public_key))
+  if not r.published then
+    io.write("the registry has not confirmed the new key yet: the node sends it again when it reconnects; "
+             .. "check with `wgoverlay status --state DIR --json`\n")
+  end
+  return 0
 end
 
 local function age(epoch, now)

@@ -1,8 +1,8 @@
 --- The daemon's control socket (`<state>/control.sock`, 0600, root-only):
 -- one JSON request per connection, one JSON answer, then the connection
 -- closes.  The server side runs inside the daemon's luv loop; the client
--- side (`request`) is what the CLI's status, attach, detach, token and
--- remove-node use.
+-- side (`request`) is what the CLI's status, attach, detach, token,
+-- remove-node and rotate-key use.
 -- @module wgoverlay.control
 local uv = require "luv"
 local cjson = require "cjson"
@@ -17,8 +17,10 @@ local Server = {}
 Server.__index = Server
 
 --- Listens on `path` (an old socket file there is replaced).
--- @tparam table o `path`, `handle(request) -> answer table`, `log(fmt,
---   ...)`, `guard(where, fn)` (wraps the accept callback)
+-- @tparam table o `path`, `handle(request, reply) -> answer table`,
+--   `log(fmt, ...)`, `guard(where, fn)` (wraps the accept callback).  A
+--   handler that returns nil answers later, once, with `reply(answer)`
+--   (rotate-key waits for the registry that way).
 -- @return server, or nil and a message
 function M.listen(o)
   os.remove(o.path)
@@ -43,8 +45,10 @@ function M.listen(o)
         if c.answered then return end
         c.answered = true
         local okd, req = pcall(cjson.decode, line)
-        local resp = okd and o.handle(req) or { ok = false, error = "bad request" }
-        c:send(resp, function() c:close() end)
+        local function reply(resp) c:send(resp, function() c:close() end) end
+        if not okd then return reply({ ok = false, error = "bad request" }) end
+        local resp = o.handle(req, reply)
+        if resp ~= nil then reply(resp) end
       end,
       log = function(fmt, ...) o.log("control socket: " .. fmt, ...) end,
     }):start()

@@ -89,6 +89,23 @@ end
 function Node:sync_peers()
   local members = self.reg:members()
   local diff = membership.diff(self.peers, membership.desired_peers(members, self.node.name))
+  -- A member that rotated its key: the key changes in place, its sessions
+  -- go on (see rotate_key); only if the engine refuses, remove and add.
+  for _, e in ipairs(diff.rekey) do
+    local ok, err = self.t:set_peer_public_key(e.old_public_key, e.public_key)
+    if ok then
+      self.peers[e.public_key], self.peers[e.old_public_key] = self.peers[e.old_public_key], nil
+      self.health[e.public_key] = self.health[e.old_public_key]
+      if self.hsvc then self.hsvc:forget(e.old_public_key) end
+      self:log("peer %s rotated its key: %s -> %s", e.name, e.old_public_key, e.public_key)
+      self:event("peer_key_rotated", { peer = e.name })
+      if e.endpoint_changed or e.allowed_ips_changed then diff.update[#diff.update + 1] = e end
+    else
+      self:log("cannot change the key of peer %s in place (%s): replacing it", e.name, err)
+      diff.remove[#diff.remove + 1] = e.old_public_key
+      diff.add[#diff.add + 1] = e
+    end
+  end
   for _, pk in ipairs(diff.remove) do
     self.t:remove_peer(pk)
     self.peers[pk] = nil
@@ -190,7 +207,7 @@ function Node:nat_status()
            relay = n.relay or cjson.null, stats = n.stats }
 end
 
-function Node:control(req)
+function Node:control(req, reply)
   if type(req) ~= "table" then return { ok = false, error = "bad request" } end
   local cmd = req.cmd
   local res, err
@@ -211,6 +228,92 @@ function Node:control(req)
   end
   if err then return { ok = false, error = err } end
   return { ok = true, result = res }
+end
+
+-- ---------------------------------------------------------------------
+-- key rotation (`wgoverlay rotate-key`)
+-- ---------------------------------------------------------------------
+
+M.ROTATE_CONFIRM = 5 -- seconds to wait for the registry to carry the new key
+
+-- A new WireGuard key for this node, without a break in traffic:
+--
+-- 1. only while the registry is reachable (else the peers could not learn
+--    the key, and after the current sessions end nobody could reach us);
+-- 2. the engine switches to the new private key and keeps its sessions
+--    (transport:rotate_private_key; the old key is overwritten there);
+-- 3. node.json is replaced atomically (state.save: temporary file, fsync,
+--    rename, 0600) with the new key; if that fails the engine goes back
+--    to the old key and nothing changed;
+-- 4. the registry publishes the new public key (reg:set_public_key); each
+--    peer changes our key in place (sync_peers, diff.rekey) and keeps its
+--    session with us, so data flows throughout and the next handshake,
+--    either way, uses the new key.  A handshake with the old key fails at
+--    once: nothing holds the old private key any more.  Sessions made
+--    under it end by WireGuard's own timers (REJECT_AFTER_TIME, 180 s).
+--
+-- The answer comes when the registry carries the new key (a leader at
+-- once, a member when the leader's delta with its record arrives), or
+-- says it is not confirmed yet after ROTATE_CONFIRM seconds (the member
+-- sends its key again on every reconnection).
+function Node:rotate_key(reply)
+  if type(self.reg.set_public_key) ~= "function" then
+    return { ok = false, error = string.format("the %s registry cannot publish a new key: not changed",
+                                               tostring(self.reg.kind)) }
+  end
+  if not self.reg:connected() then
+    return { ok = false, error = "the registry is not reachable (is the leader up? see `status`): the peers "
+                                 .. "could not learn a new key, so the key was not changed" }
+  end
+  local node = self.node
+  local old_priv, old_pub = node.private_key, node.public_key
+  local priv, pub = core.generate_keys()
+  local ok, err = self.t:rotate_private_key(priv)
+  if not ok then return { ok = false, error = "engine: " .. tostring(err) } end
+  local leader_rec = node.role == "leader" and node.cluster.leader.name == node.name
+  node.private_key, node.public_key = priv, pub
+  if leader_rec then node.cluster.leader.public_key = pub end
+  ok, err = state.save(self.paths.node, node)
+  if not ok then
+    node.private_key, node.public_key = old_priv, old_pub
+    if leader_rec then node.cluster.leader.public_key = old_pub end
+    assert(self.t:rotate_private_key(old_priv))
+    return { ok = false, error = "cannot save the new key (the old key stays): " .. tostring(err) }
+  end
+  -- The old key is gone from the engine (overwritten) and from node.json
+  -- (replaced); the Lua strings that held it cannot be overwritten, but
+  -- nothing refers to them any more and they are collected now.
+  old_priv, priv = nil, nil
+  collectgarbage()
+  collectgarbage()
+  self.nat:set_public_key(pub)
+  self:log("key rotated: public key %s -> %s", old_pub, pub)
+  self:event("key_rotated", { public_key = pub })
+  self.reg:set_public_key(pub)
+  local result = { public_key = pub, old_public_key = old_pub }
+  local function published()
+    for _, r in ipairs(self.reg:members()) do
+      if r.name == node.name then return r.public_key == pub end
+    end
+    return false
+  end
+  if published() then
+    result.published = true
+    return { ok = true, result = result }
+  end
+  -- wait (asynchronously) for the registry to carry it
+  local tm, waited = uv.new_timer(), 0
+  self.timers[#self.timers + 1] = tm
+  tm:start(50, 50, self:guard("rotate-key confirmation", function()
+    waited = waited + 0.05
+    local done = published()
+    if done or waited >= M.ROTATE_CONFIRM or self.stopping then
+      close(tm)
+      result.published = done
+      reply({ ok = true, result = result })
+    end
+  end))
+  return nil
 end
 
 -- ---------------------------------------------------------------------
@@ -351,7 +454,7 @@ function M.run(dir)
   if not ok then return fail(err) end
   self.reg:set_containers(self.containers:records())
   self.ctl, err = control.listen({
-    path = paths.control, handle = function(req) return self:control(req) end,
+    path = paths.control, handle = function(req, reply) return self:control(req, reply) end,
     log = function(fmt, ...) self:log(fmt, ...) end,
     guard = function(where, fn) return self:guard(where, fn) end,
   })

@@ -460,6 +460,17 @@ function Member:apply(msg)
   return nil, "unknown message type " .. tostring(msg.type)
 end
 
+--- A record's public key learned out of band (the leader's new key, from
+-- a key query: wgoverlay.leaderkey), without changing the version: the
+-- leader's next delta or snapshot carries the same key.
+-- @return true when the key changed
+function Member:set_public_key(name, public_key)
+  local r = self.records[name]
+  if not r or type(public_key) ~= "string" or public_key == "" or r.public_key == public_key then return false end
+  r.public_key = public_key
+  return true
+end
+
 --- The hello message announcing this view's version (also a resync
 -- request).
 -- @treturn table `{type = "hello", name, version, epoch}`
@@ -530,8 +541,12 @@ end
 local function by_public_key(a, b) return a.public_key < b.public_key end
 
 --- Difference between the configured and the desired peer sets.
--- Peers are keyed by public key, so a key change is a removal of the old
--- key and an addition of the new one.  A desired peer without an endpoint
+-- Peers are keyed by public key; a member that rotated its key (the same
+-- name, a new key, the old key no longer desired) is one `rekey` entry,
+-- so that the caller changes the key in place and keeps the peer's
+-- sessions, instead of a removal and an addition that would end them
+-- (`current` entries need their `name` for this; without one a key
+-- change is a removal plus an addition).  A desired peer without an endpoint
 -- never clears a configured one (WireGuard learns endpoints by roaming).
 -- Callers should pass as `current` what they last configured, not roamed
 -- endpoints from `status`.
@@ -539,14 +554,28 @@ local function by_public_key(a, b) return a.public_key < b.public_key end
 -- @tparam table desired public_key -> `{endpoint, allowed_ips, name}`
 -- @treturn table `{add = {{public_key, name, endpoint, allowed_ips}...},
 --   remove = {public_key...}, update = {{public_key, name, endpoint,
---   allowed_ips, endpoint_changed, allowed_ips_changed}...}}`, each sorted
---   by public key
+--   allowed_ips, endpoint_changed, allowed_ips_changed}...}, rekey =
+--   {{public_key, old_public_key, name, endpoint, allowed_ips,
+--   endpoint_changed, allowed_ips_changed}...}}`, each sorted by public key
 function M.diff(current, desired)
-  local add, remove, update = {}, {}, {}
+  local add, remove, update, rekey = {}, {}, {}, {}
+  -- configured peers no longer desired, by name: candidates for a rekey
+  local gone, rekeyed = {}, {}
+  for pk, c in pairs(current) do
+    if desired[pk] == nil and type(c.name) == "string" then gone[c.name] = pk end
+  end
   for pk, d in pairs(desired) do
     local c = current[pk]
     local entry = { public_key = pk, name = d.name, endpoint = d.endpoint, allowed_ips = d.allowed_ips or {} }
-    if not c then
+    local old = not c and d.name ~= nil and gone[d.name] or nil
+    if old and not rekeyed[old] then
+      rekeyed[old] = true
+      c = current[old]
+      entry.old_public_key = old
+      entry.endpoint_changed = d.endpoint ~= nil and d.endpoint ~= c.endpoint
+      entry.allowed_ips_changed = not same_set(c.allowed_ips, d.allowed_ips)
+      rekey[#rekey + 1] = entry
+    elseif not c then
       add[#add + 1] = entry
     else
       entry.endpoint_changed = d.endpoint ~= nil and d.endpoint ~= c.endpoint
@@ -555,12 +584,13 @@ function M.diff(current, desired)
     end
   end
   for pk in pairs(current) do
-    if desired[pk] == nil then remove[#remove + 1] = pk end
+    if desired[pk] == nil and not rekeyed[pk] then remove[#remove + 1] = pk end
   end
   table.sort(add, by_public_key)
   table.sort(update, by_public_key)
+  table.sort(rekey, by_public_key)
   table.sort(remove)
-  return { add = add, remove = remove, update = update }
+  return { add = add, remove = remove, update = update, rekey = rekey }
 end
 
 return M

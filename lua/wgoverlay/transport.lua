@@ -562,6 +562,43 @@ function Transport:initiate_handshake(public_key)
   return result(dev(self):initiate_handshake(public_key))
 end
 
+--- Key rotation, this side: the interface takes a new private key
+-- (base64) WITHOUT ending its sessions (unlike setting `private_key`
+-- through `configure` or UAPI, which, as in the kernel, expires them):
+-- traffic goes on under the current keypairs until the normal timers
+-- retire them, new handshakes use the new key, and the engine keeps
+-- nothing of the old one.  Peers must learn the new public key
+-- (`set_peer_public_key` on their side) before the next handshake.
+-- @return true, or nil, message, errno
+function Transport:rotate_private_key(private_key)
+  check_type(private_key, "string", "rotate_private_key: private_key")
+  if not core.valid_key(private_key) then
+    return fail("bad private key: expected 32 bytes base64")
+  end
+  local ok, err, errno = dev(self):rotate_private_key(private_key)
+  if not ok then return fail(err, errno) end
+  self.opts.private_key = private_key -- what a later `configure` applies
+  return true
+end
+
+--- Key rotation, a peer's side: the peer `old_key` now has the public key
+-- `new_key`; changed in place, so its sessions, endpoint and allowed IPs
+-- stay and the next handshake uses the new key.
+-- @return true, or nil, message, errno (ENOENT: no peer `old_key`,
+--   EEXIST: another peer has `new_key`)
+function Transport:set_peer_public_key(old_key, new_key)
+  check_type(old_key, "string", "set_peer_public_key: old_key")
+  check_type(new_key, "string", "set_peer_public_key: new_key")
+  if not core.valid_key(old_key) then return bad_key(old_key) end
+  if not core.valid_key(new_key) then return bad_key(new_key) end
+  local ok, err, errno = dev(self):set_peer_public_key(old_key, new_key)
+  if not ok then return fail(err, errno) end
+  for _, p in ipairs(self.peers or {}) do
+    if p.public_key == old_key then p.public_key = new_key end
+  end
+  return true
+end
+
 --- Tears the interface down (TUN, sockets, keys).  Idempotent.
 function Transport:shutdown()
   if self.dev then

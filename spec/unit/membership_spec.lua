@@ -365,20 +365,39 @@ describe("membership", function()
                                          d.update[2].allowed_ips_changed })
     end)
 
-    it("a key change is a removal and an addition", function()
+    it("a key change (rotate-key) is one in-place rekey, with what else changed", function()
       local d = membership.diff({ old = peer("A", "1.1.1.1:1", { "x" }) }, { new = peer("A", "1.1.1.1:1", { "x" }) })
+      assert.same({}, d.remove)
+      assert.same({}, d.add)
+      assert.same({}, d.update)
+      assert.same({ { public_key = "new", old_public_key = "old", name = "A", endpoint = "1.1.1.1:1",
+                      allowed_ips = { "x" }, endpoint_changed = false, allowed_ips_changed = false } }, d.rekey)
+      d = membership.diff({ old = peer("A", "1.1.1.1:1", { "x" }), b = peer("B", nil, {}) },
+                          { new = peer("A", "1.1.1.2:1", { "x", "y" }), b = peer("B", nil, {}) })
+      assert.same({ "new", "old", true, true }, { d.rekey[1].public_key, d.rekey[1].old_public_key,
+                                                  d.rekey[1].endpoint_changed, d.rekey[1].allowed_ips_changed })
+    end)
+
+    it("without a name, or when the old key is still desired, a key change is a removal and an addition", function()
+      local d = membership.diff({ old = { endpoint = "1.1.1.1:1", allowed_ips = { "x" } } },
+                                { new = peer("A", "1.1.1.1:1", { "x" }) })
       assert.same({ "old" }, d.remove)
       assert.same({ "new" }, { d.add[1].public_key })
-      assert.same({}, d.update)
+      assert.same({}, d.rekey)
+      -- the old key now belongs to another name: no rekey of a live peer
+      d = membership.diff({ k1 = peer("A", nil, {}) }, { k1 = peer("B", nil, {}), k2 = peer("A", nil, {}) })
+      assert.same({}, d.rekey)
+      assert.same({ "k2" }, { d.add[1].public_key })
+      assert.same({}, d.remove)
     end)
 
     it("a desired peer without an endpoint does not clear a configured one", function()
       local d = membership.diff({ a = peer("A", "1.1.1.1:1", {}) }, { a = peer("A", nil, {}) })
-      assert.same({ add = {}, remove = {}, update = {} }, d)
+      assert.same({ add = {}, remove = {}, update = {}, rekey = {} }, d)
     end)
 
     it("is sorted and empty when nothing differs", function()
-      assert.same({ add = {}, remove = {}, update = {} }, membership.diff({}, {}))
+      assert.same({ add = {}, remove = {}, update = {}, rekey = {} }, membership.diff({}, {}))
       local desired = {}
       for i = 9, 1, -1 do desired["k" .. i] = peer("n" .. i, nil, {}) end
       local d = membership.diff({}, desired)
@@ -393,7 +412,9 @@ describe("membership", function()
           if math.random() < 0.6 then
             local ips = { "10.0." .. i .. ".0/28" }
             if math.random() < 0.5 then ips[2] = "fd00:" .. i .. "::/64" end
-            s["k" .. i] = peer("n" .. i, "192.0.2." .. math.random(3) .. ":1", ips)
+            -- some nodes hold another key (rotated) in one set than in the other
+            local key = (math.random() < 0.2 and "r" or "k") .. i
+            s[key] = peer("n" .. i, "192.0.2." .. math.random(3) .. ":1", ips)
           end
         end
         return s
@@ -404,6 +425,12 @@ describe("membership", function()
         for _, pk in ipairs(d.remove) do current[pk] = nil end
         for _, a in ipairs(d.add) do current[a.public_key] = peer(a.name, a.endpoint, a.allowed_ips) end
         for _, u in ipairs(d.update) do current[u.public_key] = peer(u.name, u.endpoint, u.allowed_ips) end
+        for _, r in ipairs(d.rekey) do
+          local c = current[r.old_public_key]
+          assert.equal(r.name, c.name)
+          current[r.old_public_key] = nil
+          current[r.public_key] = peer(r.name, r.endpoint or c.endpoint, r.allowed_ips)
+        end
         for pk, p in pairs(desired) do
           assert.equal(p.endpoint, current[pk].endpoint)
           table.sort(p.allowed_ips)
@@ -411,7 +438,7 @@ describe("membership", function()
           assert.same(p.allowed_ips, current[pk].allowed_ips)
         end
         for pk in pairs(current) do assert.is_not_nil(desired[pk]) end
-        assert.same({ add = {}, remove = {}, update = {} }, membership.diff(current, desired))
+        assert.same({ add = {}, remove = {}, update = {}, rekey = {} }, membership.diff(current, desired))
       end
     end)
 

@@ -829,6 +829,119 @@ static void test_psk_and_config(void)
 	teardown_pair();
 }
 
+/* Key rotation: A takes a new private key without dropping its sessions,
+ * B changes A's public key in place; traffic flows throughout, the next
+ * handshake uses the new key, the old one is refused, and A keeps no byte
+ * of its old private key. */
+static void test_key_rotation(void)
+{
+	uint8_t old_priv[32], old_pub[32], new_priv[32], new_pub[32], other_pub[32], other_priv[32];
+	struct wg_peer *pa, *pb, *pc;
+	struct wg_keypair *kpa, *kpb;
+	uint64_t hs_a, hs_b, bad_mac1, invalid;
+	int err;
+
+	setup_pair();
+	handshake();
+	pa = peer_of(&A, &B);
+	pb = peer_of(&B, &A);
+	kpa = pa->kp_current;
+	kpb = pb->kp_current;
+	CHECK(kpa != NULL && kpb != NULL);
+	memcpy(old_priv, A.priv, 32);
+	memcpy(old_pub, A.pub, 32);
+	crypto_box_keypair(new_pub, new_priv);
+
+	/* refused: no change for a zero key or a peer's public key */
+	wg_proto_cfg_wrlock(&A.p);
+	memset(other_priv, 0, 32);
+	CHECK_EQ(wg_proto_rotate_private_key_locked(&A.p, other_priv), -EINVAL);
+	CHECK_EQ(wg_proto_rotate_private_key_locked(&A.p, B.priv), -EINVAL);
+	CHECK_EQ(wg_proto_rotate_private_key_locked(&A.p, old_priv), 0); /* same key: nothing to do */
+	CHECK_EQ(wg_proto_rotate_private_key_locked(&A.p, new_priv), 0);
+	wg_proto_cfg_unlock(&A.p);
+	{
+		uint8_t pub[32];
+
+		CHECK(wg_proto_get_public_key(&A.p, pub) && !memcmp(pub, new_pub, 32));
+	}
+	/* sessions kept, the old key gone from the engine's memory */
+	CHECK(pa->kp_current == kpa && atomic_load(&kpa->sending_valid));
+	CHECK(memmem(&A.p, sizeof(A.p), old_priv, 32) == NULL);
+	CHECK(memmem(pa, sizeof(*pa), old_priv, 32) == NULL);
+	CHECK(memmem(&A.p, sizeof(A.p), old_pub, 32) == NULL);
+
+	/* B does not know yet: data flows both ways on the current session */
+	send_ip(&A, "10.9.0.1", "10.9.0.2", 50, 1);
+	pump();
+	CHECK_EQ(B.ndelivered, 2);
+	send_ip(&B, "10.9.0.2", "10.9.0.1", 50, 2);
+	pump();
+	CHECK_EQ(A.ndelivered, 1);
+
+	/* B learns A's new key: changed in place, keypairs kept */
+	wg_proto_cfg_wrlock(&B.p);
+	CHECK_EQ(wg_peer_set_public_key_locked(&B.p, pb, B.pub), -EINVAL); /* its own */
+	CHECK_EQ(wg_peer_set_public_key_locked(&B.p, pb, new_pub), 0);
+	CHECK(wg_peer_lookup_locked(&B.p, old_pub) == NULL);
+	CHECK(wg_peer_lookup_locked(&B.p, new_pub) == pb);
+	wg_proto_cfg_unlock(&B.p);
+	CHECK(pb->kp_current == kpb && atomic_load(&kpb->sending_valid));
+	send_ip(&B, "10.9.0.2", "10.9.0.1", 50, 3);
+	pump();
+	CHECK_EQ(A.ndelivered, 2);
+	CHECK_EQ(A.delivered[20], 3);
+
+	/* the next handshake, either way, uses the new key */
+	memcpy(A.priv, new_priv, 32);
+	memcpy(A.pub, new_pub, 32);
+	hs_a = atomic_load(&A.p.stats.handshakes_completed);
+	hs_b = atomic_load(&B.p.stats.handshakes_completed);
+	advance(REKEY_TIMEOUT + WG_NS_PER_SEC);
+	wg_peer_initiate_handshake(pb, false);
+	pump();
+	CHECK_EQ(atomic_load(&A.p.stats.handshakes_completed), hs_a + 1);
+	CHECK_EQ(atomic_load(&B.p.stats.handshakes_completed), hs_b + 1);
+	advance(REKEY_TIMEOUT + WG_NS_PER_SEC);
+	wg_peer_initiate_handshake(pa, false);
+	pump();
+	CHECK_EQ(atomic_load(&A.p.stats.handshakes_completed), hs_a + 2);
+	send_ip(&A, "10.9.0.1", "10.9.0.2", 50, 4);
+	pump();
+	CHECK_EQ(B.delivered[20], 4);
+
+	/* a peer still holding the old public key cannot handshake: its
+	 * initiation fails mac1 at A (nothing of the old key answers) */
+	wg_proto_cfg_wrlock(&B.p);
+	CHECK_EQ(wg_peer_set_public_key_locked(&B.p, pb, old_pub), 0);
+	wg_proto_cfg_unlock(&B.p);
+	bad_mac1 = atomic_load(&A.p.stats.rx_bad_mac1);
+	hs_a = atomic_load(&A.p.stats.handshakes_completed);
+	advance(REKEY_TIMEOUT + WG_NS_PER_SEC);
+	wg_peer_initiate_handshake(pb, false);
+	pump();
+	CHECK_EQ(atomic_load(&A.p.stats.rx_bad_mac1), bad_mac1 + 1);
+	CHECK_EQ(atomic_load(&A.p.stats.handshakes_completed), hs_a);
+	/* and A's initiation (new static key) is refused by that peer */
+	invalid = atomic_load(&B.p.stats.rx_handshake_invalid);
+	hs_b = atomic_load(&B.p.stats.handshakes_completed);
+	advance(REKEY_TIMEOUT + WG_NS_PER_SEC);
+	wg_peer_initiate_handshake(pa, false);
+	pump();
+	CHECK_EQ(atomic_load(&B.p.stats.rx_handshake_invalid), invalid + 1);
+	CHECK_EQ(atomic_load(&B.p.stats.handshakes_completed), hs_b);
+
+	/* a key another peer holds is refused */
+	crypto_box_keypair(other_pub, other_priv);
+	wg_proto_cfg_wrlock(&B.p);
+	pc = wg_peer_create_locked(&B.p, other_pub, &err);
+	CHECK(pc != NULL);
+	CHECK_EQ(wg_peer_set_public_key_locked(&B.p, pb, other_pub), -EEXIST);
+	CHECK(wg_peer_lookup_locked(&B.p, old_pub) == pb);
+	wg_proto_cfg_unlock(&B.p);
+	teardown_pair();
+}
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -842,5 +955,6 @@ int main(void)
 	test_timers();
 	test_responder_confirmation_and_roaming();
 	test_psk_and_config();
+	test_key_rotation();
 	return tl_finish("proto");
 }

@@ -262,6 +262,14 @@ end
 -- peers
 -- ---------------------------------------------------------------------
 
+--- This node rotated its WireGuard key (rotate-key): probes carry the new
+-- public key, and every pair key is derived again at the next set_peers.
+function Agent:set_public_key(public_key)
+  self.self_id = assert(core.key_from_base64(public_key))
+  self.prober.self_id = self.self_id
+  for _, p in pairs(self.peers) do p.key_b64 = nil end
+end
+
 --- Updates the peer set from member records (all but this node).
 function Agent:set_peers(records)
   local seen = {}

@@ -20,6 +20,9 @@
 --   reg:connected()               -> true when a change can be made now
 --   reg:set_containers(list)      this node's containers
 --   reg:set_candidates(c)         this node's NAT candidates
+--   reg:set_public_key(pub)       this node rotated its WireGuard key: publish
+--                                 the new public key in its record (every
+--                                 peer then changes that key in place)
 --   reg:request_punch(peer)       ask for a coordinated hole punch with `peer`
 --   reg:on_datagram(from, data)   a join datagram that came to the WireGuard port
 --   reg:issue_token(o)            -> token | nil, err (`ttl`, `uses`)

@@ -18,6 +18,7 @@ local cluster = require "wgoverlay.cluster"
 local jsonlines = require "wgoverlay.jsonlines"
 local candidates = require "wgoverlay.nat.candidates"
 local schema = require "wgoverlay.schema"
+local leaderkey = require "wgoverlay.leaderkey"
 
 local M = {}
 
@@ -89,6 +90,40 @@ function Leader:set_candidates(c)
   if v and changed then self:changed() end
 end
 
+-- The leader's own new key: into its record (members learn it from the
+-- delta, over their sessions, which go on under the current WireGuard
+-- session).  node.json (`cluster.leader.public_key` included) is saved
+-- by the daemon before this.
+function Leader:set_public_key(pub)
+  local v, err = self.registry:update(self.node.name, { public_key = pub })
+  if not v then
+    self.host.log("cannot publish the new public key: %s", err)
+    return nil, err
+  end
+  self:changed()
+  return true
+end
+
+-- A member's new key (rotate-key on that member), from its session: the
+-- session's source address, authenticated by WireGuard, names the member,
+-- and a member is trusted for its own record.  A key another member
+-- holds is refused.
+function Leader:member_public_key(name, pub)
+  if type(pub) ~= "string" or not core.valid_key(pub) then
+    self.host.log("public key of %s refused: not a 32-byte base64 key", name)
+    return
+  end
+  local v, changed = self.registry:update(name, { public_key = pub })
+  if not v then
+    self.host.log("public key of %s refused: %s", name, changed)
+    return
+  end
+  if changed then
+    self.host.log("node %s rotated its key", name)
+    self:changed()
+  end
+end
+
 function Leader:request_punch(peer) self:relay_punch(self.node.name, peer) end
 
 function Leader:issue_token(o)
@@ -143,8 +178,39 @@ function Leader:admit(p, _, retry)
            leader = self.registry:get(self.node.name) }
 end
 
+-- A member that was down while this leader rotated its key asks for the
+-- current key on the WireGuard port (wgoverlay.leaderkey); one answer per
+-- member and second, refusals logged at a bounded rate.
+function Leader:on_key_query(from, data)
+  local now = os.time()
+  self.key_log = self.key_log or joinproto.rate_limiter(joinproto.LOG_INTERVAL)
+  self.key_answered = self.key_answered or {}
+  local me = self.registry:get(self.node.name)
+  local reply, err = leaderkey.answer(data, {
+    control_private = self.control_private, now = now,
+    is_member = function(pub)
+      local name = self.registry.by_key[pub]
+      if not name or name == self.node.name or self.key_answered[pub] == now then return false end
+      self.key_answered[pub] = now
+      return true
+    end,
+    leader = { public_key = me.public_key, endpoint = me.endpoint },
+  })
+  if reply then
+    self.host.t:send_datagram(from, reply)
+    return true
+  end
+  local ok, suppressed = self.key_log:hit(now)
+  if ok then
+    self.host.log("key query refused (%s): %s%s", from, err,
+                  suppressed > 0 and string.format(" (%d more suppressed)", suppressed) or "")
+  end
+  return true
+end
+
 --- A join request from the WireGuard port; answered there.
 function Leader:on_datagram(from, data)
+  if leaderkey.kind(data) then return self:on_key_query(from, data) end
   -- Admission records (persisted in leader.json: a retry after a lost
   -- answer is recognised across restarts), answered requests (a replay
   -- gets nothing) and the log rate limit.
@@ -279,6 +345,8 @@ function Leader:on_member_line(s, line)
     if ok then self:changed() else self.host.log("containers of %s refused: %s", s.name, err) end
   elseif msg.type == "candidates" then
     self:member_candidates(s.name, msg.candidates)
+  elseif msg.type == "public_key" then
+    self:member_public_key(s.name, msg.public_key)
   elseif msg.type == "punch_request" and type(msg.peer) == "string" then
     self:relay_punch(s.name, msg.peer)
   end

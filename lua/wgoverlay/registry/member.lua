@@ -10,10 +10,17 @@ local state = require "wgoverlay.state"
 local membership = require "wgoverlay.membership"
 local cluster = require "wgoverlay.cluster"
 local jsonlines = require "wgoverlay.jsonlines"
+local leaderkey = require "wgoverlay.leaderkey"
 
 local M = {}
 
 M.RECONNECT = 2 -- seconds between connection attempts to the leader
+-- Without a session for this long, the member asks the leader for its
+-- current WireGuard key on the WireGuard port (it may have rotated it
+-- while this node was down; wgoverlay.leaderkey), then again every
+-- KEY_QUERY_EVERY seconds while still without a session.
+M.KEY_QUERY_AFTER = 6
+M.KEY_QUERY_EVERY = 5
 
 local Member = {}
 Member.__index = Member
@@ -41,9 +48,45 @@ function Member:version() return self.view.version end
 function Member:connected() return (self.session and self.session.ready) or false end
 
 function Member:start()
+  self.down_since = os.time()
   self.timer = uv.new_timer()
-  self.timer:start(0, M.RECONNECT * 1000, self.host.guard("leader reconnect", function() self:connect() end))
+  self.timer:start(0, M.RECONNECT * 1000, self.host.guard("leader reconnect", function()
+    self:connect()
+    self:maybe_query_key()
+  end))
   return true
+end
+
+-- No session to the leader for a while: ask for its current key.
+function Member:maybe_query_key(now)
+  now = now or os.time()
+  if self.stopping or self:connected() or now - self.down_since < M.KEY_QUERY_AFTER then return end
+  if self.key_query_at and now - self.key_query_at < M.KEY_QUERY_EVERY then return end
+  local l = self.node.cluster.leader
+  local r = self.view:get(l.name)
+  local ep = (r and r.endpoint) or l.endpoint
+  if not (ep and l.control_public and self.host.t) then return end
+  local bytes, pending = leaderkey.query(self.node.private_key, self.node.public_key, l.control_public, now)
+  if not bytes then return end
+  self.key_query_at, self.key_pending = now, pending
+  local ok, err = self.host.t:send_datagram(ep, bytes)
+  if not ok then self.host.log("key query to the leader at %s: %s", ep, err) end
+end
+
+-- The leader's answer: a new key goes into the view (members.json,
+-- node.json) and to the engine (in place, through changed()), and the
+-- stuck connection attempt starts over.
+function Member:on_key_answer(data)
+  local a = leaderkey.open_answer(self.key_pending, data)
+  if not a then return end
+  self.key_pending = nil
+  local l = self.node.cluster.leader
+  if not self.view:set_public_key(l.name, a.public_key) then return end
+  self.host.log("the leader's key changed while this node was away: now %s", a.public_key)
+  self:save()
+  self:follow_leader_key()
+  self.host.changed()
+  if self.session and not self.session.ready then self.session.conn:close() end
 end
 
 function Member:stop()
@@ -66,9 +109,21 @@ function Member:set_candidates(c)
   if c then self:send({ type = "candidates", candidates = c }) end
 end
 
+-- This node's new key (rotate-key): sent now, and again on every
+-- reconnection while the leader's record still has another key (the
+-- leader ignores a key it already has).
+function Member:set_public_key(pub)
+  self:send({ type = "public_key", public_key = pub })
+  return true
+end
+
 function Member:request_punch(peer) self:send({ type = "punch_request", peer = peer }) end
 
-function Member:on_datagram() return false end -- joins go to the leader
+-- Joins go to the leader; a member takes only the answer to its key query.
+function Member:on_datagram(_, data)
+  if leaderkey.kind(data) == leaderkey.KEY_RESP then self:on_key_answer(data) end
+  return true
+end
 
 function Member:issue_token() return nil, "tokens are issued by the leader; this node is a member" end
 
@@ -91,6 +146,7 @@ function Member:on_line(line)
   if res.need_snapshot then self:send(self.view:hello()) end
   if res.changed then
     self:save()
+    self:follow_leader_key()
     if self.view:get(self.node.name) then
       self.was_member = true
     elseif self.was_member then
@@ -101,13 +157,31 @@ function Member:on_line(line)
   end
 end
 
+-- The leader rotated its key: node.json's `cluster.leader` (used when
+-- members.json is lost) follows, replaced atomically.  members.json has
+-- the new record already (saved before this).
+function Member:follow_leader_key()
+  local l = self.node.cluster.leader
+  local r = self.view:get(l.name)
+  if not r or r.public_key == l.public_key then return end
+  l.public_key = r.public_key
+  local ok, err = state.save(self.host.paths.node, self.node)
+  if not ok then self.host.log("cannot save the leader's new key in node.json: %s", err) end
+  self.host.log("the leader %s rotated its key", l.name)
+end
+
 function Member:connect()
   if self.stopping or self.session then return end
   local tcp = uv.new_tcp()
   local s = {}
   s.conn = jsonlines.wrap(tcp, {
     on_line = function(_, line) self:on_line(line) end,
-    on_close = function() if self.session == s then self.session = nil end end,
+    on_close = function()
+      if self.session == s then
+        self.session = nil
+        if s.ready then self.down_since = os.time() end
+      end
+    end,
     log = function(fmt, ...) self.host.log("membership session: " .. fmt, ...) end,
   })
   self.session = s
@@ -118,6 +192,10 @@ function Member:connect()
     s.conn:send(self.view:hello())
     s.conn:send({ type = "containers", containers = self.containers })
     if self.candidates then s.conn:send({ type = "candidates", candidates = self.candidates }) end
+    local mine = self.view:get(self.node.name)
+    if mine and mine.public_key ~= self.node.public_key then
+      s.conn:send({ type = "public_key", public_key = self.node.public_key })
+    end
     s.conn:start()
   end))
   if not ok then s.conn:close(cerr) end
