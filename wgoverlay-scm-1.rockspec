@@ -98,6 +98,7 @@ build = {
     ["wgoverlay.cluster"] = "lua/wgoverlay/cluster.lua",
     ["wgoverlay.config"] = "lua/wgoverlay/config.lua",
     ["wgoverlay.containers"] = "lua/wgoverlay/containers.lua",
+    ["wgoverlay.cni"] = "lua/wgoverlay/cni.lua",
     ["wgoverlay.control"] = "lua/wgoverlay/control.lua",
     ["wgoverlay.daemon"] = "lua/wgoverlay/daemon.lua",
     ["wgoverlay.dns"] = "lua/wgoverlay/dns.lua",
@@ -128,6 +129,7 @@ build = {
   install = {
     bin = {
       wgoverlay = "bin/wgoverlay",
+      ["wgoverlay-cni"] = "bin/wgoverlay-cni",
     },
   },
 }

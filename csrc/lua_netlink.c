@@ -8,6 +8,13 @@
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <libmnl/libmnl.h>
+#include <linux/if_link.h>
+#include <linux/rtnetlink.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -275,7 +282,230 @@ static int l_route_via(lua_State *L)
 	return nl_result(L, wg_nl_route_del(ifindex, family, addr, plen, 0), "removing route", cidr);
 }
 
+/* ---- queries: one link, the route to an address (MTU, MAC, CHECK) ----
+ * One request, one answer (no dump, no ACK): a private socket per call in
+ * the calling thread's namespace, as netlink.c does. */
+
+struct nl_answer {
+	uint16_t type;  /* RTM_NEWLINK or RTM_NEWROUTE */
+	int ifindex;    /* link index / RTA_OIF */
+	unsigned mtu;   /* IFLA_MTU / RTAX_MTU of the route (0: none) */
+	char ifname[IFNAMSIZ];
+	uint8_t mac[32];
+	size_t mac_len;
+	int family;
+	uint8_t gw[16];
+	bool has_gw;
+	bool up;
+};
+
+static int nl_answer_cb(const struct nlmsghdr *nlh, void *data)
+{
+	struct nl_answer *a = data;
+	struct nlattr *attr;
+
+	if (nlh->nlmsg_type == RTM_NEWLINK && nlh->nlmsg_len >= mnl_nlmsg_size(sizeof(struct ifinfomsg))) {
+		const struct ifinfomsg *ifm = mnl_nlmsg_get_payload(nlh);
+
+		a->type = RTM_NEWLINK;
+		a->ifindex = ifm->ifi_index;
+		a->up = (ifm->ifi_flags & IFF_UP) != 0;
+		mnl_attr_for_each(attr, nlh, sizeof(*ifm))
+		{
+			uint16_t t = mnl_attr_get_type(attr);
+
+			if (t == IFLA_MTU && mnl_attr_get_payload_len(attr) >= 4)
+				a->mtu = mnl_attr_get_u32(attr);
+			else if (t == IFLA_ADDRESS && mnl_attr_get_payload_len(attr) <= sizeof(a->mac)) {
+				a->mac_len = mnl_attr_get_payload_len(attr);
+				memcpy(a->mac, mnl_attr_get_payload(attr), a->mac_len);
+			} else if (t == IFLA_IFNAME) {
+				snprintf(a->ifname, sizeof(a->ifname), "%s", mnl_attr_get_str(attr));
+			}
+		}
+		return MNL_CB_STOP;
+	}
+	if (nlh->nlmsg_type == RTM_NEWROUTE && nlh->nlmsg_len >= mnl_nlmsg_size(sizeof(struct rtmsg))) {
+		const struct rtmsg *rtm = mnl_nlmsg_get_payload(nlh);
+		size_t alen = rtm->rtm_family == AF_INET6 ? 16 : 4;
+
+		a->type = RTM_NEWROUTE;
+		a->family = rtm->rtm_family;
+		mnl_attr_for_each(attr, nlh, sizeof(*rtm))
+		{
+			uint16_t t = mnl_attr_get_type(attr);
+
+			if (t == RTA_OIF && mnl_attr_get_payload_len(attr) >= 4)
+				a->ifindex = (int)mnl_attr_get_u32(attr);
+			else if (t == RTA_GATEWAY && mnl_attr_get_payload_len(attr) == alen) {
+				memcpy(a->gw, mnl_attr_get_payload(attr), alen);
+				a->has_gw = true;
+			} else if (t == RTA_METRICS) {
+				struct nlattr *m;
+
+				mnl_attr_for_each_nested(m, attr)
+				{
+					if (mnl_attr_get_type(m) == RTAX_MTU && mnl_attr_get_payload_len(m) >= 4)
+						a->mtu = mnl_attr_get_u32(m);
+				}
+			}
+		}
+		return MNL_CB_STOP;
+	}
+	return MNL_CB_OK;
+}
+
+/* Sends @nlh and reads the one answer into @a; 0 or a negative errno. */
+static int nl_query(struct nlmsghdr *nlh, struct nl_answer *a)
+{
+	const struct timeval tv = { .tv_sec = WG_NL_TIMEOUT_MS / 1000, .tv_usec = 0 };
+	_Alignas(struct nlmsghdr) char rx[16384];
+	struct mnl_socket *nl = mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC);
+	unsigned portid, seq = (unsigned)time(NULL) | 1u;
+	int ret = 0;
+
+	if (!nl)
+		return -errno;
+	if (setsockopt(mnl_socket_get_fd(nl), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	portid = mnl_socket_get_portid(nl);
+	nlh->nlmsg_seq = seq;
+	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	for (;;) {
+		ssize_t n = mnl_socket_recvfrom(nl, rx, sizeof(rx));
+		int r;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			ret = n < 0 ? ((errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT : -errno) : -EIO;
+			break;
+		}
+		errno = 0;
+		r = mnl_cb_run(rx, (size_t)n, seq, portid, nl_answer_cb, a);
+		if (r == MNL_CB_ERROR) {
+			ret = errno ? -errno : -EIO;
+			break;
+		}
+		if (a->type) /* got the answer */
+			break;
+		if (r == MNL_CB_STOP) { /* ACK or DONE without data */
+			ret = -ENOENT;
+			break;
+		}
+	}
+out:
+	mnl_socket_close(nl);
+	return ret;
+}
+
+static int link_query(int ifindex, struct nl_answer *a)
+{
+	_Alignas(struct nlmsghdr) char buf[256];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+	struct ifinfomsg *ifm;
+
+	nlh->nlmsg_type = RTM_GETLINK;
+	nlh->nlmsg_flags = NLM_F_REQUEST;
+	ifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifm));
+	ifm->ifi_family = AF_UNSPEC;
+	ifm->ifi_index = ifindex;
+	memset(a, 0, sizeof(*a));
+	return nl_query(nlh, a);
+}
+
+static void push_mac(lua_State *L, const struct nl_answer *a)
+{
+	char mac[3 * sizeof(a->mac) + 1] = "";
+	size_t pos = 0;
+
+	for (size_t i = 0; i < a->mac_len; i++)
+		pos += (size_t)snprintf(mac + pos, sizeof(mac) - pos, i ? ":%02x" : "%02x", a->mac[i]);
+	lua_pushstring(L, mac);
+}
+
+/* core.link_info(ifname) -> { index, mtu, mac, up }, or nil, message,
+ * errno (ENODEV when there is no such link). */
+static int l_link_info(lua_State *L)
+{
+	const char *ifname;
+	int ifindex = check_ifindex(L, 1, &ifname), r;
+	struct nl_answer a;
+
+	if (ifindex < 0)
+		return nl_result(L, ifindex, "interface", ifname);
+	r = link_query(ifindex, &a);
+	if (r < 0)
+		return nl_result(L, r, "reading link", ifname);
+	lua_createtable(L, 0, 4);
+	lua_pushinteger(L, a.ifindex);
+	lua_setfield(L, -2, "index");
+	lua_pushinteger(L, a.mtu);
+	lua_setfield(L, -2, "mtu");
+	push_mac(L, &a);
+	lua_setfield(L, -2, "mac");
+	lua_pushboolean(L, a.up);
+	lua_setfield(L, -2, "up");
+	return 1;
+}
+
+/* core.route_get(ip) -> { ifname, index, gateway?, mtu } for the route the
+ * kernel would use to reach ip (RTM_GETROUTE, like `ip route get`): mtu is
+ * the route's MTU metric when it has one, else the outgoing link's MTU.
+ * nil, message, errno when there is no route (ENETUNREACH, ...). */
+static int l_route_get(lua_State *L)
+{
+	size_t len;
+	const char *ip = luaL_checklstring(L, 1, &len);
+	uint8_t family, addr[16], plen;
+	_Alignas(struct nlmsghdr) char buf[256];
+	struct nlmsghdr *nlh;
+	struct rtmsg *rtm;
+	struct nl_answer a, l;
+	char gw[INET6_ADDRSTRLEN];
+	int r;
+
+	if (!wg_parse_cidr(ip, len, &family, addr, &plen))
+		return wgo_fail(L, EINVAL, "address \"%s\" invalid", ip);
+	nlh = mnl_nlmsg_put_header(buf);
+	nlh->nlmsg_type = RTM_GETROUTE;
+	nlh->nlmsg_flags = NLM_F_REQUEST;
+	rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+	rtm->rtm_family = family;
+	rtm->rtm_dst_len = family == AF_INET6 ? 128 : 32;
+	mnl_attr_put(nlh, RTA_DST, family == AF_INET6 ? 16 : 4, addr);
+	memset(&a, 0, sizeof(a));
+	r = nl_query(nlh, &a);
+	if (r < 0)
+		return nl_result(L, r, "route to", ip);
+	if (a.ifindex <= 0)
+		return wgo_fail(L, ENETUNREACH, "route to %s: no outgoing interface", ip);
+	r = link_query(a.ifindex, &l);
+	if (r < 0)
+		return nl_result(L, r, "route to", ip);
+	lua_createtable(L, 0, 4);
+	lua_pushstring(L, l.ifname);
+	lua_setfield(L, -2, "ifname");
+	lua_pushinteger(L, a.ifindex);
+	lua_setfield(L, -2, "index");
+	lua_pushinteger(L, a.mtu ? a.mtu : l.mtu);
+	lua_setfield(L, -2, "mtu");
+	if (a.has_gw && inet_ntop(a.family, a.gw, gw, sizeof(gw))) {
+		lua_pushstring(L, gw);
+		lua_setfield(L, -2, "gateway");
+	}
+	return 1;
+}
+
 static const luaL_Reg netlink_funcs[] = {
+	{ "link_info", l_link_info },
+	{ "route_get", l_route_get },
 	{ "addr", l_addr },
 	{ "addr_list", l_addr_list },
 	{ "route", l_route },

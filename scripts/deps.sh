@@ -9,7 +9,7 @@ PACKAGES=(
   lua-busted lua-luassert lua-argparse lua-cjson lua-luv lua-socket
   wireguard-go wireguard-tools iperf3 iproute2 nftables iputils-ping socat bind9-dnsutils
   clang clang-format libclang-rt-14-dev valgrind luarocks tshark lua-luaossl coturn conntrack
-  systemd util-linux
+  systemd util-linux podman containernetworking-plugins runc busybox-static
   libcurl4-openssl-dev etcd-server etcd-client openssl
 )
 

@@ -43,6 +43,7 @@ function M.register(p)
   c:option("--state", "State directory."):count(1)
   c:argument("netns", "Network namespace (name under /var/run/netns, or a path).")
   c:option("--name", "DNS name of the container (several containers may share one)."):count(1)
+  c:flag("--egress", "Give the container a default route through this node, masqueraded (else: the overlay only).")
 
   c = p:command("detach", "Detach a container network namespace.")
   c:option("--state", "State directory."):count(1)
@@ -126,7 +127,7 @@ local function ask(a, req, fmt)
 end
 
 function M.commands.attach(a)
-  return ask(a, { cmd = "attach", netns = a.netns, name = a.name }, function(r)
+  return ask(a, { cmd = "attach", netns = a.netns, name = a.name, egress = a.egress or nil }, function(r)
     return string.format("attached %s as %s: %s %s\n", a.netns, r.name, r.ip, r.ip6 or "")
   end)
 end

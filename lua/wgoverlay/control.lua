@@ -98,7 +98,9 @@ function M.request(dir, req)
   timer:start(M.TIMEOUT * 1000, 0, function() done("the daemon did not answer") end)
   uv.run()
   if not resp then return nil, err or "no answer" end
-  if not resp.ok then return nil, resp.error end
+  -- `kind` (when the daemon gives one) classifies the refusal for the CNI
+  -- plugin: "invalid", "exists", "exhausted", "missing", "changed", "failed"
+  if not resp.ok then return nil, resp.error, type(resp.kind) == "string" and resp.kind or nil end
   return resp.result
 end
 

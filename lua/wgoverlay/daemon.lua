@@ -135,6 +135,37 @@ function Node:sync_peers()
   end
   self.nat:set_peers(others)
   self:rebuild_zone(members)
+  self:update_mtu()
+end
+
+-- The overlay MTU: `run --mtu` when given, else derived from the underlay
+-- (the smallest route MTU to the other nodes' endpoints less WireGuard's
+-- overhead, containers.derive_mtu), else what it was (1420 at first).
+function Node:overlay_mtu()
+  if self.fixed_mtu then return self.fixed_mtu end
+  local eps = {}
+  for _, r in ipairs(self.reg:members()) do
+    if r.name ~= self.node.name and type(r.endpoint) == "string" then eps[#eps + 1] = r.endpoint end
+  end
+  local l = self.node.cluster.leader
+  if #eps == 0 and type(l) == "table" and l.name ~= self.node.name and type(l.endpoint) == "string" then
+    eps[1] = l.endpoint
+  end
+  return containers.derive_mtu(eps) or self.mtu or containers.DEFAULT_MTU
+end
+
+-- Follows the underlay: the interface and every container link get the
+-- new overlay MTU when the peers (and so the routes to them) change.
+function Node:update_mtu()
+  if not self.t then return end
+  local mtu = self:overlay_mtu()
+  if mtu == self.mtu then return end
+  local ok, err = core.link(self.node.ifname, { mtu = mtu })
+  if not ok then return self:log("cannot set the overlay MTU to %d: %s", mtu, err) end
+  self:log("overlay MTU %d -> %d (underlay)", self.mtu, mtu)
+  self.mtu, self.t.mtu, self.t.link = mtu, mtu, { mtu = mtu, up = true }
+  if self.t.dev then self.t.dev:set_mtu_hint(mtu) end
+  self.containers:set_mtu(mtu)
 end
 
 function Node:rebuild_zone(members)
@@ -210,13 +241,15 @@ end
 function Node:control(req, reply)
   if type(req) ~= "table" then return { ok = false, error = "bad request" } end
   local cmd = req.cmd
-  local res, err
+  local res, err, kind
   if cmd == "status" then
     res = self:status()
-  elseif cmd == "attach" then
-    res, err = self.containers:attach(req.netns, req.name)
+  elseif cmd == "attach" then -- `attach` and the CNI plugin (wgoverlay.cni)
+    res, err, kind = self.containers:attach(req)
   elseif cmd == "detach" then
-    res, err = self.containers:detach(req.netns)
+    res, err, kind = self.containers:detach(req.key or req.netns, req.missing_ok == true)
+  elseif cmd == "check" then
+    res, err, kind = self.containers:check(req.key or req.netns)
   elseif cmd == "remove-node" then
     res, err = self.reg:remove_node(req.name)
   elseif cmd == "token" then
@@ -226,7 +259,7 @@ function Node:control(req, reply)
   else
     err = string.format("unknown command \"%s\"", tostring(cmd))
   end
-  if err then return { ok = false, error = err } end
+  if err then return { ok = false, error = err, kind = kind } end
   return { ok = true, result = res }
 end
 
@@ -343,7 +376,8 @@ function Node:start_transport()
   local node = self.node
   local t, err = transport.new({ private_key = node.private_key, listen_port = node.self.listen_port,
                                  address = { node.self.overlay_ip .. "/" .. prefix_of(node.cluster.cidr4),
-                                             node.self.overlay_ip6 .. "/" .. prefix_of(node.cluster.cidr6) } },
+                                             node.self.overlay_ip6 .. "/" .. prefix_of(node.cluster.cidr6) },
+                                 mtu = self.mtu },
                                node.ifname)
   if not t then return nil, err end
   local ok
@@ -412,7 +446,7 @@ end
 --- Runs a node until SIGTERM, SIGINT or SIGHUP.
 -- @tparam string dir state directory
 -- @return 0 on a clean stop, or nil and a message
-function M.run(dir)
+function M.run(dir, opts)
   local paths = cluster.paths(dir)
   local node, err = state.load_checked(paths.node, "node")
   if not node then return nil, err end
@@ -427,7 +461,12 @@ function M.run(dir)
     node = node, path = paths.containers, attached = cs and cs.attached, valid_name = joinproto.valid_name,
     log = function(fmt, ...) self:log(fmt, ...) end,
     changed = function() self.reg:set_containers(self.containers:records()) end,
+    mtu = function() return self.mtu end,
+    dns = { nameservers = { node.self.overlay_ip, node.self.overlay_ip6 },
+            domain = node.cluster.zone or cluster.DEFAULT_ZONE },
   })
+  self.fixed_mtu = opts and opts.mtu
+  self.mtu = self:overlay_mtu()
 
   local function fail(e)
     self:stop()
@@ -438,6 +477,7 @@ function M.run(dir)
   if not ok then return fail(err) end
   self:sync_peers()
   self.containers:restore()
+  self.containers:set_mtu(self.mtu)
   self.dns = dns.server.new({ zone = self.zone, host = { node.self.overlay_ip, node.self.overlay_ip6 }, port = 53,
                               forward = node.cluster.dns_forward, log = function(m) self:log("%s", m) end })
   ok, err = self.dns:start()
@@ -477,6 +517,7 @@ function Node:stop()
   if self.hsvc then self.hsvc:stop() end
   if self.reg then self.reg:stop() end
   if self.ctl then self.ctl:close() end
+  if self.containers then self.containers:stop() end -- our nftables table
   for _, h in ipairs(self.signals) do close(h) end
   if self.nat then self.nat:stop() end
   if self.t then self.t:shutdown() end
