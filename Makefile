@@ -14,7 +14,7 @@ WARN    := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
            -Wformat=2 -Wno-unused-parameter -Werror=implicit-function-declaration
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) -I$(LUA_INC) -Icsrc
-LDLIBS  := -lsodium -lmnl -lpthread -lcurl
+LDLIBS  := -lsodium -lmnl -lpthread -lcurl -lmicrohttpd
 
 ifeq ($(AEAD),avx512)
 CFLAGS  += -DWG_AEAD_AVX512

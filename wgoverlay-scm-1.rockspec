@@ -15,7 +15,8 @@
 -- lua-socket, busted = lua-busted.  LuaRocks does not see Debian packages:
 -- tell it with `rocks_provided` in its configuration (README has the
 -- lines), or pass --deps-mode=none to `make` (`test` always checks).  libsodium and
--- libmnl (libsodium-dev, libmnl-dev) are external C dependencies.
+-- libmnl (libsodium-dev, libmnl-dev) are external C dependencies, and so is
+-- libmicrohttpd (libmicrohttpd-dev: the --metrics HTTP server).
 rockspec_format = "3.0"
 package = "wgoverlay"
 version = "scm-1"
@@ -52,6 +53,7 @@ external_dependencies = {
   -- no header check: Debian keeps curl/curl.h in the multiarch directory
   -- (/usr/include/x86_64-linux-gnu), which the compiler searches by itself
   CURL = { library = "curl" },
+  MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
 }
 
 build = {
@@ -84,11 +86,12 @@ build = {
         "csrc/lua_netlink.c",
         "csrc/lua_process.c",
         "csrc/lua_http.c",
+        "csrc/lua_metrics.c",
       },
       defines = { "_GNU_SOURCE" },
-      incdirs = { "csrc", "$(SODIUM_INCDIR)", "$(MNL_INCDIR)", "$(CURL_INCDIR)" },
-      libdirs = { "$(SODIUM_LIBDIR)", "$(MNL_LIBDIR)", "$(CURL_LIBDIR)" },
-      libraries = { "sodium", "mnl", "pthread", "curl" },
+      incdirs = { "csrc", "$(SODIUM_INCDIR)", "$(MNL_INCDIR)", "$(CURL_INCDIR)", "$(MICROHTTPD_INCDIR)" },
+      libdirs = { "$(SODIUM_LIBDIR)", "$(MNL_LIBDIR)", "$(CURL_LIBDIR)", "$(MICROHTTPD_LIBDIR)" },
+      libraries = { "sodium", "mnl", "pthread", "curl", "microhttpd" },
     },
     ["wgoverlay"] = "lua/wgoverlay/init.lua",
     ["wgoverlay.allocator"] = "lua/wgoverlay/allocator.lua",
@@ -111,6 +114,7 @@ build = {
     ["wgoverlay.http"] = "lua/wgoverlay/http.lua",
     ["wgoverlay.jsonlines"] = "lua/wgoverlay/jsonlines.lua",
     ["wgoverlay.membership"] = "lua/wgoverlay/membership.lua",
+    ["wgoverlay.metrics"] = "lua/wgoverlay/metrics.lua",
     ["wgoverlay.nat.agent"] = "lua/wgoverlay/nat/agent.lua",
     ["wgoverlay.nat.candidates"] = "lua/wgoverlay/nat/candidates.lua",
     ["wgoverlay.nat.policy"] = "lua/wgoverlay/nat/policy.lua",

@@ -95,6 +95,8 @@ static void dev_send_udp(void *ctx, const struct wg_endpoint *to, const uint8_t 
 	if (failed)
 		atomic_fetch_add(&dev->stats.udp_send_errors, failed);
 	atomic_fetch_add_explicit(&dev->stats.tx_packets, 1, memory_order_relaxed);
+	if (to->relay_channel)
+		atomic_fetch_add_explicit(&dev->stats.relay_tx_bytes, len + 4, memory_order_relaxed);
 }
 
 static void flush_batch(struct wg_device *dev, struct wg_send_batch *b)
@@ -328,6 +330,13 @@ static void send_tso(struct wg_device *dev, uint8_t *gso, const uint8_t *pkt, si
 	}
 	pthread_rwlock_unlock(&dev->sock_lock);
 	atomic_fetch_add_explicit(&dev->stats.tx_packets, n, memory_order_relaxed);
+	if (ep.relay_channel) {
+		size_t bytes = 4 * n;
+
+		for (size_t i = 0; i < n; i++)
+			bytes += lens[i];
+		atomic_fetch_add_explicit(&dev->stats.relay_tx_bytes, bytes, memory_order_relaxed);
+	}
 }
 
 /* Buffers of one thread that reads the TUN device. */
@@ -520,6 +529,7 @@ static void receive_datagram(struct wg_device *dev, const struct wg_endpoint *fr
 		relayed = *from;
 		relayed.relay_channel = ch;
 		ep = &relayed;
+		atomic_fetch_add_explicit(&dev->stats.relay_rx_bytes, len, memory_order_relaxed);
 		buf += inner - buf;
 		len = inner_len;
 	}
@@ -1178,6 +1188,12 @@ void wg_device_get_stats(struct wg_device *dev, struct wg_device_counters *out)
 	out->tx_staged_dropped = atomic_load(&ps->tx_staged_dropped);
 	out->tx_bad_offload = atomic_load(&ps->tx_bad_offload);
 	out->handshakes_completed = atomic_load(&ps->handshakes_completed);
+	out->tx_initiations = atomic_load(&ps->tx_initiations);
+	out->tx_responses = atomic_load(&ps->tx_responses);
+	out->rx_initiations = atomic_load(&ps->rx_initiations);
+	out->rx_responses = atomic_load(&ps->rx_responses);
+	out->relay_rx_bytes = atomic_load(&ds->relay_rx_bytes);
+	out->relay_tx_bytes = atomic_load(&ds->relay_tx_bytes);
 	out->rx_packets = atomic_load(&ds->rx_packets);
 	out->tx_packets = atomic_load(&ds->tx_packets);
 	out->handshake_queue_dropped = atomic_load(&ds->handshake_queue_dropped);

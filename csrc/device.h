@@ -49,6 +49,8 @@ struct wg_device_stats {
 	atomic_uint_fast64_t handshake_queue_dropped;
 	atomic_uint_fast64_t events_dropped;
 	atomic_uint_fast64_t tun_write_errors, udp_send_errors;
+	/* bytes through TURN relays, ChannelData headers included */
+	atomic_uint_fast64_t relay_rx_bytes, relay_tx_bytes;
 };
 
 struct wg_device {
@@ -157,6 +159,7 @@ struct wg_device_counters {
 	uint64_t rx_junk, rx_bad_mac1, rx_cookie_sent, rx_ratelimited, rx_handshake_invalid, rx_unknown_index,
 		rx_decrypt_failed, rx_replayed, rx_expired_key, rx_bad_inner, rx_wrong_source, tx_no_route,
 		tx_staged_dropped, tx_bad_offload, handshakes_completed;
+	uint64_t tx_initiations, tx_responses, rx_initiations, rx_responses, relay_rx_bytes, relay_tx_bytes;
 	uint64_t rx_packets, tx_packets, handshake_queue_dropped, events_dropped, tun_write_errors, udp_send_errors;
 	int live_keypairs;
 };

@@ -34,6 +34,7 @@ int luaopen_wgoverlay_core(lua_State *L)
 	wgo_open_device(L);
 	wgo_open_netlink(L);
 	wgo_open_process(L);
+	wgo_open_metrics(L);
 	wgo_open_http(L);
 	lua_pushliteral(L, "wgoverlay.core");
 	lua_setfield(L, -2, "_NAME");

@@ -5,6 +5,7 @@
  *   lua_netlink.c  addresses, routes, links, veth, sysctl, namespaces
  *   lua_process.c  signals, daemonize/ready, kill, getpid, list_sockets
  *   lua_http.c     HTTP(S) client on libcurl multi, run by the caller's loop
+ *   lua_metrics.c  the HTTP server of --metrics (libmicrohttpd, caller's loop)
  *   lua_core.c     luaopen_wgoverlay_core, which gathers them
  * The binding reaches the engine only through device.h's functions.
  *
@@ -60,5 +61,6 @@ void wgo_open_keys(lua_State *L);
 void wgo_open_device(lua_State *L);
 void wgo_open_netlink(lua_State *L);
 void wgo_open_process(lua_State *L);
+void wgo_open_metrics(lua_State *L);
 void wgo_open_http(lua_State *L);
 #endif

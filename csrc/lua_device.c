@@ -473,7 +473,7 @@ static int l_status(lua_State *L)
 	lua_setfield(L, -2, "peers");
 
 	wg_device_get_stats(dev, &st);
-	lua_createtable(L, 0, 20);
+	lua_createtable(L, 0, 28);
 	STAT(rx_junk);
 	STAT(rx_bad_mac1);
 	STAT(rx_cookie_sent);
@@ -489,6 +489,12 @@ static int l_status(lua_State *L)
 	STAT(tx_staged_dropped);
 	STAT(tx_bad_offload);
 	STAT(handshakes_completed);
+	STAT(tx_initiations);
+	STAT(tx_responses);
+	STAT(rx_initiations);
+	STAT(rx_responses);
+	STAT(relay_rx_bytes);
+	STAT(relay_tx_bytes);
 	STAT(rx_packets);
 	STAT(tx_packets);
 	STAT(handshake_queue_dropped);

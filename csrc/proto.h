@@ -190,6 +190,8 @@ struct wg_proto_stats {
 	atomic_uint_fast64_t tx_staged_dropped; /* staged queue full */
 	atomic_uint_fast64_t tx_bad_offload;    /* TSO/checksum request we could not honour */
 	atomic_uint_fast64_t handshakes_completed;
+	/* handshake messages sent, and received authenticated (metrics) */
+	atomic_uint_fast64_t tx_initiations, tx_responses, rx_initiations, rx_responses;
 };
 
 struct wg_proto {

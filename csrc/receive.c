@@ -145,6 +145,7 @@ void wg_proto_receive_handshake(struct wg_proto *p, const struct wg_endpoint *sr
 			atomic_fetch_add(&p->stats.rx_handshake_invalid, 1);
 			return;
 		}
+		atomic_fetch_add_explicit(&p->stats.rx_initiations, 1, memory_order_relaxed);
 		pthread_mutex_lock(&peer->lock);
 		roamed = set_endpoint_from_packet_locked(peer, src);
 		peer->last_sent_handshake = wg_mono_now(p);
@@ -155,6 +156,7 @@ void wg_proto_receive_handshake(struct wg_proto *p, const struct wg_endpoint *sr
 				wg_timers_any_authenticated_packet_traversal(peer);
 				wg_timers_any_authenticated_packet_sent(peer);
 				wg_send_to_peer_locked(peer, out, MESSAGE_RESPONSE_SIZE);
+				atomic_fetch_add_explicit(&p->stats.tx_responses, 1, memory_order_relaxed);
 			}
 		}
 	} else {
@@ -163,6 +165,7 @@ void wg_proto_receive_handshake(struct wg_proto *p, const struct wg_endpoint *sr
 			atomic_fetch_add(&p->stats.rx_handshake_invalid, 1);
 			return;
 		}
+		atomic_fetch_add_explicit(&p->stats.rx_responses, 1, memory_order_relaxed);
 		pthread_mutex_lock(&peer->lock);
 		roamed = set_endpoint_from_packet_locked(peer, src);
 		if (wg_noise_begin_session(p, peer)) {

@@ -51,6 +51,7 @@ void wg_send_initiation_locked(struct wg_peer *peer, bool is_retry)
 	wg_timers_any_authenticated_packet_traversal(peer);
 	wg_timers_any_authenticated_packet_sent(peer);
 	wg_send_to_peer_locked(peer, msg, sizeof(msg));
+	atomic_fetch_add_explicit(&p->stats.tx_initiations, 1, memory_order_relaxed);
 	wg_timers_handshake_initiated(peer);
 	sodium_memzero(msg, sizeof(msg));
 }

@@ -11,6 +11,7 @@ PACKAGES=(
   clang clang-format libclang-rt-14-dev valgrind luarocks tshark lua-luaossl coturn conntrack
   systemd util-linux podman containernetworking-plugins runc busybox-static
   libcurl4-openssl-dev etcd-server etcd-client openssl
+  libmicrohttpd-dev prometheus
 )
 
 missing=()

@@ -77,9 +77,10 @@ function Cluster:wait_health(node, names, healthy, timeout)
   return st
 end
 
---- Starts `wgoverlay run` for the node and waits for its control socket.
-function Cluster:start(node)
-  node.proc = node.ns:spawn("lua5.4 bin/wgoverlay run --state " .. quote(node.dir),
+--- Starts `wgoverlay run` for the node and waits for its control socket
+-- (extra: more `run` arguments, e.g. "--metrics IP:PORT").
+function Cluster:start(node, extra)
+  node.proc = node.ns:spawn("lua5.4 bin/wgoverlay run --state " .. quote(node.dir) .. (extra and (" " .. extra) or ""),
     { env = helpers.lua_env(), cwd = helpers.root, name = "run-" .. node.name })
   local ok, err = wait_until(function()
     if not node.proc:alive() then error("exited: " .. node.proc:log()) end

@@ -35,9 +35,55 @@ function commands.pubkey()
   return 0
 end
 
+-- `interface --metrics`: a luv loop serves /metrics until SIGINT, SIGTERM
+-- or SIGHUP (without --metrics the process just waits for one).  Returns
+-- the signal's name, or nil and the error of a failed callback (a bug:
+-- logged, and the interface is removed as on a signal).
+local function serve_until_signal(dev, ifname, listen)
+  local uv = require "luv"
+  local metrics = require "wgoverlay.metrics"
+  local sig, failure
+  local function log(fmt, ...) io.stderr:write("wgoverlay: ", string.format(fmt, ...), "\n") end
+  local function guard(where, fn)
+    return function(...)
+      local ok, err = xpcall(fn, debug.traceback, ...)
+      if not ok then
+        log("internal error in %s: %s", where, tostring(err))
+        failure = failure or string.format("internal error in %s", where)
+        uv.stop()
+      end
+    end
+  end
+  local server, err = metrics.serve({ listen = listen, log = log, guard = guard, collect = function(set)
+    local st, serr = dev:status()
+    if not st then error(serr, 0) end
+    metrics.collect_device(set, st)
+  end })
+  if not server then return nil, err end
+  log("metrics on http://%s%s", server.address(), metrics.PATH)
+  local handles = {}
+  for _, name in ipairs({ "sigint", "sigterm", "sighup" }) do
+    local h = uv.new_signal()
+    h:start(name, function()
+      sig = name:sub(4):upper()
+      uv.stop()
+    end)
+    handles[#handles + 1] = h
+  end
+  require("wgoverlay.sdnotify").ready(string.format("interface %s up, metrics on %s", ifname,
+    server.address()))
+  uv.run()
+  server.close()
+  for _, h in ipairs(handles) do h:close() end
+  uv.run("nowait")
+  if failure then return nil, failure end
+  return sig
+end
+
 --- Runs the engine for one interface in the foreground, as
 -- `wireguard-go -f IFNAME` does: configured with wg(8) over the UAPI socket,
 -- addresses set by the caller; SIGINT/SIGTERM remove interface and socket.
+-- With --metrics IP:PORT it also serves Prometheus metrics there.
 function commands.interface(args)
   local core = require "wgoverlay.core"
   local dev, err, errno = core.open(args.ifname, { uapi = true, mtu = args.mtu })
@@ -50,10 +96,21 @@ function commands.interface(args)
   end
   io.stderr:write(string.format("wgoverlay: interface %s up, UAPI socket /var/run/wireguard/%s.sock, AEAD %s\n",
     args.ifname, args.ifname, core.aead_name()))
-  -- under systemd (Type=notify): ready once the interface and its socket exist
+  -- under systemd (Type=notify): ready once the interface and its socket
+  -- exist (and the metrics endpoint listens, if asked for)
   local sdnotify = require "wgoverlay.sdnotify"
-  sdnotify.ready(string.format("interface %s up", args.ifname))
-  local sig = core.wait_signal()
+  local sig
+  if args.metrics then
+    sig, err = serve_until_signal(dev, args.ifname, args.metrics)
+    if not sig then
+      sdnotify.stopping(string.format("removing interface %s", args.ifname))
+      dev:close()
+      return die("%s", err)
+    end
+  else
+    sdnotify.ready(string.format("interface %s up", args.ifname))
+    sig = core.wait_signal()
+  end
   sdnotify.stopping(string.format("SIG%s: removing interface %s", sig, args.ifname))
   dev:close()
   io.stderr:write(string.format("wgoverlay: SIG%s: interface %s removed\n", sig, args.ifname))
@@ -267,6 +324,7 @@ local function parser()
   local i = p:command("interface", "Run the engine for IFNAME in the foreground (configure it with wg).")
   i:argument("ifname", "Interface name (at most 15 bytes).")
   i:option("--mtu", "Interface MTU.", "1420"):convert(function(v) return math.tointeger(tonumber(v)) end)
+  i:option("--metrics", "Serve Prometheus metrics at http://IP:PORT/metrics (IPv6: [IP]:PORT; default: off).")
   local up = p:command("up", "Bring up an interface from a wg-quick style FILE.")
   up:argument("file", "Configuration file (interface name from its base name).")
   up:option("--interface", "Interface name instead of the file's base name.")

@@ -38,6 +38,13 @@ function M.register(p)
 
   c = p:command("run", "Run this node (engine, membership, DNS, health) in the foreground.")
   c:option("--state", "State directory."):count(1)
+  c:option("--metrics", "Serve Prometheus metrics at http://IP:PORT/metrics (IPv6: [IP]:PORT; default: off).")
+  c:option("--mtu", "Overlay MTU (576-65535; default: derived from the underlay route to the other nodes, "
+    .. "less WireGuard's 60/80 bytes)."):convert(function(v)
+      local n = math.tointeger(tonumber(v))
+      if n and n >= 576 and n <= 65535 then return n end
+      return nil, "must be an integer 576..65535"
+    end)
 
   c = p:command("attach", "Attach a container network namespace to the overlay.")
   c:option("--state", "State directory."):count(1)
@@ -114,7 +121,7 @@ end
 
 function M.commands.run(a)
   local daemon = require "wgoverlay.daemon"
-  local rc, err = daemon.run(a.state)
+  local rc, err = daemon.run(a.state, { metrics = a.metrics, mtu = a.mtu })
   if not rc then return die("run: %s", err) end
   return rc
 end

@@ -28,6 +28,7 @@ local cidr = require "wgoverlay.cidr"
 local transport = require "wgoverlay.transport"
 local nat_agent = require "wgoverlay.nat.agent"
 local sdnotify = require "wgoverlay.sdnotify"
+local metrics = require "wgoverlay.metrics"
 
 local M = {}
 
@@ -445,6 +446,7 @@ end
 
 --- Runs a node until SIGTERM, SIGINT or SIGHUP.
 -- @tparam string dir state directory
+-- @tparam[opt] table opts `metrics`: serve Prometheus /metrics on this IP:PORT
 -- @return 0 on a clean stop, or nil and a message
 function M.run(dir, opts)
   local paths = cluster.paths(dir)
@@ -499,6 +501,15 @@ function M.run(dir, opts)
     guard = function(where, fn) return self:guard(where, fn) end,
   })
   if not self.ctl then return fail(err) end
+  if opts and opts.metrics then
+    self.metrics, err = metrics.serve({
+      listen = opts.metrics, log = function(fmt, ...) self:log(fmt, ...) end,
+      guard = function(where, fn) return self:guard(where, fn) end,
+      collect = function(set) metrics.collect_daemon(set, self:status(), self.t:status(), #self.reg:members()) end,
+    })
+    if not self.metrics then return fail(err) end
+    self:log("metrics on http://%s%s", self.metrics.address(), metrics.PATH)
+  end
   self:start_loop()
   self:log("up: %s %s on %s, interface %s", node.role, node.self.overlay_ip, node.self.endpoint, node.ifname)
   uv.run()
@@ -513,6 +524,7 @@ function Node:stop()
   sdnotify.stopping()
   for _, tm in ipairs(self.timers) do close(tm) end
   close(self.poll)
+  if self.metrics then self.metrics.close() end
   if self.dns then self.dns:stop() end
   if self.hsvc then self.hsvc:stop() end
   if self.reg then self.reg:stop() end
