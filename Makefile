@@ -2,10 +2,13 @@
 # the pure-protocol library for C tests and the C test binaries.
 # Targets: all check demo bench fuzz soak deps format clean (format: the C
 # sources through clang-format, .clang-format).  SANITIZE=1 builds
-# everything with AddressSanitizer + UBSan into build-san/.  AEAD=avx512
-# adds our AVX-512 ChaCha20-Poly1305 (csrc/aead_avx512.c, used when the CPU
-# has AVX-512, libsodium otherwise) and builds into build-avx512/
-# (build-san-avx512/ with SANITIZE=1); the default is libsodium only.
+# everything with AddressSanitizer + UBSan into build-san/.  Every x86-64
+# build has our AVX-512 ChaCha20-Poly1305 (csrc/aead_avx512.c, chosen at
+# load time when the CPU has it, libsodium otherwise or with
+# WGO_AEAD=libsodium; see csrc/aead.h).  BENCH_NOCRYPTO=1 is for `make
+# bench` only: a build without transport encryption, in
+# build-bench-nocrypto/, to measure the datapath's ceiling (never install
+# or run it for real traffic).
 
 CC      ?= cc
 LUA_INC ?= /usr/include/lua5.4
@@ -16,19 +19,20 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) -I$(LUA_INC) -Icsrc
 LDLIBS  := -lsodium -lmnl -lpthread -lcurl -lmicrohttpd
 
-ifeq ($(AEAD),avx512)
-CFLAGS  += -DWG_AEAD_AVX512
-AEAD_DIR := -avx512
-else ifneq ($(filter-out libsodium,$(AEAD)),)
-$(error AEAD=$(AEAD): use AEAD=avx512, or nothing for libsodium)
+ifeq ($(origin AEAD),command line)
+$(error AEAD= is gone: every build has both AEADs and picks one at run time (WGO_AEAD=libsodium forces libsodium))
 endif
 
 ifeq ($(SANITIZE),1)
-BUILD   := build-san$(AEAD_DIR)
+BUILD   := build-san
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 else
-BUILD   := build$(AEAD_DIR)
+BUILD   := build
+endif
+ifeq ($(BENCH_NOCRYPTO),1)
+BUILD   := build-bench-nocrypto
+CFLAGS  += -DWGO_BENCH_NOCRYPTO
 endif
 
 SRC      := $(wildcard csrc/*.c)
@@ -39,9 +43,11 @@ LUA_OBJ  := $(LUA_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 TESTS    := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 BENCHES  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 MODULE   := $(BUILD)/wgoverlay/core.so
+# Wycheproof's vectors (tests/vectors/*_test.json) as lines for the C tests
+VECTORS  := $(patsubst tests/vectors/%_test.json,$(BUILD)/tests/vectors/%.vec,$(wildcard tests/vectors/*_test.json))
 
 .PHONY: all deps check demo bench fuzz soak format clean
-all: $(MODULE) $(TESTS) $(BENCHES)
+all: $(MODULE) $(TESTS) $(BENCHES) $(VECTORS)
 
 $(BUILD)/obj/%.o: csrc/%.c $(wildcard csrc/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
@@ -64,7 +70,10 @@ $(BUILD)/tests/test_binding: tests/c/test_binding.c tests/c/testlib.h $(LUA_OBJ)
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libwgproto.a | $(BUILD)/bench
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libwgproto.a $(LDLIBS)
 
-$(BUILD)/obj $(BUILD)/wgoverlay $(BUILD)/tests $(BUILD)/bench:
+$(BUILD)/tests/vectors/%.vec: tests/vectors/%_test.json scripts/wycheproof2vec.lua | $(BUILD)/tests/vectors
+	lua5.4 scripts/wycheproof2vec.lua $< $@
+
+$(BUILD)/obj $(BUILD)/wgoverlay $(BUILD)/tests $(BUILD)/bench $(BUILD)/tests/vectors:
 	mkdir -p $@
 
 deps:
@@ -80,7 +89,7 @@ demo: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory AEAD=avx512 all
+	@$(MAKE) --no-print-directory BENCH_NOCRYPTO=1 build-bench-nocrypto/wgoverlay/core.so
 	@scripts/bench.sh
 
 fuzz: deps
@@ -99,4 +108,4 @@ format:
 	clang-format -i $(FORMAT_SRC)
 
 clean:
-	rm -rf build build-san build-fuzz build-avx512 build-san-avx512
+	rm -rf build build-san build-fuzz build-bench-nocrypto build-avx512 build-san-avx512

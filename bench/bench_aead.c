@@ -1,7 +1,7 @@
 /* Transport-data AEAD speed on one core: libsodium's
  * crypto_aead_chacha20poly1305_ietf_*_detached called directly, and
- * wg_aead_encrypt/wg_aead_decrypt (the implementation this build and CPU
- * selected, named in the output), in place on unaligned buffers, for 64,
+ * wg_aead_encrypt/wg_aead_decrypt (the backend chosen at load time, named
+ * in the output; WGO_AEAD=libsodium forces libsodium), in place on unaligned buffers, for 64,
  * 512, 1424 and 8192-byte packets.  Decryption is timed on a pool of valid
  * packets (about 256 KiB, refilled untimed between rounds).  Each figure is
  * the best of several rounds.  Optional argument: milliseconds per figure

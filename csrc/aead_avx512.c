@@ -1,8 +1,7 @@
-/* ChaCha20-Poly1305 (RFC 8439) with AVX-512, for the transport data.  See
- * aead_avx512.h; only built with AEAD=avx512 (WG_AEAD_AVX512), and only
- * called once aead.c has seen wg_aead_avx512_usable().  Every function that
- * may use AVX-512 carries the target attribute; nothing here runs before
- * that check.
+/* ChaCha20-Poly1305 (RFC 8439) with AVX-512.  See aead_avx512.h.  Built
+ * into every x86-64 build: every function that may use AVX-512 carries the
+ * target attribute, so the rest of the program stays baseline x86-64, and
+ * aead.c calls nothing here before wg_aead_avx512_usable() said yes.
  *
  * ChaCha20 is word-sliced: one vector holds one of the 16 state words of
  * 16 blocks (zmm) or 8 blocks (ymm), so a quarter round is lane-wise
@@ -17,7 +16,10 @@
  * version stitched into the ChaCha20 passes was tried first: GCC 12
  * compiles its 128-bit arithmetic through the stack, at 24 cycles a block
  * against about 3 here, and on Zen 4 the ChaCha20 rounds keep the vector
- * pipes busy anyway.)
+ * pipes busy anyway.)  The datapath has no associated data and loads the
+ * ciphertext straight into the lanes; with associated data (tests, the
+ * general entry point) each group of 8 blocks is assembled on the stack
+ * first.
  *
  * Decryption authenticates the ciphertext before it writes any plaintext:
  * the keystream of packets up to KS_MAX bytes is generated into a stack
@@ -29,17 +31,13 @@
  * (bench/bench_aead.c).  Both halves are bound by vector throughput: the
  * ChaCha20 rounds at ~0.5 cycles a byte, Poly1305 at ~0.2 plus ~200 cycles
  * for the powers of r, which change with every packet. */
-#ifdef WG_AEAD_AVX512
-#if !defined(__x86_64__)
-#error "AEAD=avx512 needs an x86-64 target"
-#endif
+#include "aead_avx512.h"
+#ifdef WG_HAVE_AEAD_AVX512
 #include <immintrin.h>
 #include <stddef.h>
 #include <string.h>
 
 #include <sodium.h>
-
-#include "aead_avx512.h"
 
 #define TARGET_ISA "avx512f,avx512vl,avx512bw,avx512ifma,bmi2"
 #define AVX512 __attribute__((target(TARGET_ISA)))
@@ -222,8 +220,16 @@ AVX512_INLINE struct mulby mulby(struct v3 b)
 	return (struct mulby){ b, times20(b) };
 }
 
-/* Group g of the block stream of poly1305() */
-AVX512_INLINE struct v3 group(const uint8_t *c, size_t len, size_t g, size_t groups, size_t lead)
+/* The message of the AEAD's Poly1305: ad, zero-padded to 16 bytes, the
+ * ciphertext c, zero-padded, and the lengths block (adlen, len). */
+struct polymsg {
+	const uint8_t *ad, *c;
+	size_t adlen, len;
+};
+
+/* Group g of the block stream of poly1305(), without associated data:
+ * straight from the ciphertext. */
+AVX512_INLINE struct v3 group_noad(const uint8_t *c, size_t len, size_t g, size_t groups, size_t lead)
 {
 	if (g == groups - 1)
 		return load_part(c + 16 * (8 * g - (g ? lead : 0)), len - 16 * (8 * g - (g ? lead : 0)),
@@ -233,17 +239,68 @@ AVX512_INLINE struct v3 group(const uint8_t *c, size_t len, size_t g, size_t gro
 	return load8(c + 16 * (8 * g - lead));
 }
 
-/* The Poly1305 tag of the AEAD message for ciphertext c (len bytes, no
- * AAD): its 16-byte blocks, the zero-padded last partial one and the
- * lengths block, each with 2^128 added.  The n blocks go eight at a time,
+/* Block i (16 bytes) of the stream of m into out */
+static void msg_block(const struct polymsg *m, size_t i, uint8_t out[16])
+{
+	const size_t na = (m->adlen + 15) / 16, nc = (m->len + 15) / 16;
+	const uint8_t *src = NULL;
+	size_t have = 0;
+
+	memset(out, 0, 16);
+	if (i < na) {
+		src = m->ad + 16 * i;
+		have = m->adlen - 16 * i;
+	} else if (i < na + nc) {
+		src = m->c + 16 * (i - na);
+		have = m->len - 16 * (i - na);
+	} else {
+		st64(out, (uint64_t)m->adlen);
+		st64(out + 8, (uint64_t)m->len);
+		return;
+	}
+	memcpy(out, src, have < 16 ? have : 16);
+}
+
+/* Group g of the block stream of poly1305(), any message: the 8 blocks
+ * (zero ones, without 2^128, in the lead lanes of group 0) assembled in a
+ * stack buffer.  The blocks are public (associated data, ciphertext). */
+static AVX512 struct v3 group_any(const struct polymsg *m, size_t g, size_t lead)
+{
+	_Alignas(64) uint8_t blk[128];
+	__mmask8 have = 0;
+	__m512i a, b;
+
+	for (unsigned j = 0; j < 8; j++) {
+		if (8 * g + j < lead) {
+			memset(blk + 16 * j, 0, 16);
+			continue;
+		}
+		msg_block(m, 8 * g + j - lead, blk + 16 * j);
+		have |= (__mmask8)(1u << j);
+	}
+	a = _mm512_load_si512(blk);
+	b = _mm512_load_si512(blk + 64);
+	return limbs(_mm512_permutex2var_epi64(a, EVEN_QWORDS, b), _mm512_permutex2var_epi64(a, ODD_QWORDS, b),
+		     _mm512_maskz_mov_epi64(have, HIBIT));
+}
+
+AVX512_INLINE struct v3 group(const struct polymsg *m, size_t g, size_t groups, size_t lead)
+{
+	if (m->adlen)
+		return group_any(m, g, lead);
+	return group_noad(m->c, m->len, g, groups, lead);
+}
+
+/* The Poly1305 tag of the AEAD message m: its 16-byte blocks (each
+ * zero-padded part a full block), each with 2^128 added.  The n blocks go eight at a time,
  * one per lane, after 8*G - n zero blocks in front (which leave a Horner
  * sum unchanged); groups alternate between two accumulators (two
  * independent dependency chains), each multiplied by r^16 per group, the
  * last two groups by r^16 .. r^9 and r^8 .. r^1 by lane; then the lanes
  * and the two accumulators are added up. */
-static AVX512 void poly1305(const uint8_t *c, size_t len, const uint8_t key[32], uint8_t tag[16])
+static AVX512 void poly1305(const struct polymsg *m, const uint8_t key[32], uint8_t tag[16])
 {
-	const size_t n = len / 16 + (len % 16 != 0) + 1, groups = (n + 7) / 8, lead = 8 * groups - n;
+	const size_t n = (m->adlen + 15) / 16 + (m->len + 15) / 16 + 1, groups = (n + 7) / 8, lead = 8 * groups - n;
 	const struct v3 zero = { _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512() };
 	uint64_t t0, t1, h0, h1, h2, g0, g1, g2, mask, k0, k1;
 	struct v3 r, r2, r4, r8 = zero, q, x, ha, hb;
@@ -282,14 +339,14 @@ static AVX512 void poly1305(const uint8_t *c, size_t len, const uint8_t key[32],
 
 	ha = hb = zero; /* ha takes the last group */
 	if (groups % 2) {
-		ha = vmul(group(c, len, 0, groups, lead), groups == 1 ? last.b : step.b, groups == 1 ? last.s : step.s);
+		ha = vmul(group(m, 0, groups, lead), groups == 1 ? last.b : step.b, groups == 1 ? last.s : step.s);
 		g = 1;
 	}
 	for (; g < groups; g += 2) {
 		const struct mulby *mb = g + 2 == groups ? &last2 : &step, *ma = g + 2 == groups ? &last : &step;
 
-		hb = vmul(vadd(hb, group(c, len, g, groups, lead)), mb->b, mb->s);
-		ha = vmul(vadd(ha, group(c, len, g + 1, groups, lead)), ma->b, ma->s);
+		hb = vmul(vadd(hb, group(m, g, groups, lead)), mb->b, mb->s);
+		ha = vmul(vadd(ha, group(m, g + 1, groups, lead)), ma->b, ma->s);
 	}
 	ha = vadd(ha, hb);
 
@@ -335,7 +392,7 @@ static AVX512 void poly1305(const uint8_t *c, size_t len, const uint8_t key[32],
 
 /* ---- ChaCha20 ---- */
 
-static void chacha_init(uint32_t st[16], uint64_t counter, const uint8_t key[32])
+static void chacha_init(uint32_t st[16], const uint8_t nonce[12], const uint8_t key[32])
 {
 	st[0] = 0x61707865;
 	st[1] = 0x3320646e;
@@ -344,9 +401,9 @@ static void chacha_init(uint32_t st[16], uint64_t counter, const uint8_t key[32]
 	for (int i = 0; i < 8; i++)
 		st[4 + i] = ld32(key + 4 * i);
 	st[12] = 0; /* block counter, per pass */
-	st[13] = 0;
-	st[14] = (uint32_t)counter;
-	st[15] = (uint32_t)(counter >> 32);
+	st[13] = ld32(nonce);
+	st[14] = ld32(nonce + 4);
+	st[15] = ld32(nonce + 8);
 }
 
 /* Where a pass's keystream goes.  Block 0 (counter 0) is the Poly1305 key;
@@ -588,16 +645,16 @@ static AVX512 void chacha_blocks(const uint32_t st[16], uint32_t ctr, uint32_t n
 	}
 }
 
-/* dst ^= ks for len bytes, wiping ks as it goes: the empty asm that
+/* dst = src ^ ks for len bytes, wiping ks as it goes: the empty asm that
  * may read ks keeps the compiler from dropping the zeroing stores (as
  * barrier_data() does in the kernel's memzero_explicit()). */
-AVX512_INLINE void xor_wipe(uint8_t *dst, uint8_t *ks, size_t len)
+AVX512_INLINE void xor_wipe(uint8_t *dst, const uint8_t *src, uint8_t *ks, size_t len)
 {
 	const __m512i z = _mm512_setzero_si512();
 	size_t i;
 
 	for (i = 0; i + 64 <= len; i += 64) {
-		_mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(dst + i), _mm512_loadu_si512(ks + i)));
+		_mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), _mm512_loadu_si512(ks + i)));
 		_mm512_storeu_si512(ks + i, z);
 	}
 	if (i < len) {
@@ -605,7 +662,7 @@ AVX512_INLINE void xor_wipe(uint8_t *dst, uint8_t *ks, size_t len)
 
 		_mm512_mask_storeu_epi8(
 			dst + i, m,
-			_mm512_xor_si512(_mm512_maskz_loadu_epi8(m, dst + i), _mm512_maskz_loadu_epi8(m, ks + i)));
+			_mm512_xor_si512(_mm512_maskz_loadu_epi8(m, src + i), _mm512_maskz_loadu_epi8(m, ks + i)));
 		_mm512_mask_storeu_epi8(ks + i, m, z);
 	}
 	__asm__ __volatile__("" : : "r"(ks) : "memory");
@@ -625,36 +682,39 @@ struct secrets {
 	uint8_t mac[16];
 };
 
-AVX512 void wg_aead_avx512_encrypt(uint8_t *buf, size_t len, uint8_t tag[16], uint64_t counter, const uint8_t key[32])
+AVX512 void wg_aead_avx512_seal(uint8_t *dst, uint8_t tag[16], const uint8_t *src, size_t len, const uint8_t *ad,
+				size_t adlen, const uint8_t nonce[12], const uint8_t key[32])
 {
 	struct secrets k;
-	const struct sink o = { buf, buf, len, k.pk };
+	const struct sink o = { dst, src, len, k.pk };
+	const struct polymsg m = { ad, dst, adlen, len };
 
-	chacha_init(k.st, counter, key);
+	chacha_init(k.st, nonce, key);
 	chacha_blocks(k.st, 0, nblocks(len), &o);
-	poly1305(buf, len, k.pk, tag);
+	poly1305(&m, k.pk, tag);
 	sodium_memzero(&k, offsetof(struct secrets, mac));
 }
 
-AVX512 bool wg_aead_avx512_decrypt(uint8_t *buf, size_t len, const uint8_t tag[16], uint64_t counter,
-				   const uint8_t key[32])
+AVX512 bool wg_aead_avx512_open(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t tag[16], const uint8_t *ad,
+				size_t adlen, const uint8_t nonce[12], const uint8_t key[32])
 {
 	_Alignas(64) uint8_t ks[KS_MAX];
 	struct secrets k;
 	const uint32_t nb = nblocks(len), first = len <= KS_MAX ? nb : 8;
 	const size_t kslen = len <= KS_MAX ? len : (size_t)(first - 1) * 64;
 	const struct sink ko = { ks, NULL, kslen, k.pk };
+	const struct polymsg m = { ad, src, adlen, len };
 	bool ok;
 
 	/* the Poly1305 key and as much keystream as fits in ks */
-	chacha_init(k.st, counter, key);
+	chacha_init(k.st, nonce, key);
 	chacha_blocks(k.st, 0, first, &ko);
-	poly1305(buf, len, k.pk, k.mac);
+	poly1305(&m, k.pk, k.mac);
 	ok = crypto_verify_16(k.mac, tag) == 0;
 	if (ok) {
-		const struct sink o = { buf, buf, len, k.pk };
+		const struct sink o = { dst, src, len, k.pk };
 
-		xor_wipe(buf, ks, kslen);
+		xor_wipe(dst, src, ks, kslen);
 		chacha_blocks(k.st, first, nb, &o);
 	} else {
 		sodium_memzero(ks, kslen);

@@ -55,8 +55,9 @@ void wgo_key_excerpt(char *out, size_t outlen, const char *s, size_t len)
 	snprintf(out, outlen, "\"%.4s%s\" (%zu characters)", s, len > 4 ? "..." : "", len);
 }
 
-/* core.aead_name() -> "libsodium" or "avx512": the transport-data AEAD
- * this build selected on this CPU (see Makefile, AEAD=avx512). */
+/* core.aead_name() -> "avx512" or "libsodium": the transport-data AEAD
+ * chosen at load time on this CPU (WGO_AEAD=libsodium forces libsodium;
+ * see aead.h). */
 static int l_aead_name(lua_State *L)
 {
 	lua_pushstring(L, wg_aead_name());

@@ -7,16 +7,23 @@
 #     (utime+stime from /proc/PID/stat) and CPU seconds per Gbit carried
 #   - UDP receive-buffer drops (UdpRcvbufErrors, IPv4+IPv6) in both
 #     namespaces during the throughput runs
-# and prints a table: metric | ours per build | wireguard-go | ratios |
-# target.  Our engine is measured once per build directory: build/ (the
-# default, libsodium) and, when present, build-avx512/ (`make AEAD=avx512`,
-# our AVX-512 ChaCha20-Poly1305); `make bench` builds both.
+# and prints one table with these columns:
+#   ours             build/, the AEAD chosen at load time (avx512 on an
+#                    AVX-512 CPU), named in the header
+#   ours libsodium   the same build forced to libsodium (WGO_AEAD=libsodium)
+#   wireguard-go     Debian's wireguard-go
+#   no-crypto        build-bench-nocrypto/ (`make bench` builds it with
+#                    BENCH_NOCRYPTO=1): our datapath with the transport
+#                    AEAD taken out, its ceiling; never a run-time option
+#   relay floor      ping only: bench/relay_floor, TUN <-> UDP with no
+#                    crypto and no protocol, the latency floor here
+# and the ratios: ours and libsodium against wireguard-go, ours against
+# the no-crypto ceiling, ours' ping against the relay floor.
 #
 # Environment:
 #   WGO_BENCH_IMPL=wireguard-go   run the "ours" rows with wireguard-go (to
 #                                 validate this script without our engine)
 #   BENCH_SECONDS=10              length of each iperf3 run
-#   WGO_BENCH_BUILDS="build build-avx512"   build directories to measure
 # Needs root.  Everything it makes (namespaces, processes, UAPI sockets) is
 # removed on exit; nothing is configured in the root namespace.
 set -euo pipefail
@@ -25,7 +32,6 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OURS_IMPL=${WGO_BENCH_IMPL:-ours}
 SECS=${BENCH_SECONDS:-10}
-BUILDS=${WGO_BENCH_BUILDS:-build build-avx512}
 TAG=$$
 TMP=$(mktemp -d /tmp/wgo-bench.XXXXXX)
 CLK_TCK=$(getconf CLK_TCK)
@@ -88,11 +94,11 @@ print(string.format("%.0f", v))
 LUA
 }
 
-start_engine() { # NS IMPL IFNAME LOG [BUILD] -> sets ENGINE_PID
-  local ns=$1 impl=$2 ifname=$3 log=$4 build=${5:-build}
+start_engine() { # NS IMPL IFNAME LOG [BUILD [AEAD]] -> sets ENGINE_PID
+  local ns=$1 impl=$2 ifname=$3 log=$4 build=${5:-build} aead=${6:-auto}
   case "$impl" in
     ours)
-      ip netns exec "$ns" env WGO_BUILD_DIR="$ROOT/$build" \
+      ip netns exec "$ns" env WGO_BUILD_DIR="$ROOT/$build" WGO_AEAD="$aead" \
         LUA_PATH_5_4="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
         LUA_CPATH_5_4="$ROOT/$build/?.so;;" \
         lua5.4 "$ROOT/bin/wgoverlay" interface "$ifname" </dev/null >"$log" 2>&1 &
@@ -140,17 +146,19 @@ ping_rtt() {
   sed -n 's#^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*#\1#p' "$2.ping" >"$2.rtt"
 }
 
-# run_pair LABEL IMPL [BUILD]: measures one implementation, writes $TMP/LABEL.*
+# run_pair LABEL IMPL [BUILD [AEAD]]: measures one implementation, writes
+# $TMP/LABEL.* (LABEL.aead: the AEAD named on our engine's start line)
 run_pair() {
-  local label=$1 impl=$2 build=${3:-build}
+  local label=$1 impl=$2 build=${3:-build} aead=${4:-auto}
   local nsa="wgo-bench-$TAG-${label}a" nsb="wgo-bench-$TAG-${label}b"
   local ifa="wgb${TAG}${label}a" ifb="wgb${TAG}${label}b"
   local out="$TMP/$label"
   echo "bench: $label row: $impl" >&2
   underlay "$nsa" "$nsb"
 
-  start_engine "$nsa" "$impl" "$ifa" "$out.engine-a.log" "$build"; local pida=$ENGINE_PID
-  start_engine "$nsb" "$impl" "$ifb" "$out.engine-b.log" "$build"; local pidb=$ENGINE_PID
+  start_engine "$nsa" "$impl" "$ifa" "$out.engine-a.log" "$build" "$aead"; local pida=$ENGINE_PID
+  start_engine "$nsb" "$impl" "$ifb" "$out.engine-b.log" "$build" "$aead"; local pidb=$ENGINE_PID
+  sed -n 's/^wgoverlay: interface .*, AEAD \(.*\)$/\1/p' "$out.engine-a.log" | head -1 >"$out.aead"
 
   (umask 077; wg genkey >"$out.ka"; wg genkey >"$out.kb")
   local puba pubb
@@ -222,43 +230,33 @@ run_floor() {
   cleanup
 }
 
-# Each of our builds gets a row label o1, o2, ... and a column name.
-ROWS=()
-NAMES=()
-i=0
-for b in $BUILDS; do
-  if [ ! -f "$ROOT/$b/wgoverlay/core.so" ]; then
-    echo "bench: $b/wgoverlay/core.so not built: skipped" >&2
-    continue
-  fi
-  i=$((i + 1))
-  ROWS+=("o$i:$b")
-  case "$OURS_IMPL:$b" in
-    ours:build) NAMES+=("ours") ;;
-    ours:build-avx512) NAMES+=("ours AEAD=avx512") ;;
-    ours:*) NAMES+=("ours $b") ;;
-    *) NAMES+=("ours=$OURS_IMPL") ;;
-  esac
-done
-[ ${#ROWS[@]} -gt 0 ] || { echo "bench: nothing to measure (make all)" >&2; exit 1; }
+# Our rows: label:build:WGO_AEAD
+[ -f "$ROOT/build/wgoverlay/core.so" ] || { echo "bench: build/wgoverlay/core.so not built (make all)" >&2; exit 1; }
+ROWS=("o:build:auto" "l:build:libsodium")
+if [ -f "$ROOT/build-bench-nocrypto/wgoverlay/core.so" ]; then
+  ROWS+=("c:build-bench-nocrypto:auto")
+else
+  echo "bench: build-bench-nocrypto/ not built (make bench builds it): no ceiling" >&2
+fi
 
 run_pair g wireguard-go
 for r in "${ROWS[@]}"; do
-  run_pair "${r%%:*}" "$OURS_IMPL" "${r#*:}"
+  IFS=: read -r label build aead <<<"$r"
+  run_pair "$label" "$OURS_IMPL" "$build" "$aead"
 done
 run_floor
 
 # Print the table (numbers formatted in Lua for floating point).
-labels=""
-for r in "${ROWS[@]}"; do labels="$labels ${r%%:*}"; done
-names=$(printf '%s\n' "${NAMES[@]}")
-lua5.4 - "$TMP" "$CLK_TCK" "$SECS" "$labels" "$names" <<'EOF'
-local dir, tck, secs = arg[1], tonumber(arg[2]), arg[3]
-local labels, names = {}, {}
-for l in arg[4]:gmatch("%S+") do labels[#labels + 1] = l end
-for n in arg[5]:gmatch("[^\n]+") do names[#names + 1] = n end
+lua5.4 - "$TMP" "$CLK_TCK" "$SECS" "$OURS_IMPL" <<'EOF'
+local dir, tck, secs, impl = arg[1], tonumber(arg[2]), arg[3], arg[4]
 local lib = dofile("scripts/benchlib.lua")
 local function num(row, what) return lib.num(dir, row, what) end
+local function aead(row)
+  local f = io.open(dir .. "/" .. row .. ".aead")
+  local s = f and f:read("l")
+  if f then f:close() end
+  return s ~= "" and s or nil
+end
 local function metrics(row)
   local m = {}
   m.tcp1 = num(row, "bps1") and num(row, "bps1") / 1e9
@@ -270,49 +268,41 @@ local function metrics(row)
   m.drops = num(row, "drops")
   return m
 end
-local g = metrics("g")
-local ours = {}
-for i, l in ipairs(labels) do ours[i] = metrics(l) end
-local rows = {
-  { "TCP 1 stream, Gbit/s", "tcp1", "%.3f", ">= 8x", function(r) return r >= 8 end },
-  { "TCP 2 streams, Gbit/s", "tcp2", "%.3f", ">= 8x", function(r) return r >= 8 end },
-  { "ping RTT avg, ms", "rtt", "%.3f", "<= 0.25x", function(r) return r <= 0.25 end },
-  { "CPU s per Gbit (1 stream)", "cpu_per_gbit", "%.3f", "< 1x", function(r) return r < 1 end },
-  { "engine CPU s (1 stream, " .. secs .. " s)", "cpu", "%.2f", "-" },
-  { "UdpRcvbufErrors (TCP runs)", "drops", "%d", "-" },
-}
+local o, l, g, c = metrics("o"), metrics("l"), metrics("g"), metrics("c")
+local floor = { rtt = num("f", "rtt") }
+local real = impl == "ours"
+local ours_name = real and ("ours (" .. (aead("o") or "?") .. ")") or ("ours=" .. impl)
+local lsod_name = real and ("ours (" .. (aead("l") or "?") .. ", forced)") or ("ours=" .. impl)
+local function ratio(a, b) return a and b and b ~= 0 and a / b or nil end
 local function fmt(f, v) return v and f:format(v) or "n/a" end
-local head = { "metric" }
-for _, n in ipairs(names) do head[#head + 1] = n end
-head[#head + 1] = "wireguard-go"
-for _, n in ipairs(names) do head[#head + 1] = "ratio " .. n end
-head[#head + 1] = "target"
-local lines = { head }
-for _, r in ipairs(rows) do
-  local gv = g[r[2]]
-  local line, ratios, verdicts = { r[1] }, {}, {}
-  for i, o in ipairs(ours) do
-    local ov = o[r[2]]
-    line[#line + 1] = fmt(r[3], ov)
-    local ratio = ov and gv and gv ~= 0 and ov / gv or nil
-    ratios[i] = ratio and ("%.2fx"):format(ratio) or "-"
-    if r[5] and ratio then verdicts[#verdicts + 1] = r[5](ratio) and "met" or "not met" end
-  end
-  line[#line + 1] = fmt(r[3], gv)
-  for _, x in ipairs(ratios) do line[#line + 1] = x end
-  local target = r[4]
-  if #verdicts > 0 then target = target .. " (" .. table.concat(verdicts, " / ") .. ")" end
-  line[#line + 1] = target
-  lines[#lines + 1] = line
+local function x(r) return r and ("%.2fx"):format(r) or "-" end
+local function pct(r) return r and ("%.0f%%"):format(100 * r) or "-" end
+local function verdict(ok) if ok == nil then return "n/a" end return ok and "met" or "not met" end
+
+local lines = { { "metric", ours_name, lsod_name, "wireguard-go", "no-crypto ceiling", "relay floor",
+  "ours / wg-go", "libsodium / wg-go", "ours / ceiling", "ours / floor", "target" } }
+local function row(name, key, f, target, check)
+  local r_g, r_c, r_f = ratio(o[key], g[key]), ratio(o[key], c[key]), ratio(o[key], floor[key])
+  lines[#lines + 1] = { name, fmt(f, o[key]), fmt(f, l[key]), fmt(f, g[key]), fmt(f, c[key]),
+    floor[key] and fmt(f, floor[key]) or "", x(r_g), x(ratio(l[key], g[key])),
+    (key == "tcp1" or key == "tcp2") and pct(r_c) or "", r_f and x(r_f) or "",
+    target and (target .. " (" .. verdict(check(r_g, r_c, r_f)) .. ")") or "-" }
 end
+row("TCP 1 stream, Gbit/s", "tcp1", "%.3f", ">= 8x wg-go and >= 75% of ceiling",
+  function(rg, rc) if rg == nil or rc == nil then return nil end return rg >= 8 and rc >= 0.75 end)
+row("TCP 2 streams, Gbit/s", "tcp2", "%.3f", ">= 8x wg-go",
+  function(rg) if rg == nil then return nil end return rg >= 8 end)
+row("ping RTT avg, ms (idle tunnel)", "rtt", "%.3f", "<= 1.3x relay floor",
+  function(_, _, rf) if rf == nil then return nil end return rf <= 1.3 end)
+row("CPU s per Gbit (1 stream)", "cpu_per_gbit", "%.3f", "< 1x wg-go",
+  function(rg) if rg == nil then return nil end return rg < 1 end)
+row("engine CPU s (1 stream, " .. secs .. " s)", "cpu", "%.2f")
+row("UdpRcvbufErrors (TCP runs)", "drops", "%d")
 lib.print_table(lines)
-local floor = num("f", "rtt")
-if floor and g.rtt and g.rtt > 0 then
-  print()
-  print(("latency floor on this machine: ping through a TUN <-> UDP relay with no crypto and no protocol "
-    .. "(one thread in poll(), no busy polling; build/bench/relay_floor): %.3f ms = %.2fx wireguard-go")
-    :format(floor, floor / g.rtt))
-end
+print()
+print("no-crypto ceiling: build-bench-nocrypto/ (built by make bench only), our datapath with the transport\n"
+  .. "AEAD replaced by nothing (handshakes stay real); relay floor: bench/relay_floor, TUN <-> UDP with no\n"
+  .. "crypto and no protocol, one thread in poll(), no busy polling.")
 EOF
 
 # Engine metrics: handshake rate, 10,000 peers, idle wake-ups.

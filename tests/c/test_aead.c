@@ -1,6 +1,10 @@
-/* The transport-data AEAD (wg_aead_*, whichever implementation the build
- * and the CPU selected) against libsodium's
- * crypto_aead_chacha20poly1305_ietf_*_detached with empty AAD: every length
+/* The transport-data AEAD against libsodium's
+ * crypto_aead_chacha20poly1305_ietf_*_detached: the datapath's
+ * wg_aead_encrypt/decrypt (the backend chosen at load time, which must be
+ * avx512 where the CPU has it and libsodium with WGO_AEAD=libsodium or
+ * without AVX-512), and the general wg_aead_seal/open of every backend
+ * this CPU can run, with the WireGuard nonce, in place, and with random
+ * associated data of 0..80 bytes between buffers.  Every length
  * 0..2100, the lengths around the decryption keystream buffer (4096), a few
  * hundred random lengths up to 65535; random keys, message counters at the
  * 2^32 and 2^64 boundaries; unaligned buffers ending at the end of their
@@ -75,7 +79,7 @@ static void one(size_t len, bool all_flips)
 	size_t off = rnd() % 64;
 	uint8_t *mem = calloc(1, off + len ? off + len : 1), *buf = mem + off;
 	uint8_t *pt = calloc(1, len + 1), *ct = calloc(1, len + 1);
-	uint8_t key[32], tag[16], rtag[16], badkey[32];
+	uint8_t key[32], tag[16], rtag[16], badkey[32], t2[16], rtag2[16];
 	uint64_t counter = pick_counter();
 	int before = tl_fail;
 	bool all_ok = true;
@@ -133,6 +137,47 @@ static void one(size_t len, bool all_flips)
 	memcpy(buf, ct, len);
 	CHECK(!wg_aead_decrypt(buf, len, tag, counter, badkey));
 
+	/* every backend through the general entry points */
+	for (int b = 0; b < WG_AEAD_BACKEND_COUNT; b++) {
+		uint8_t n[12] = { 0 }, ad[80], *rct, *out;
+		uint64_t le = htole64(counter);
+		size_t adlen = rnd() % (sizeof(ad) + 1);
+
+		if (!wg_aead_backend_usable((enum wg_aead_backend)b))
+			continue;
+		rct = calloc(1, len + 1);
+		out = calloc(1, len + 1);
+		if (!rct || !out)
+			abort();
+		memcpy(n + 4, &le, 8);
+		memcpy(buf, pt, len);
+		CHECK(wg_aead_seal((enum wg_aead_backend)b, buf, t2, buf, len, NULL, 0, n, 12, key));
+		CHECK_MEM(buf, ct, len);
+		CHECK_MEM(t2, rtag, 16);
+		CHECK(wg_aead_open((enum wg_aead_backend)b, buf, buf, len, t2, NULL, 0, n, 12, key));
+		CHECK_MEM(buf, pt, len);
+
+		rnd_bytes(ad, adlen);
+		rnd_bytes(n, 12);
+		crypto_aead_chacha20poly1305_ietf_encrypt_detached(rct, rtag2, NULL, pt, len, ad, adlen, NULL, n, key);
+		CHECK(wg_aead_seal((enum wg_aead_backend)b, out, t2, pt, len, ad, adlen, n, 12, key));
+		CHECK_MEM(out, rct, len);
+		CHECK_MEM(t2, rtag2, 16);
+		CHECK(wg_aead_open((enum wg_aead_backend)b, out, rct, len, rtag2, ad, adlen, n, 12, key));
+		CHECK_MEM(out, pt, len);
+		if (adlen) {
+			ad[rnd() % adlen] ^= 1;
+			CHECK(!wg_aead_open((enum wg_aead_backend)b, out, rct, len, rtag2, ad, adlen, n, 12, key));
+			for (size_t i = 0; i < len; i++)
+				if (out[i]) {
+					CHECK(!"plaintext after a failed open");
+					break;
+				}
+		}
+		free(rct);
+		free(out);
+	}
+
 	if (tl_fail != before && failures_reported++ < 10)
 		fprintf(stderr, "  ^ length %zu, offset %zu, counter %" PRIu64 "\n", len, off, counter);
 	free(mem);
@@ -148,6 +193,18 @@ int main(int argc, char **argv)
 		return 1;
 	rng_state = seed;
 	printf("test_aead: implementation %s, seed %#" PRIx64 "\n", wg_aead_name(), seed);
+	{
+		/* the backend chosen at load time: libsodium when forced by
+		 * WGO_AEAD=libsodium (or any value but auto, which is refused),
+		 * else the fastest this CPU can run */
+		const char *env = getenv("WGO_AEAD");
+		bool forced = env && *env && strcmp(env, "auto") != 0;
+		const char *want = !forced && wg_aead_backend_usable(WG_AEAD_BACKEND_AVX512) ? "avx512" : "libsodium";
+
+		CHECK(strcmp(wg_aead_name(), want) == 0);
+		if (!wg_aead_backend_usable(WG_AEAD_BACKEND_AVX512))
+			printf("test_aead: note: no AVX-512 (with IFMA) here: only libsodium tested\n");
+	}
 
 	for (size_t len = 0; len <= 2100; len++)
 		one(len, len <= 80 || len == 447 || len == 448 || len == 449 || len == 1023 || len == 1024 ||
