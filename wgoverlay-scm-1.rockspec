@@ -124,6 +124,7 @@ build = {
     ["wgoverlay.registry"] = "lua/wgoverlay/registry/init.lua",
     ["wgoverlay.registry.leader"] = "lua/wgoverlay/registry/leader.lua",
     ["wgoverlay.registry.member"] = "lua/wgoverlay/registry/member.lua",
+    ["wgoverlay.registry.etcd"] = "lua/wgoverlay/registry/etcd.lua",
     ["wgoverlay.schema"] = "lua/wgoverlay/schema.lua",
     ["wgoverlay.sdnotify"] = "lua/wgoverlay/sdnotify.lua",
     ["wgoverlay.state"] = "lua/wgoverlay/state.lua",

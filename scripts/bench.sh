@@ -308,3 +308,17 @@ EOF
 # Engine metrics: handshake rate, 10,000 peers, idle wake-ups.
 echo
 scripts/bench_scale.sh
+
+# The registry at scale: a join reaching 500 members, etcd vs the embedded
+# leader (real registry code, simulated members, real etcd).
+echo
+echo "== registry: time from a join to all members applying it (500 simulated members, 20 joins)"
+scripts/bench_registry.sh 500 20 | awk '
+  { v[$2 " " $3] = $4 }
+  END {
+    printf "%-28s %12s %12s\n", "metric", "etcd", "embedded"
+    n = split("all_applied_p50_ms all_applied_p99_ms member_applied_p50_ms member_applied_p99_ms joins_applied_everywhere", k, " ")
+    for (i = 1; i <= n; i++) printf "%-28s %12s %12s\n", k[i], v["etcd " k[i]], v["embedded " k[i]]
+    printf "%-28s %12s %12s\n", "etcd_requests_per_s (joins)", v["etcd etcd_requests_per_s"], "-"
+    printf "%-28s %12s %12s\n", "etcd_requests_per_s (idle)", v["etcd idle_etcd_requests_per_s"], "-"
+  }'

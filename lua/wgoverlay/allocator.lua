@@ -260,6 +260,20 @@ function Alloc:node_slice(node_id)
   return copy(node.info)
 end
 
+--- How many node slices the cluster has (indexes 0 .. count-1).
+function Alloc:slice_count()
+  return self.k.nslices
+end
+
+--- The addresses of the slice with number `index` (for registries that
+-- allocate slices themselves, e.g. by a compare-and-swap in etcd); does
+-- not change this allocator.
+-- @return table as for `node_slice`, or nil for an index out of range
+function Alloc:slice_at(index)
+  if math.type(index) ~= "integer" or index < 0 or index >= self.k.nslices then return nil end
+  return self:_slice_info(index)
+end
+
 --- The slice of `node_id` if it has one (never allocates).
 -- @return table as for `node_slice`, or nil
 function Alloc:lookup(node_id)

@@ -23,6 +23,12 @@ function M.register(p)
   c:option("--turn-user", "TURN username.")
   c:option("--turn-password", "TURN password.")
   c:option("--nat", "NAT traversal timing KEY=SECONDS (repeatable), e.g. dead_after=15, upgrade_interval=30."):count("*")
+  c:option("--registry", "Keep the cluster in etcd: etcd://HOST:PORT[,etcd://HOST:PORT...] (default: this node "
+    .. "is the embedded registry's leader).")
+  c:option("--etcd-prefix", "Key prefix of this cluster in etcd.", "/wgoverlay/default/")
+  c:option("--etcd-ca", "CA certificate (PEM) that signed etcd's certificate: TLS with verification.")
+  c:option("--etcd-user", "etcd user (its role should be limited to the prefix).")
+  c:option("--etcd-password-file", "File holding the etcd user's password.")
 
   c = p:command("token", "Issue a join token (leader).")
   c:option("--state", "State directory."):count(1)
@@ -71,8 +77,15 @@ function M.commands.init(a)
   local node, err = cluster.init({ state = a.state, cidr = a.cidr, cidr6 = a.cidr6, endpoint = a.endpoint,
                                    name = a.name, zone = a.zone, dns_forward = a.dns_forward, stun = a.stun,
                                    turn = a.turn, turn_user = a.turn_user, turn_password = a.turn_password,
-                                   nat = a.nat })
+                                   nat = a.nat, registry = a.registry, etcd_prefix = a.etcd_prefix,
+                                   etcd_ca = a.etcd_ca, etcd_user = a.etcd_user,
+                                   etcd_password_file = a.etcd_password_file })
   if not node then return die("init: %s", err) end
+  if node.cluster.registry then
+    io.write(string.format("cluster created in etcd under %s: node %s, overlay %s (%s), public key %s\n",
+      node.cluster.registry.prefix, node.name, node.self.overlay_ip, node.self.slice, node.public_key))
+    return 0
+  end
   io.write(string.format("cluster created: leader %s, overlay %s (%s), public key %s\n", node.name,
     node.self.overlay_ip, node.self.slice, node.public_key))
   return 0

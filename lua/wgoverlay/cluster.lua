@@ -99,6 +99,7 @@ end
 --   `turn_user`, `turn_password`, `nat` (see `nat_settings`)
 -- @return node table, or nil and a message
 function M.init(o)
+  if o.registry then return M.init_etcd(o) end
   local p = M.paths(o.state)
   local ep, eerr = endpoint.parse(o.endpoint)
   if not ep then return nil, eerr end
@@ -145,12 +146,142 @@ function M.init(o)
   return node
 end
 
+M.DEFAULT_ETCD_PREFIX = "/wgoverlay/default/"
+
+--- Checks the etcd options of `init`: `registry` ("etcd://HOST:PORT,..."),
+-- `etcd_prefix`, `etcd_user`, `etcd_password_file`, `etcd_ca`.
+-- @return `{ endpoints, prefix, user, password, ca_pem }`, or nil and a message
+function M.etcd_settings(o)
+  local etcd = require "wgoverlay.etcd"
+  local list = {}
+  for part in tostring(o.registry):gmatch("[^,]+") do list[#list + 1] = part end
+  local eps, err = etcd.parse_endpoints(list, o.etcd_ca ~= nil)
+  if not eps then return nil, err end
+  local prefix = o.etcd_prefix or M.DEFAULT_ETCD_PREFIX
+  if not prefix:match("^/[%w%-_./]*/$") or prefix:find("//", 1, true) then
+    return nil, string.format("etcd prefix \"%s\" invalid: expected /NAME/ (letters, digits, - _ . /)", prefix)
+  end
+  local out = { endpoints = list, prefix = prefix, user = o.etcd_user }
+  if o.etcd_password_file then
+    if not o.etcd_user then return nil, "--etcd-password-file needs --etcd-user" end
+    local f, ferr = io.open(o.etcd_password_file, "rb")
+    if not f then return nil, "etcd password file: " .. tostring(ferr) end
+    out.password = (f:read("a") or ""):gsub("[\r\n]+$", "")
+    f:close()
+    if out.password == "" then return nil, "etcd password file is empty" end
+  elseif o.etcd_user then
+    return nil, "--etcd-user needs --etcd-password-file (a password is never given on the command line)"
+  end
+  if o.etcd_ca then
+    local f, ferr = io.open(o.etcd_ca, "rb")
+    if not f then return nil, "etcd CA file: " .. tostring(ferr) end
+    out.ca_pem = f:read("a")
+    f:close()
+    if not out.ca_pem:find("-----BEGIN CERTIFICATE-----", 1, true) then
+      return nil, "etcd CA file: not a PEM certificate"
+    end
+  end
+  return out
+end
+
+M.ETCD_CA = "etcd-ca.pem"
+
+-- The registry block of node.json for etcd (the CA written beside it).
+local function etcd_registry_block(p, es)
+  local reg = { kind = "etcd", endpoints = es.endpoints, prefix = es.prefix, user = es.user }
+  if es.ca_pem then
+    local path = p.dir .. "/" .. M.ETCD_CA
+    local ok, err = core.write_private(path, es.ca_pem)
+    if not ok then return nil, "cannot write " .. tostring(err) end
+    reg.ca_file = path
+  end
+  return reg
+end
+
+--- Creates a cluster whose registry is etcd (`init --registry etcd://...`):
+-- the cluster settings, this node's record and its slice go into etcd in
+-- one transaction, refused if the prefix already holds a cluster.
+function M.init_etcd(o)
+  local uv = require "luv"
+  local regetcd = require "wgoverlay.registry.etcd"
+  local p = M.paths(o.state)
+  local ep, eerr = endpoint.parse(o.endpoint)
+  if not ep then return nil, eerr end
+  local natset, nerr = M.nat_settings(o)
+  if not natset then return nil, nerr end
+  if o.dns_forward ~= nil and not endpoint.valid(o.dns_forward) then
+    return nil, string.format("DNS forwarder \"%s\" invalid: expected IP:PORT", tostring(o.dns_forward))
+  end
+  local es, serr = M.etcd_settings(o)
+  if not es then return nil, serr end
+  local name = o.name or hostname()
+  if not joinproto.valid_name(name) then return nil, string.format("node name \"%s\" invalid (a DNS label)", name) end
+  local alloc, err = allocator.new({ cidr4 = o.cidr or M.DEFAULT_CIDR4, cidr6 = o.cidr6 or M.DEFAULT_CIDR6 })
+  if not alloc then return nil, err end
+  local ok
+  ok, err = state.ensure_dir(o.state)
+  if not ok then return nil, err end
+  ok, err = refuse_existing(p)
+  if not ok then return nil, err end
+  local reg
+  reg, err = etcd_registry_block(p, es)
+  if not reg then return nil, err end
+  local slice = alloc:slice_at(0)
+  local priv, pub = core.generate_keys()
+  local cpriv, cpub = core.x25519_keypair()
+  local cfg = alloc:config()
+  local record = { name = name, public_key = pub, endpoint = o.endpoint, overlay_ip = slice.ip,
+                   overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6, containers = {} }
+  local cluster = { cidr4 = cfg.cidr4, cidr6 = cfg.cidr6, zone = o.zone or M.DEFAULT_ZONE,
+                    dns_forward = o.dns_forward, stun = natset.stun, turn = natset.turn, nat = natset.nat,
+                    control_public = core.key_to_base64(cpub) }
+  local e
+  e, err = regetcd.client(reg, es.password)
+  if not e then return nil, err end
+  -- what etcd keeps of the settings: everything but the TURN password
+  -- (members get it sealed in their join answer)
+  local stored = {}
+  for k, v in pairs(cluster) do stored[k] = v end
+  if stored.turn then stored.turn = { server = stored.turn.server, username = stored.turn.username } end
+  ok, err = regetcd.sync(function(cb) regetcd.create_cluster(e, es.prefix, stored, record, cb) end)
+  e:close()
+  uv.run("nowait")
+  if not ok then return nil, err end
+  cluster.registry = reg
+  local node = {
+    name = name, private_key = priv, public_key = pub, role = "member", ifname = M.ifname_for(pub),
+    control_private = core.key_to_base64(cpriv), etcd_password = es.password,
+    cluster = cluster,
+    self = { overlay_ip = slice.ip, overlay_ip6 = slice.ip6, slice = slice.slice, slice6 = slice.slice6,
+             endpoint = o.endpoint, listen_port = ep.port },
+  }
+  ok, err = state.save(p.node, node)
+  if not ok then return nil, err end
+  return node
+end
+
 --- Issues a join token from the leader's state files (when the daemon is
 -- not running; the daemon's control socket does the same in-process).
 function M.token_offline(o)
   local p = M.paths(o.state)
   local node, err = state.load(p.node)
   if not node then return nil, err end
+  if node.cluster and node.cluster.registry then
+    -- etcd: the token goes into etcd; this node's endpoint admits
+    local regetcd = require "wgoverlay.registry.etcd"
+    local e, cerr = regetcd.client(node.cluster.registry, node.etcd_password)
+    if not e then return nil, cerr end
+    local cpriv = core.key_from_base64(node.control_private or "")
+    if not cpriv then return nil, "node.json has no control key" end
+    local str, terr = regetcd.sync(function(cb)
+      regetcd.put_token(e, node.cluster.registry.prefix, regetcd.token_key(cpriv), {
+        endpoints = { node.self.endpoint }, control_public = node.cluster.control_public, ttl = o.ttl,
+        uses = o.uses }, cb)
+    end)
+    e:close()
+    require("luv").run("nowait")
+    return str, terr
+  end
   if node.role ~= "leader" then return nil, "tokens are issued by the leader; this node is a member" end
   local lead
   lead, err = state.load(p.leader)
@@ -208,9 +339,13 @@ function M.join(o)
   local host, port = ep.ip, ep.port
   local tok, err = token.decode(o.token or "")
   if not tok then return nil, "token invalid: " .. err end
-  local lep = endpoint.parse(tok.e)
-  if not lep then return nil, "token invalid: bad leader endpoint" end
-  local lhost, lport = lep.ip, lep.port
+  -- the leader, or (etcd registry) every member the token names
+  local targets = {}
+  for _, e in ipairs({ tok.e, table.unpack(tok.x or {}) }) do
+    local t = endpoint.parse(e)
+    if not t then return nil, "token invalid: bad endpoint" end
+    targets[#targets + 1] = t
+  end
   local ok
   ok, err = state.ensure_dir(o.state)
   if not ok then return nil, err end
@@ -240,11 +375,17 @@ function M.join(o)
     if not bytes then return end
     sessions[#sessions + 1] = session
     if #sessions > 64 then table.remove(sessions, 1) end
-    udp:send(bytes, lhost, lport, function() end)
+    -- the same request to each: any of them may admit (etcd registry);
+    -- admission is idempotent per joiner, the token is used once
+    for _, t in ipairs(targets) do udp:send(bytes, t.ip, t.port, function() end) end
   end
   udp:recv_start(function(rerr, data, addr)
     if rerr or not data or not addr or resp or refused then return end
-    if addr.ip ~= lhost or addr.port ~= lport then return end -- only the leader answers
+    local from_target = false
+    for _, t in ipairs(targets) do
+      if addr.ip == t.ip and addr.port == t.port then from_target = true end
+    end
+    if not from_target then return end -- only the leader (or the token's members) answers
     if not joinproto.is_control(data) then return end          -- its WireGuard traffic, STUN: not an answer
     local msg = joinproto.decode(data)
     if not msg then return end
@@ -285,7 +426,8 @@ function M.join(o)
   uv.run("nowait")
   if refused then return nil, refused end
   if not resp then
-    local where = string.format("the leader at %s", tok.e)
+    local where = #targets == 1 and string.format("the leader at %s", tok.e)
+      or string.format("the members at %s", table.concat({ tok.e, table.unpack(tok.x) }, ", "))
     if unauth then
       return nil, string.format("%s (unauthenticated answer from %s; no other answer within %g s)", unauth, where, timeout)
     end
@@ -296,6 +438,9 @@ function M.join(o)
     return nil, string.format("timed out waiting for %s: no answer within %g s (lost, filtered, or the leader "
       .. "is down); running the same command again is safe: this node is admitted once, with the same "
       .. "address, and the token is not used twice", where, timeout)
+  end
+  if type(resp.cluster) == "table" and type(resp.cluster.registry) == "table" then
+    return M.joined_etcd(o, p, pending, name, priv, pub, port, resp)
   end
   local n, l = resp.node, resp.leader
   local node = {
@@ -308,6 +453,34 @@ function M.join(o)
   for k, v in pairs(l or {}) do node.cluster.leader[k] = v end
   ok, err = state.save(p.members, { members = { l }, version = 0 })
   if not ok then return nil, err end
+  ok, err = state.save(p.node, node)
+  if not ok then return nil, err end
+  os.remove(pending)
+  return node
+end
+
+-- The end of a join through an etcd registry: the answer carries the
+-- registry's settings (and its CA), the cluster's control key (every member
+-- admits joiners) and the etcd password, all sealed to this joiner.
+function M.joined_etcd(o, p, pending, name, priv, pub, port, resp)
+  local n, c = resp.node, resp.cluster
+  local r = c.registry
+  local secrets = type(resp.secrets) == "table" and resp.secrets or {}
+  if type(secrets.control_private) ~= "string" or not core.key_from_base64(secrets.control_private) then
+    return nil, "bad answer: no control key"
+  end
+  local reg, err = etcd_registry_block(p, { endpoints = r.endpoints, prefix = r.prefix, user = r.user,
+                                            ca_pem = r.ca })
+  if not reg then return nil, err end
+  c.registry = reg
+  local node = {
+    name = name, private_key = priv, public_key = pub, role = "member", ifname = M.ifname_for(pub),
+    control_private = secrets.control_private, etcd_password = secrets.etcd_password,
+    cluster = c,
+    self = { overlay_ip = n.overlay_ip, overlay_ip6 = n.overlay_ip6, slice = n.slice, slice6 = n.slice6,
+             endpoint = o.endpoint, listen_port = port },
+  }
+  local ok
   ok, err = state.save(p.node, node)
   if not ok then return nil, err end
   os.remove(pending)

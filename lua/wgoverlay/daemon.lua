@@ -222,10 +222,23 @@ function Node:status()
     peers = setmetatable(peers, cjson.array_mt),
     containers = setmetatable(self.containers:records(), cjson.array_mt),
     version = self.reg:version(),
-    registry = { kind = self.reg.kind, role = self.reg.role, connected = self.reg:connected() },
+    registry = self:registry_status(),
     events = setmetatable({ table.unpack(self.events) }, cjson.array_mt),
     leader_connected = self.reg:connected(),
   }
+end
+
+-- status.registry: kind, role, connected (and, for etcd, its endpoints,
+-- prefix, revision and request counters)
+function Node:registry_status()
+  local r = self.reg.status and self.reg:status() or {}
+  r.kind, r.role, r.connected = self.reg.kind, self.reg.role, self.reg:connected()
+  if not r.endpoints then -- embedded: where the registry is, the leader
+    local l = self.node.cluster.leader
+    r.endpoints = { l and l.endpoint or nil }
+  end
+  r.endpoints = setmetatable(r.endpoints, cjson.array_mt)
+  return r
 end
 
 function Node:nat_status()
@@ -252,11 +265,18 @@ function Node:control(req, reply)
   elseif cmd == "check" then
     res, err, kind = self.containers:check(req.key or req.netns)
   elseif cmd == "remove-node" then
-    res, err = self.reg:remove_node(req.name)
+    -- the registry answers through a callback (etcd: after its transaction)
+    self.reg:remove_node(req.name, function(ok, rerr)
+      reply(ok and { ok = true, result = true } or { ok = false, error = rerr })
+    end)
+    return nil
+  elseif cmd == "rotate-key" then
+    return self:rotate_key(reply)
   elseif cmd == "token" then
-    local str
-    str, err = self.reg:issue_token({ ttl = req.ttl, uses = req.uses })
-    res = str and { token = str }
+    self.reg:issue_token({ ttl = req.ttl, uses = req.uses }, function(str, terr)
+      reply(str and { ok = true, result = { token = str } } or { ok = false, error = terr })
+    end)
+    return nil
   else
     err = string.format("unknown command \"%s\"", tostring(cmd))
   end

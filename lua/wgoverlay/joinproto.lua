@@ -523,7 +523,9 @@ end
 --   requests already answered), `joins` (the leader's persisted admission
 --   records, name -> `{token, public_key, at}`; updated here), `admit`
 --   (`function(payload, id, retry)` -> response fields `{node, cluster,
---   leader}` or nil, error; it allocates and must be idempotent per node),
+--   leader}` or nil, error; it allocates and must be idempotent per node;
+--   nil, message, true means "not decided yet": nothing is sent and the
+--   joiner's next request asks again),
 --   `now` (optional)
 -- @tparam string bytes datagram
 -- @return reply datagram (nil: send nothing) and an info table `{id, name,
@@ -563,7 +565,13 @@ function M.handle(ctx, bytes, now)
     local ok, terr = token.usable(ctx.tokens, req.id, now)
     if not ok then info.error = terr return fit(req, refuse(req, terr), bytes, info) end
   end
-  local resp, aerr = ctx.admit(p, req.id, retry)
+  local resp, aerr, later = ctx.admit(p, req.id, retry)
+  if not resp and later then
+    -- the admission runs asynchronously (etcd registry): no answer now;
+    -- the joiner's next request (a second later) gets it
+    info.pending = true
+    return nil, info
+  end
   if not resp then info.error = aerr or "refused" return fit(req, refuse(req, info.error), bytes, info) end
   if retry then
     info.retried = true

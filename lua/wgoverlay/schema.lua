@@ -276,18 +276,27 @@ local nat_setting = leaf("a NAT setting name", "string", function(v)
   return require("wgoverlay.nat.policy").DEFAULTS[v] ~= nil
 end)
 
+-- node.json's cluster.registry: an etcd registry (absent: embedded).
+local etcd_registry = record {
+  req("kind", M.enum { "etcd" }), req("endpoints", list(M.nonempty)), req("prefix", M.nonempty),
+  opt("user", M.nonempty), opt("ca_file", M.nonempty),
+}
+
 local node = record({
   req("name", M.label),
   req("private_key", M.key),
   req("public_key", M.key),
   req("role", M.enum { "leader", "member" }),
   req("ifname", M.ifname),
+  opt("control_private", M.key),  -- etcd registry: every member admits joiners
+  opt("etcd_password", M.nonempty),
   req("cluster", record {
     req("cidr4", M.cidr4), req("cidr6", M.cidr6), opt("zone", M.zone), opt("dns_forward", M.endpoint),
     opt("stun", list(M.endpoint)),
     opt("turn", record { req("server", M.endpoint), req("username", M.string), req("password", M.string) }),
     opt("nat", map(nat_setting, M.positive)),
-    req("leader", member_record(true)),
+    opt("leader", member_record(true)), -- embedded registry (checked below)
+    opt("registry", etcd_registry), opt("control_public", M.key),
   }),
   req("self", record {
     req("overlay_ip", M.ipv4), req("overlay_ip6", M.ipv6), req("slice", M.cidr4), req("slice6", M.cidr6),
@@ -295,6 +304,12 @@ local node = record({
   }),
 }, function(n)
   local c, s = n.cluster, n.self
+  if c.registry then
+    if not n.control_private then return "expected a control key with an etcd registry", { "control_private" } end
+    if not c.control_public then return "expected the cluster's control key", { "cluster", "control_public" } end
+  elseif not c.leader then
+    return "missing (required)", { "cluster", "leader" } -- the embedded registry's leader
+  end
   local msg, path = inside(s, { { "slice", c.cidr4, "a slice" }, { "slice6", c.cidr6, "a slice" },
                                 { "overlay_ip", s.slice, "an address" }, { "overlay_ip6", s.slice6, "an address" } })
   if msg then return msg, prepend("self", path) end

@@ -2,7 +2,9 @@
 --
 -- A token is given to a joining node out of band:
 -- `"wgo1_" .. base64url(JSON {e = leader endpoint, k = leader control
--- public key (base64), i = token id, s = secret (base64, 32 bytes)})`.
+-- public key (base64), i = token id, s = secret (base64, 32 bytes)})`,
+-- and with the etcd registry `x`: the endpoints of other live members
+-- that can admit the joiner too (tried in turn after `e`).
 --
 -- The leader's token store is a plain JSON-safe table (kept in
 -- `leader.json` by the caller), `id -> {id, hash, expires, uses_left}`
@@ -35,6 +37,8 @@ M.DEFAULT_TTL = 3600
 M.PRUNE_AFTER = 86400
 --- Longest token string accepted by `decode`.
 M.MAX_LENGTH = 2048
+--- Most extra member endpoints (`x`) a token may carry.
+M.MAX_EXTRA = 8
 
 local ID_BYTES = 8
 local SECRET_BYTES = 32
@@ -191,6 +195,14 @@ local function check_fields(t)
   if not core.valid_key(t.k) then return "bad leader key in token" end
   if not M.valid_id(t.i) then return "bad token id" end
   if not secret_raw(t.s) or #t.s ~= 44 then return "bad token secret (expected 32 bytes base64)" end
+  if t.x ~= nil then
+    if type(t.x) ~= "table" or #t.x > M.MAX_EXTRA then return "token field 'x' must be a list of endpoints" end
+    for i = 1, #t.x do
+      if type(t.x[i]) ~= "string" or not endpoint.valid(t.x[i]) then
+        return "bad member endpoint in token (expected IP:PORT)"
+      end
+    end
+  end
   return nil
 end
 
@@ -205,7 +217,8 @@ function M.encode(t)
   if err then error("token.encode: " .. err, 2) end
   -- lua-cjson escapes every '/' (common in base64 keys); JSON does not
   -- need it, and every backslash-slash pair in cjson's output is one.
-  local json = cjson.encode({ e = t.e, k = t.k, i = t.i, s = t.s }):gsub("\\/", "/")
+  local x = t.x and #t.x > 0 and setmetatable({ table.unpack(t.x) }, cjson.array_mt) or nil
+  local json = cjson.encode({ e = t.e, k = t.k, i = t.i, s = t.s, x = x }):gsub("\\/", "/")
   return M.PREFIX .. M.base64url_encode(json)
 end
 
@@ -225,7 +238,7 @@ function M.decode(str)
   if not ok or type(t) ~= "table" then return nil, "bad token encoding (JSON object expected)" end
   local err = check_fields(t)
   if err then return nil, err end
-  return { e = t.e, k = t.k, i = t.i, s = t.s }
+  return { e = t.e, k = t.k, i = t.i, s = t.s, x = t.x }
 end
 
 -- ---------------------------------------------------------------------
@@ -264,7 +277,8 @@ end
 
 --- Creates a token and records it in the store.
 -- @tparam table store the leader's token store
--- @tparam table opts `endpoint` (leader host:port), `control_public`
+-- @tparam table opts `endpoint` (leader host:port), `extra` (more
+--   endpoints that admit joiners, etcd registry), `control_public`
 --   (leader control public key, base64), `ttl` (seconds, default 3600),
 --   `uses` (default 1), `now`
 -- @treturn string the token (give it to the joiner; it is not kept)
@@ -278,7 +292,8 @@ function M.create(store, opts)
   local id
   repeat id = hex(core.random(ID_BYTES)) until store[id] == nil
   local secret = core.random(SECRET_BYTES)
-  local str = M.encode({ e = opts.endpoint, k = opts.control_public, i = id, s = core.key_to_base64(secret) })
+  local str = M.encode({ e = opts.endpoint, k = opts.control_public, i = id, s = core.key_to_base64(secret),
+                         x = opts.extra })
   store[id] = { id = id, hash = M.hash(secret), expires = now + ttl, uses_left = uses }
   return str, id
 end

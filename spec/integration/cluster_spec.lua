@@ -15,12 +15,19 @@
 --     │                            removed with remove-node at the end
 --     └─ x       192.0.2.5         joiner with bad tokens (never admitted)
 --
+-- The spec runs twice, once per registry backend: the embedded one (the
+-- node that ran init is the leader) and etcd (a 3-member etcd with TLS and
+-- a user limited to the cluster's prefix, on 192.0.2.101-103; the node that
+-- ran init is one member among equals).  WGO_SPEC_REGISTRY=embedded|etcd
+-- runs one of them.
+--
 -- The `it`s share one cluster and run in order.  Teardown (strict: it runs
 -- even when set-up failed) stops every process by pid, deletes the
 -- namespaces, /etc/netns/<ns> files, UAPI sockets and the state dirs.
 
 local helpers = require "spec.helpers"
 local fixture = require "spec.cluster_fixture"
+local etcd_fixture = require "spec.etcd_fixture"
 local cjson = require "cjson"
 local state = require "wgoverlay.state"
 local token = require "wgoverlay.token"
@@ -30,11 +37,17 @@ local wait_until = helpers.wait_until
 
 local PORT = fixture.PORT
 
-describe("cluster end to end #netns", function()
+local BACKENDS = { "embedded", "etcd" }
+if os.getenv("WGO_SPEC_REGISTRY") then BACKENDS = { os.getenv("WGO_SPEC_REGISTRY") } end
+
+for _, backend in ipairs(BACKENDS) do
+describe(("cluster end to end, %s registry #netns"):format(backend), function()
   local cl              -- spec.cluster_fixture: the hub, nodes, containers, teardown
   local hub
   local nodes, ctrs     -- cl.nodes (name -> node), cl.ctrs (key -> container)
   local c_token         -- the single-use token C joined with
+  local fx, reg_args    -- etcd: the etcd cluster, and init's --registry arguments
+  local PREFIX = "/wgoverlay/cluster-spec/"
 
   -- -------------------------------------------------------------------
   -- small tools (the fixture's, by their short names)
@@ -71,8 +84,28 @@ describe("cluster end to end #netns", function()
     assert(ok, ("container %s cannot ping %s (IPv%d)"):format(c.name, fqdn(name), family or 4))
   end
 
-  -- The leader's persisted registry: sorted member names, allocator.
+  -- The registry as stored: sorted member names, who holds slices, and
+  -- the allocator (embedded: leader.json; etcd: its nodes/ and slices/).
   local function leader_state()
+    if backend == "etcd" then
+      local ok, out = fx:ctl("get --prefix " .. PREFIX .. " -w json")
+      assert(ok, out)
+      local core = require "wgoverlay.core"
+      local names, slices = {}, {}
+      for _, kv in ipairs(cjson.decode(out).kvs or {}) do
+        local k = core.base64_decode(kv.key)
+        local n = k:match("^" .. PREFIX:gsub("%p", "%%%0") .. "nodes/(.+)$")
+        if n then names[#names + 1] = n end
+        local idx = k:match("^" .. PREFIX:gsub("%p", "%%%0") .. "slices/(%d+)$")
+        if idx then slices[#slices + 1] = idx .. "=" .. core.base64_decode(kv.value) end
+      end
+      table.sort(names)
+      table.sort(slices)
+      local owners = {}
+      for _, e in ipairs(slices) do owners[#owners + 1] = e:match("=(.*)$") end
+      table.sort(owners)
+      return { members = names, alloc_nodes = owners, allocator = slices }
+    end
     local lead = assert(state.load(nodes.leader.dir .. "/leader.json"))
     local names = {}
     for n in pairs(lead.registry.members) do names[#names + 1] = n end
@@ -94,6 +127,26 @@ describe("cluster end to end #netns", function()
     end
     cl = fixture.new()
     hub, nodes, ctrs = cl.hub, cl.nodes, cl.ctrs
+    local etcd_rules = ""
+    if backend == "etcd" then
+      local ens, ips, eps = {}, {}, {}
+      for i = 1, 3 do
+        ips[i] = "192.0.2." .. (100 + i)
+        ens[i] = cl:host("etcd" .. i, ips[i])
+      end
+      local auth = { user = "wgo-cl", password = "pw-" .. tostring(math.random(1e9)), prefix = PREFIX }
+      fx = etcd_fixture.new({ members = 3, namespaces = ens, ips = ips, auth = auth })
+      for i = 1, 3 do eps[i] = ("etcd://%s:%d"):format(ips[i], fx.members[i].cport) end
+      local pw = helpers.tmpdir() .. "/etcd-pw"
+      helpers.write_file(pw, auth.password, "600")
+      reg_args = (" --registry %s --etcd-prefix %s --etcd-ca %s --etcd-user %s --etcd-password-file %s"):format(
+        table.concat(eps, ","), PREFIX, quote(fx.cacert), auth.user, quote(pw))
+      -- the nodes' TLS to etcd, and etcd's own traffic, is not between the nodes
+      etcd_rules = [[
+    ip saddr 192.0.2.100/30 counter accept comment "etcd"
+    ip daddr 192.0.2.100/30 counter accept comment "etcd"
+]]
+    end
     -- What crosses the bridge between the hosts: WireGuard's UDP port is
     -- accepted first; any other IPv4 packet, and any packet that carries
     -- an overlay address in clear, is counted.
@@ -102,18 +155,18 @@ table bridge wgo_count {
   chain count {
     type filter hook forward priority 0; policy accept;
     ip saddr 192.0.2.0/24 ip daddr 192.0.2.0/24 udp sport %d udp dport %d counter accept comment "wireguard"
-    meta protocol ip counter comment "other ipv4"
+%s    meta protocol ip counter comment "other ipv4"
     ip6 saddr fd00:200::/48 counter comment "overlay6 src"
     ip6 daddr fd00:200::/48 counter comment "overlay6 dst"
   }
 }
-]]):format(PORT, PORT))
+]]):format(PORT, PORT, etcd_rules))
     hub:must("nft -f " .. quote(helpers.tmpdir() .. "/count.nft"))
 
     local L = new_node("leader", "192.0.2.1")
     local A = new_node("a", "192.0.2.2")
     local B = new_node("b", "192.0.2.3")
-    must_cli(L.ns, ("init --state %s --endpoint %s --name leader"):format(quote(L.dir), L.endpoint))
+    must_cli(L.ns, ("init --state %s --endpoint %s --name leader%s"):format(quote(L.dir), L.endpoint, reg_args or ""))
     read_node(L)
     local tok = must_cli(L.ns, "token --state " .. quote(L.dir) .. " --uses 2"):gsub("%s+$", "")
     start(L)
@@ -291,8 +344,12 @@ table bridge wgo_count {
     for _, n in ipairs({ "leader", "a", "b" }) do
       local dir = nodes[n].dir
       assert.equal("700", helpers.file_mode(dir), dir)
-      local files = { "node.json", "containers.json", "control.sock",
-                      n == "leader" and "leader.json" or "members.json" }
+      local files = { "node.json", "containers.json", "control.sock" }
+      if backend == "etcd" then
+        files[#files + 1] = "etcd-ca.pem"
+      else
+        files[#files + 1] = n == "leader" and "leader.json" or "members.json"
+      end
       for _, f in ipairs(files) do
         assert.equal("600", helpers.file_mode(dir .. "/" .. f), dir .. "/" .. f)
       end
@@ -453,7 +510,7 @@ table bridge wgo_count {
     local fresh = must_cli(L.ns, "token --state " .. quote(L.dir)):gsub("%s+$", "")
     local t = assert(token.decode(fresh))
     local obj = cjson.decode((assert(token.base64url_decode(fresh:sub(6)))))
-    assert.same({ e = t.e, k = t.k, i = t.i, s = t.s }, obj)
+    assert.same({ e = t.e, k = t.k, i = t.i, s = t.s, x = t.x }, obj) -- x: other members (etcd)
     local wrong = token.base64_encode(string.rep("\42", 32))
     assert.is_not.equal(t.s, wrong)
     local tampered = token.encode({ e = t.e, k = t.k, i = t.i, s = wrong })
@@ -532,3 +589,4 @@ table bridge wgo_count {
     assert.matches("no node named", err)
   end))
 end)
+end

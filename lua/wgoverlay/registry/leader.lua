@@ -126,7 +126,9 @@ end
 
 function Leader:request_punch(peer) self:relay_punch(self.node.name, peer) end
 
-function Leader:issue_token(o)
+function Leader:issue_token(o, cb) return cb(self:make_token(o)) end
+
+function Leader:make_token(o)
   local ok, str = pcall(token.create, self.lead.tokens, {
     endpoint = self.node.cluster.leader.endpoint, control_public = self.node.cluster.leader.control_public,
     ttl = math.tointeger(o.ttl), uses = math.tointeger(o.uses) })
@@ -295,7 +297,9 @@ function Leader:start_join_reclaim()
   self.timers[#self.timers + 1] = tm
 end
 
-function Leader:remove_node(name)
+function Leader:remove_node(name, cb) return cb(self:remove_now(name)) end
+
+function Leader:remove_now(name)
   if name == self.node.name then return nil, "the leader cannot remove itself" end
   local r = self.registry:get(name)
   if not r then return nil, string.format("no node named \"%s\"", name) end

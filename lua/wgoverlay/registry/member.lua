@@ -125,9 +125,9 @@ function Member:on_datagram(_, data)
   return true
 end
 
-function Member:issue_token() return nil, "tokens are issued by the leader; this node is a member" end
+function Member:issue_token(_, cb) return cb(nil, "tokens are issued by the leader; this node is a member") end
 
-function Member:remove_node() return nil, "remove-node runs on the leader" end
+function Member:remove_node(_, cb) return cb(nil, "remove-node runs on the leader") end
 
 function Member:save()
   local ok, err = state.save(self.host.paths.members, self.view:export())
