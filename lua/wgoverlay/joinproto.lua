@@ -586,6 +586,21 @@ function M.handle(ctx, bytes, now)
   return fit(req, M.seal_response(req, resp), bytes, info)
 end
 
+--- `handle`, with refusals logged through `log(fmt, ...)` at the rate
+-- `limiter` (a `rate_limiter`) allows; "not decided yet" is not a refusal.
+-- @return as `handle` (the caller sends the reply to `from`)
+function M.handle_logged(ctx, bytes, from, limiter, log)
+  local reply, info = M.handle(ctx, bytes)
+  if info and info.error and not info.pending then
+    local ok, suppressed = limiter:hit(os.time())
+    if ok then
+      log("join refused (%s): %s%s", from, info.error,
+          suppressed > 0 and string.format(" (%d more suppressed)", suppressed) or "")
+    end
+  end
+  return reply, info
+end
+
 -- ---------------------------------------------------------------------
 -- Half-admitted nodes
 -- ---------------------------------------------------------------------

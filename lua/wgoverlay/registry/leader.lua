@@ -227,15 +227,8 @@ function Leader:on_datagram(from, data)
     joins = self.lead.joins,
     admit = function(p, id, retry) return self:admit(p, id, retry) end,
   }
-  local reply, info = joinproto.handle(ctx, data)
-  if info and info.joined and not info.replayed then self:save() end
-  if info and info.error then
-    local ok, suppressed = self.join_log:hit(os.time())
-    if ok then
-      self.host.log("join refused (%s): %s%s", from, info.error,
-                    suppressed > 0 and string.format(" (%d more suppressed)", suppressed) or "")
-    end
-  end
+  local reply, info = joinproto.handle_logged(ctx, data, from, self.join_log, self.host.log)
+  if info and info.joined and not info.replayed then self:save() end -- persisted before answering
   if reply then self.host.t:send_datagram(from, reply) end
   return true
 end
