@@ -40,7 +40,7 @@ function M.open(host)
     view:apply({ type = "snapshot", version = 0, members = { l } })
   end
   return setmetatable({ kind = "embedded", role = "member", host = host, node = node, view = view,
-                        was_member = view:get(node.name) ~= nil, containers = {} }, Member)
+                        was_member = view:get(node.name) ~= nil, containers = {}, pol = saved.policy }, Member)
 end
 
 function Member:members() return self.view:members() end
@@ -129,8 +129,29 @@ function Member:issue_token(_, cb) return cb(nil, "tokens are issued by the lead
 
 function Member:remove_node(_, cb) return cb(nil, "remove-node runs on the leader") end
 
+-- The policy in force, as the leader last sent it (kept in members.json:
+-- a member that restarts without the leader enforces it at once).
+function Member:policy() return self.pol end
+
+function Member:set_policy(_, cb)
+  return cb(nil, "the policy is stored by the leader (embedded registry): run `policy apply` there")
+end
+
+function Member:on_policy(p)
+  if type(p) ~= "table" then return self.host.log("policy from the leader refused: not an object") end
+  p = { version = math.tointeger(p.version) or p.version, doc = p.doc } -- JSON numbers arrive as floats
+  local ok, err = require("wgoverlay.schema").check("members", { version = 0, members = {}, policy = p })
+  if not ok then return self.host.log("policy from the leader refused: %s", err) end
+  if self.pol and self.pol.version == p.version then return end
+  self.pol = { version = p.version, doc = assert(require("wgoverlay.policy").validate(p.doc)) }
+  self:save()
+  self.host.changed()
+end
+
 function Member:save()
-  local ok, err = state.save(self.host.paths.members, self.view:export())
+  local data = self.view:export()
+  data.policy = self.pol
+  local ok, err = state.save(self.host.paths.members, data)
   if not ok then self.host.log("cannot save members: %s", err) end
 end
 
@@ -141,6 +162,7 @@ function Member:on_line(line)
     if type(msg.peer) == "string" then self.host.punch(msg.peer) end
     return
   end
+  if msg.type == "policy" then return self:on_policy(msg.policy) end
   local res = self.view:apply(msg)
   if not res then return end
   if res.need_snapshot then self:send(self.view:hello()) end
