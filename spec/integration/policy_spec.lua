@@ -4,8 +4,9 @@
 -- after `policy apply` (default deny, web -> db tcp/5432) only web reaches
 -- db:5432, both ways, across nodes; same-node, other ports, the reverse
 -- direction and ping are dropped and counted; a second policy that also
--- allows app=rogue lets rogue in without breaking a web -> db connection
--- open across the change; a bad policy is refused and changes nothing.
+-- allows app=rogue (applied on a member) lets rogue in without breaking a web -> db connection
+-- open across the change; a third that no longer allows rogue cuts its
+-- open connection; a bad policy is refused and changes nothing.
 -- Needs root; every address lives in namespaces made here.
 
 local helpers = require "spec.helpers"
@@ -66,6 +67,21 @@ describe("network policy #netns", function()
 
   local function dropped(node) return cl:status(node).policy.dropped_packets end
 
+  -- A long connection from `c` to db:5432: a line every 0.2 s; returns a
+  -- function counting the echoes received so far.
+  local function long_connection(c)
+    local file = helpers.tmpdir() .. "/echoes-" .. c.key
+    c.ns:spawn(("sh -c %s"):format(quote(("while sleep 0.2; do echo ping; done | socat - TCP:%s:5432 > %s")
+      :format(db.ip, file))), { name = "long-" .. c.key })
+    return function()
+      local f = io.open(file)
+      if not f then return 0 end
+      local n = select(2, f:read("a"):gsub("\n", ""))
+      f:close()
+      return n
+    end
+  end
+
   it("labels travel with the containers and every container reaches every other without a policy", function()
     local st = wait_until(function()
       local s = cl:status(A)
@@ -115,34 +131,39 @@ describe("network policy #netns", function()
     assert.equal("deny", s.policy.default)
   end)
 
-  it("a new policy lets rogue in and keeps a web -> db connection open across the change", function()
-    -- a long connection: a line every 0.2 s, echoes counted in a file
-    local file = helpers.tmpdir() .. "/echoes"
-    local long = web.ns:spawn(("sh -c %s"):format(quote(("while sleep 0.2; do echo ping; done | socat - TCP:%s:5432 > %s")
-      :format(db.ip, file))), { name = "long" })
-    local function echoes()
-      local f = io.open(file)
-      if not f then return 0 end
-      local n = select(2, f:read("a"):gsub("\n", ""))
-      f:close()
-      return n
-    end
+  it("a new policy applied on a member lets rogue in and keeps a web -> db connection open across the change", function()
+    local echoes = long_connection(web)
     assert.truthy(wait_until(function() return echoes() >= 3 end, 5, 0.1))
-    local code, out, err = apply(A, { default = "deny", rules = {} })
-    assert.are_not.equal(0, code) -- a member cannot store it (embedded registry)
-    assert.truthy((out .. err):match("leader"))
-    code, out, err = apply(L, { default = "deny", rules = {
+    -- applied on a member this time: its session carries it to the leader
+    local code, out, err = apply(A, { default = "deny", rules = {
       { from = { app = "web" }, to = { app = "db" }, ports = { "tcp/5432" } },
       { from = { app = "rogue" }, to = { app = "db" }, ports = { "tcp/5432", "icmp" } } } })
     assert.equal(0, code, out .. err)
+    assert.truthy(out:match("policy version 2 stored"), out)
     assert.truthy(enforced(B, 2), "node b did not enforce version 2 within 5 s")
     assert.is_true(talk(rogue, db.ip, 5432))
     assert.is_true(rogue.ns:ping(db.ip, 1, 2))
     local before = echoes()
     assert.truthy(wait_until(function() return echoes() >= before + 5 end, 5, 0.1),
       "the connection open across the change stopped")
-    assert.is_true(long:alive())
     assert.is_false(talk(side, db.ip, 5432))
+  end)
+
+  it("a policy that no longer allows rogue cuts its open connection", function()
+    local echoes = long_connection(rogue)
+    assert.truthy(wait_until(function() return echoes() >= 3 end, 5, 0.1))
+    local b0 = dropped(B)
+    local code, out, err = apply(L, { default = "deny", rules = {
+      { from = { app = "web" }, to = { app = "db" }, ports = { "tcp/5432" } } } })
+    assert.equal(0, code, out .. err)
+    assert.truthy(enforced(B, 3), "node b did not enforce version 3 within 5 s")
+    helpers.sleep(0.5)
+    local before = echoes()
+    helpers.sleep(1.5)
+    assert.is_true(echoes() <= before + 1, "rogue's connection still carries data after the change")
+    assert.is_true(dropped(B) > b0)
+    assert.is_true(talk(web, db.ip, 5432))
+    assert.is_false(talk(rogue, db.ip, 5432))
   end)
 
   it("refuses a bad policy with the place named and keeps the one in force", function()
@@ -159,8 +180,8 @@ describe("network policy #netns", function()
       assert.truthy((out .. err):match(b[2]), "message does not name the place: " .. out .. err)
     end
     local st = cl:status(B)
-    assert.equal(2, st.policy.version)
-    assert.equal(2, st.policy.enforced_version)
+    assert.equal(3, st.policy.version)
+    assert.equal(3, st.policy.enforced_version)
     assert.is_false(talk(side, db.ip, 5432))
     assert.is_true(talk(web, db.ip, 5432))
   end)

@@ -387,6 +387,14 @@ function Leader:on_member_line(s, line)
     self:member_candidates(s.name, msg.candidates)
   elseif msg.type == "public_key" then
     self:member_public_key(s.name, msg.public_key)
+  elseif msg.type == "policy_apply" then
+    -- `policy apply` on a member: its root-only control socket, then its
+    -- session (authenticated by WireGuard); checked here like any other
+    local id = math.tointeger(msg.id)
+    self:set_policy(msg.policy, function(r, err)
+      if r then self.host.log("policy version %d applied from node %s", r.version, s.name) end
+      s.conn:send({ type = "policy_result", id = id, version = r and r.version or nil, error = err })
+    end)
   elseif msg.type == "punch_request" and type(msg.peer) == "string" then
     self:relay_punch(s.name, msg.peer)
   end

@@ -91,6 +91,7 @@ end
 
 function Member:stop()
   self.stopping = true
+  for _, done in pairs(self.policy_wait or {}) do done(nil, "the daemon is stopping") end
   if self.timer and not self.timer:is_closing() then self.timer:close() end
   if self.session then self.session.conn:close() end
 end
@@ -133,8 +134,38 @@ function Member:remove_node(_, cb) return cb(nil, "remove-node runs on the leade
 -- a member that restarts without the leader enforces it at once).
 function Member:policy() return self.pol end
 
-function Member:set_policy(_, cb)
-  return cb(nil, "the policy is stored by the leader (embedded registry): run `policy apply` there")
+M.POLICY_ANSWER = 5 -- seconds to wait for the leader to store a policy
+
+--- `policy apply` on a member: sent over the session, the leader stores
+-- it (and checks it again) and answers; cb(`{version}`) | cb(nil, err).
+function Member:set_policy(doc, cb)
+  if not self:connected() then
+    return cb(nil, "the leader is not reachable (see `status`): the policy in force stays")
+  end
+  self.policy_seq = (self.policy_seq or 0) + 1
+  local id = self.policy_seq
+  local tm = uv.new_timer()
+  self.policy_wait = self.policy_wait or {}
+  local function done(r, err)
+    if not self.policy_wait[id] then return end
+    self.policy_wait[id] = nil
+    if not tm:is_closing() then tm:close() end
+    cb(r, err)
+  end
+  self.policy_wait[id] = done
+  tm:start(M.POLICY_ANSWER * 1000, 0, self.host.guard("policy answer timeout", function()
+    done(nil, string.format("no answer from the leader within %d s; see `policy show` for what is in force",
+                            M.POLICY_ANSWER))
+  end))
+  self:send({ type = "policy_apply", id = id, policy = doc })
+end
+
+function Member:on_policy_result(msg)
+  local id = math.tointeger(msg.id)
+  local done = id and self.policy_wait and self.policy_wait[id]
+  if not done then return end
+  if type(msg.error) == "string" then return done(nil, msg.error) end
+  done({ version = math.tointeger(msg.version) })
 end
 
 function Member:on_policy(p)
@@ -163,6 +194,7 @@ function Member:on_line(line)
     return
   end
   if msg.type == "policy" then return self:on_policy(msg.policy) end
+  if msg.type == "policy_result" then return self:on_policy_result(msg) end
   local res = self.view:apply(msg)
   if not res then return end
   if res.need_snapshot then self:send(self.view:hello()) end
