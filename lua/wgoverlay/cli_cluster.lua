@@ -195,7 +195,7 @@ function M.commands.policy(a)
     if a.json then return cjson.encode(r) .. "\n" end
     if r.version == cjson.null or r.version == nil then return "no policy: every container may reach every other\n" end
     local out = { string.format("policy version %d (enforced here: %s), default %s, %d rules", r.version,
-                                tostring(r.enforced_version == cjson.null and "none" or r.enforced_version),
+                                type(r.enforced_version) == "number" and string.format("%d", r.enforced_version) or "none",
                                 r.policy.default, #r.policy.rules) }
     for i, rule in ipairs(r.policy.rules) do
       local function sel(t)
@@ -273,7 +273,17 @@ function M.format_status(st, now)
     out[#out + 1] = "  " .. table.concat(cells, "  "):gsub("%s+$", "")
   end
   for _, c in ipairs(st.containers or {}) do
-    out[#out + 1] = string.format("  container %s  %s %s", c.name, c.ip, c.ip6 or "")
+    local labels = {}
+    for k, v in pairs(type(c.labels) == "table" and c.labels or {}) do labels[#labels + 1] = k .. "=" .. v end
+    table.sort(labels)
+    out[#out + 1] = string.format("  container %s  %s %s%s", c.name, c.ip, c.ip6 or "",
+      #labels > 0 and ("  " .. table.concat(labels, ",")) or "")
+  end
+  local p = st.policy
+  if type(p) == "table" and type(p.version) == "number" then
+    out[#out + 1] = string.format("  policy version %d (enforced here: %s), default %s, %d rules, %d packets dropped",
+      p.version, type(p.enforced_version) == "number" and string.format("%d", p.enforced_version) or "none",
+      tostring(p.default), p.rules or 0, p.dropped_packets or 0)
   end
   return table.concat(out, "\n") .. "\n"
 end
