@@ -167,10 +167,14 @@ function Node:sync_policy()
     end
   end
   local pol = self:policy_doc()
-  local before = self.enforcer.version
+  local before, before_err = self.enforcer.version, self.enforcer.error
   local ok, err = self.enforcer:sync(pol, all, here)
   if not ok then
-    self:log("policy version %s not enforced (the previous ruleset stays): %s", tostring(pol and pol.version), err)
+    -- retried on every NAT tick: logged when the reason changes, not each time
+    if err ~= before_err then
+      self:log("policy version %s not enforced (the previous ruleset stays; retrying): %s",
+               tostring(pol and pol.version), err)
+    end
   elseif before ~= self.enforcer.version then
     self:log("policy version %s enforced", tostring(self.enforcer.version or "none"))
     self:event("policy_enforced", { version = self.enforcer.version })
