@@ -115,6 +115,7 @@ build = {
     ["wgoverlay.jsonlines"] = "lua/wgoverlay/jsonlines.lua",
     ["wgoverlay.membership"] = "lua/wgoverlay/membership.lua",
     ["wgoverlay.metrics"] = "lua/wgoverlay/metrics.lua",
+    ["wgoverlay.policy"] = "lua/wgoverlay/policy.lua",
     ["wgoverlay.nat.agent"] = "lua/wgoverlay/nat/agent.lua",
     ["wgoverlay.nat.candidates"] = "lua/wgoverlay/nat/candidates.lua",
     ["wgoverlay.nat.policy"] = "lua/wgoverlay/nat/policy.lua",

@@ -322,3 +322,9 @@ scripts/bench_registry.sh 500 20 | awk '
     printf "%-28s %12s %12s\n", "etcd_requests_per_s (joins)", v["etcd etcd_requests_per_s"], "-"
     printf "%-28s %12s %12s\n", "etcd_requests_per_s (idle)", v["etcd idle_etcd_requests_per_s"], "-"
   }'
+
+# Network policy: TCP between containers on two nodes of a real cluster,
+# a 1,000-rule policy in force against none (scripts/bench_policy.lua).
+echo
+echo "== network policy: container-to-container TCP across nodes, 1,000 rules vs none"
+lua5.4 scripts/bench_policy.lua

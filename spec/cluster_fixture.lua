@@ -142,10 +142,12 @@ function Cluster:join(node, tok, timeout)
 end
 
 --- Attaches a fresh container namespace to `node` as DNS `name`, with
--- its resolv.conf (for `ip netns exec`) pointing at the node.
-function Cluster:attach(key, node, name)
+-- its resolv.conf (for `ip netns exec`) pointing at the node (extra:
+-- more `attach` arguments, e.g. "--label app=web").
+function Cluster:attach(key, node, name, extra)
   local ns = helpers.netns.new("c" .. key)
-  local out = self:must_cli(node.ns, ("attach --state %s %s --name %s"):format(quote(node.dir), ns.name, name))
+  local out = self:must_cli(node.ns, ("attach --state %s %s --name %s%s"):format(quote(node.dir), ns.name, name,
+    extra and (" " .. extra) or ""))
   local ip, ip6 = out:match("attached %S+ as %S+: (%S+) (%S+)")
   assert(ip, "unexpected attach output: " .. out)
   local c = { key = key, ns = ns, node = node, name = name, ip = ip, ip6 = ip6 }

@@ -57,6 +57,7 @@ function M.register(p)
   c:argument("netns", "Network namespace (name under /var/run/netns, or a path).")
   c:option("--name", "DNS name of the container (several containers may share one)."):count(1)
   c:flag("--egress", "Give the container a default route through this node, masqueraded (else: the overlay only).")
+  c:option("--label", "Label KEY=VALUE for network policy (repeatable)."):count("*")
 
   c = p:command("detach", "Detach a container network namespace.")
   c:option("--state", "State directory."):count(1)
@@ -65,6 +66,15 @@ function M.register(p)
   c = p:command("remove-node", "Remove a node from the cluster (leader).")
   c:option("--state", "State directory."):count(1)
   c:argument("name", "Node name.")
+
+  c = p:command("policy", "The cluster's network policy (see README, Network policy).")
+  c:command_target("policy_command")
+  local pc = c:command("apply", "Validate a policy file (JSON) and store it in the registry with a new version.")
+  pc:option("--state", "State directory."):count(1)
+  pc:argument("file", "Policy document (JSON; - for standard input).")
+  pc = c:command("show", "Print the policy in force and its version.")
+  pc:option("--state", "State directory."):count(1)
+  pc:flag("--json", "Machine-readable output.")
 
   c = p:command("rotate-key", "Give this node a new WireGuard key (the running daemon does it; traffic goes on).")
   c:option("--state", "State directory."):count(1)
@@ -147,13 +157,57 @@ local function ask(a, req, fmt)
 end
 
 function M.commands.attach(a)
-  return ask(a, { cmd = "attach", netns = a.netns, name = a.name, egress = a.egress or nil }, function(r)
+  local labels, lerr = require("wgoverlay.policy").parse_labels(a.label)
+  if not labels then return die("attach: %s", lerr) end
+  if next(labels) == nil then labels = nil end
+  return ask(a, { cmd = "attach", netns = a.netns, name = a.name, egress = a.egress or nil, labels = labels }, function(r)
     return string.format("attached %s as %s: %s %s\n", a.netns, r.name, r.ip, r.ip6 or "")
   end)
 end
 
 function M.commands.detach(a)
   return ask(a, { cmd = "detach", netns = a.netns })
+end
+
+-- `policy apply FILE`: checked here (the message names the place), and
+-- again by the daemon and the registry; `policy show [--json]`.
+function M.commands.policy(a)
+  local policy = require "wgoverlay.policy"
+  local cjson = require "cjson"
+  if a.policy_command == "apply" then
+    local text
+    if a.file == "-" then
+      text = io.read("a")
+    else
+      local f, ferr = io.open(a.file, "r")
+      if not f then return die("policy apply: %s", ferr) end
+      text = f:read("a")
+      f:close()
+    end
+    local doc, err = policy.parse(text or "")
+    if not doc then return die("policy apply: %s: %s (nothing changed)", a.file, err) end
+    local raw = require("cjson.safe").decode(text)
+    return ask(a, { cmd = "policy-apply", policy = raw }, function(r)
+      return string.format("policy version %d stored (%d rules, default %s)\n", r.version, #doc.rules, doc.default)
+    end)
+  end
+  return ask(a, { cmd = "policy-show" }, function(r)
+    if a.json then return cjson.encode(r) .. "\n" end
+    if r.version == cjson.null or r.version == nil then return "no policy: every container may reach every other\n" end
+    local out = { string.format("policy version %d (enforced here: %s), default %s, %d rules", r.version,
+                                type(r.enforced_version) == "number" and string.format("%d", r.enforced_version) or "none",
+                                r.policy.default, #r.policy.rules) }
+    for i, rule in ipairs(r.policy.rules) do
+      local function sel(t)
+        local parts = {}
+        for k, v in pairs(t) do parts[#parts + 1] = k .. "=" .. v end
+        table.sort(parts)
+        return #parts > 0 and table.concat(parts, ",") or "*"
+      end
+      out[#out + 1] = string.format("  %d. %s -> %s: %s", i, sel(rule.from), sel(rule.to), table.concat(rule.ports, " "))
+    end
+    return table.concat(out, "\n") .. "\n"
+  end)
 end
 
 M.commands["remove-node"] = function(a)
@@ -219,7 +273,17 @@ function M.format_status(st, now)
     out[#out + 1] = "  " .. table.concat(cells, "  "):gsub("%s+$", "")
   end
   for _, c in ipairs(st.containers or {}) do
-    out[#out + 1] = string.format("  container %s  %s %s", c.name, c.ip, c.ip6 or "")
+    local labels = {}
+    for k, v in pairs(type(c.labels) == "table" and c.labels or {}) do labels[#labels + 1] = k .. "=" .. v end
+    table.sort(labels)
+    out[#out + 1] = string.format("  container %s  %s %s%s", c.name, c.ip, c.ip6 or "",
+      #labels > 0 and ("  " .. table.concat(labels, ",")) or "")
+  end
+  local p = st.policy
+  if type(p) == "table" and type(p.version) == "number" then
+    out[#out + 1] = string.format("  policy version %d (enforced here: %s), default %s, %d rules, %d packets dropped",
+      p.version, type(p.enforced_version) == "number" and string.format("%d", p.enforced_version) or "none",
+      tostring(p.default), p.rules or 0, p.dropped_packets or 0)
   end
   return table.concat(out, "\n") .. "\n"
 end

@@ -22,6 +22,8 @@
 --                               the node's overlay MTU)
 --   dnsName (string)            the container's DNS name when the runtime
 --                               passes none in CNI_ARGS
+--   labels  (object)            network policy labels {KEY: VALUE}; CNI_ARGS
+--                               `WGO_LABELS=K=V,K2=V2` adds to them (and wins)
 --   args, runtimeConfig, capabilities, prevResult, dns, cni.dev/...
 --                               set by runtimes; accepted (prevResult is
 --                               passed on, see below)
@@ -49,7 +51,7 @@ M.CODES = { incompatible = 1, unsupported = 2, unknown_container = 3, env = 4, i
 
 local KNOWN_KEYS = { cniVersion = true, name = true, type = true, state = true, egress = true, mtu = true,
                      dnsName = true, args = true, runtimeConfig = true, capabilities = true, prevResult = true,
-                     dns = true }
+                     dns = true, labels = true }
 
 local CniError = {}
 CniError.__index = CniError
@@ -82,6 +84,29 @@ function M.label(s)
   local l = s:lower():gsub("[^a-z0-9-]", "-"):gsub("^%-+", ""):sub(1, 63):gsub("%-+$", "")
   if l == "" then return nil end
   return l
+end
+
+--- The container's policy labels: the configuration's `labels`, then
+-- CNI_ARGS `WGO_LABELS` ("K=V,K2=V2"); nil when none.
+function M.labels(conf, env_args)
+  local policy = require "wgoverlay.policy"
+  local out = {}
+  if conf.labels ~= nil then
+    if type(conf.labels) ~= "table" then fail(M.CODES.config, "labels: expected an object {KEY: VALUE}") end
+    for k, v in pairs(conf.labels) do out[k] = v end
+  end
+  local s = env_args.WGO_LABELS
+  if type(s) == "string" and s ~= "" then
+    local list = {}
+    for item in s:gmatch("[^,]+") do list[#list + 1] = item end
+    local parsed, err = policy.parse_labels(list)
+    if not parsed then fail(M.CODES.env, "CNI_ARGS WGO_LABELS: %s", err) end
+    for k, v in pairs(parsed) do out[k] = v end
+  end
+  local ok, err = policy.check_labels(out, "labels")
+  if not ok then fail(M.CODES.config, "%s", err) end
+  if next(out) == nil then return nil end
+  return out
 end
 
 --- The container's DNS name (see the module's description).
@@ -288,7 +313,8 @@ function M.run(env, input)
 
   local name = M.container_name(args, conf, id)
   local d = ask(dir, { cmd = "attach", key = key, netns = netns, ifname = ifname, name = name, container_id = id,
-                       egress = conf.egress == true or nil, mtu = conf.mtu and math.tointeger(conf.mtu) or nil })
+                       egress = conf.egress == true or nil, mtu = conf.mtu and math.tointeger(conf.mtu) or nil,
+                       labels = M.labels(conf, args) })
   return cjson.encode(M.result(conf.cniVersion, d, conf.prevResult))
 end
 

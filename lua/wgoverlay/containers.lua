@@ -241,6 +241,15 @@ function M.nft_apply(text)
   return true
 end
 
+--- Runs `nft ARGS` (fixed text of ours: list commands); its output, or nil.
+function M.nft_list(args)
+  local p = io.popen(nft_bin() .. " " .. args .. " 2>/dev/null", "r")
+  if not p then return nil end
+  local out = p:read("a")
+  if not p:close() then return nil end
+  return out
+end
+
 -- ---------------------------------------------------------------------
 -- a node's containers: addresses from its slice, containers.json
 -- ---------------------------------------------------------------------
@@ -261,10 +270,12 @@ function M.set(o)
                         dns = o.dns, egress_applied = "" }, Set)
 end
 
---- `{ name, ip, ip6 }` for each container, by address.
+--- `{ name, ip, ip6, labels }` for each container, by address.
 function Set:records()
   local list = {}
-  for _, c in pairs(self.attached) do list[#list + 1] = { name = c.name, ip = c.ip, ip6 = c.ip6 } end
+  for _, c in pairs(self.attached) do
+    list[#list + 1] = { name = c.name, ip = c.ip, ip6 = c.ip6, labels = c.labels }
+  end
   table.sort(list, function(a, b) return a.ip < b.ip end)
   return list
 end
@@ -318,7 +329,8 @@ function Set:describe(key)
   local host_if = M.host_ifname(key)
   local hi = core.link_info(host_if) or {}
   local ci = core.with_netns(o.netns, function() return core.link_info(o.ifname or M.CONTAINER_IF) end)
-  return { name = c.name, ip = c.ip, ip6 = c.ip6, netns = o.netns, ifname = o.ifname or M.CONTAINER_IF,
+  return { name = c.name, ip = c.ip, ip6 = c.ip6, labels = c.labels, netns = o.netns,
+           ifname = o.ifname or M.CONTAINER_IF,
            host_if = host_if, host_mac = hi.mac, mac = type(ci) == "table" and ci.mac or nil, mtu = c.mtu,
            egress = c.egress == true, gateway4 = M.GATEWAY4, gateway6 = c.ip6 and M.GATEWAY6 or nil,
            cluster4 = o.cluster4, cluster6 = c.ip6 and o.cluster6 or nil, dns = self.dns }
@@ -349,6 +361,12 @@ function Set:attach(r)
     return nil, string.format("interface name \"%s\" invalid (1-15 of letters, digits, '_', '.', '-')",
       tostring(ifname)), "invalid"
   end
+  local labels = r.labels
+  if labels ~= nil then
+    local lok, lerr = require("wgoverlay.policy").check_labels(labels, "labels")
+    if not lok then return nil, lerr, "invalid" end
+    if next(labels) == nil then labels = nil end
+  end
   local overlay = self.mtu()
   local mtu = r.mtu
   if mtu ~= nil then
@@ -372,7 +390,7 @@ function Set:attach(r)
   local a, err, kind = self:free_addr()
   if not a then return nil, err, kind end
   local rec = { name = name, ip = a.ip, ip6 = a.ip6, netns = netns ~= key and netns or nil, ifname = ifname,
-                egress = r.egress == true or nil, mtu = mtu,
+                egress = r.egress == true or nil, mtu = mtu, labels = labels,
                 container_id = type(r.container_id) == "string" and r.container_id or nil }
   local _, aerr = M.attach(self:link_opts(key, rec))
   if aerr then

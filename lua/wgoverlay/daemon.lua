@@ -29,6 +29,7 @@ local transport = require "wgoverlay.transport"
 local nat_agent = require "wgoverlay.nat.agent"
 local sdnotify = require "wgoverlay.sdnotify"
 local metrics = require "wgoverlay.metrics"
+local policy = require "wgoverlay.policy"
 
 local M = {}
 
@@ -137,6 +138,59 @@ function Node:sync_peers()
   self.nat:set_peers(others)
   self:rebuild_zone(members)
   self:update_mtu()
+  self:sync_policy()
+end
+
+-- ---------------------------------------------------------------------
+-- network policy (wgoverlay.policy): the registry's document enforced on
+-- this node's containers, re-applied when it, the members' containers or
+-- their labels change
+-- ---------------------------------------------------------------------
+
+function Node:policy_doc()
+  return self.reg.policy and self.reg:policy() or nil
+end
+
+function Node:sync_policy()
+  if not self.enforcer or self.stopping then return end
+  local here = self.containers:records()
+  local all, seen = {}, {}
+  for _, c in ipairs(here) do
+    all[#all + 1] = c
+    seen[c.ip] = true
+  end
+  for _, r in ipairs(self.reg:members()) do
+    if r.name ~= self.node.name then
+      for _, c in ipairs(r.containers or {}) do
+        if not seen[c.ip] then all[#all + 1] = c end
+      end
+    end
+  end
+  local pol = self:policy_doc()
+  local before, before_err = self.enforcer.version, self.enforcer.error
+  local ok, err = self.enforcer:sync(pol, all, here)
+  if not ok then
+    -- retried on every NAT tick: logged when the reason changes, not each time
+    if err ~= before_err then
+      self:log("policy version %s not enforced (the previous ruleset stays; retrying): %s",
+               tostring(pol and pol.version), err)
+    end
+  elseif before ~= self.enforcer.version then
+    self:log("policy version %s enforced", tostring(self.enforcer.version or "none"))
+    self:event("policy_enforced", { version = self.enforcer.version })
+  end
+end
+
+-- status.policy: the version in the registry and the one enforced here,
+-- and the packets dropped by it on this node.
+function Node:policy_status()
+  local pol = self:policy_doc()
+  local e = self.enforcer
+  local p, b = 0, 0
+  if e then p, b = e:read_counter() end
+  return { version = pol and pol.version or cjson.null, enforced_version = e and e.version or cjson.null,
+           default = pol and pol.doc.default or cjson.null, rules = pol and #pol.doc.rules or 0,
+           dropped_packets = p, dropped_bytes = b, error = e and e.error or cjson.null }
 end
 
 -- The overlay MTU: `run --mtu` when given, else derived from the underlay
@@ -225,6 +279,7 @@ function Node:status()
     registry = self:registry_status(),
     events = setmetatable({ table.unpack(self.events) }, cjson.array_mt),
     leader_connected = self.reg:connected(),
+    policy = self:policy_status(),
   }
 end
 
@@ -270,6 +325,20 @@ function Node:control(req, reply)
       reply(ok and { ok = true, result = true } or { ok = false, error = rerr })
     end)
     return nil
+  elseif cmd == "policy-apply" then
+    if type(self.reg.set_policy) ~= "function" then
+      return { ok = false, error = string.format("the %s registry cannot store a policy", tostring(self.reg.kind)) }
+    end
+    local doc, perr = policy.validate(req.policy)
+    if not doc then return { ok = false, error = "policy refused (the policy in force stays): " .. perr } end
+    self.reg:set_policy(doc, function(r, serr)
+      reply(r and { ok = true, result = r } or { ok = false, error = serr })
+    end)
+    return nil
+  elseif cmd == "policy-show" then
+    local pol = self:policy_doc()
+    res = { version = pol and pol.version or cjson.null, policy = pol and pol.doc or cjson.null,
+            enforced_version = self.enforcer and self.enforcer.version or cjson.null }
   elseif cmd == "rotate-key" then
     return self:rotate_key(reply)
   elseif cmd == "token" then
@@ -445,6 +514,7 @@ function Node:start_loop()
   nt:start(0, math.floor(M.NAT_TICK * 1000), self:guard("NAT tick", function()
     if self.stopping then return end
     self.nat:tick(self.health)
+    if self.enforcer.error then self:sync_policy() end -- retried until nft takes it
     -- systemd readiness (Type=notify): the interface is up from the start;
     -- a leader is its own registry, a member is ready once its session to
     -- the registry is up.  Sent once; never for a node that is stopping.
@@ -482,7 +552,10 @@ function M.run(dir, opts)
   self.containers = containers.set({
     node = node, path = paths.containers, attached = cs and cs.attached, valid_name = joinproto.valid_name,
     log = function(fmt, ...) self:log(fmt, ...) end,
-    changed = function() self.reg:set_containers(self.containers:records()) end,
+    changed = function()
+      self.reg:set_containers(self.containers:records())
+      self:sync_policy()
+    end,
     mtu = function() return self.mtu end,
     dns = { nameservers = { node.self.overlay_ip, node.self.overlay_ip6 },
             domain = node.cluster.zone or cluster.DEFAULT_ZONE },
@@ -497,6 +570,8 @@ function M.run(dir, opts)
   local ok
   ok, err = self:start_transport()
   if not ok then return fail(err) end
+  self.enforcer = policy.enforcer({ apply = containers.nft_apply, list = containers.nft_list,
+                                    log = function(fmt, ...) self:log(fmt, ...) end })
   self:sync_peers()
   self.containers:restore()
   self.containers:set_mtu(self.mtu)
@@ -550,6 +625,7 @@ function Node:stop()
   if self.reg then self.reg:stop() end
   if self.ctl then self.ctl:close() end
   if self.containers then self.containers:stop() end -- our nftables table
+  if self.enforcer then self.enforcer:stop() end -- the policy table
   for _, h in ipairs(self.signals) do close(h) end
   if self.nat then self.nat:stop() end
   if self.t then self.t:shutdown() end

@@ -49,9 +49,26 @@ local function copy_containers(list)
   for i = 1, #list do
     local c = list[i]
     local ip, ip6 = c.ip, c.ip6
-    out[i] = { name = c.name, ip = type(ip) == "string" and ip or nil, ip6 = type(ip6) == "string" and ip6 or nil }
+    local labels
+    if type(c.labels) == "table" then
+      for k, v in pairs(c.labels) do
+        if type(k) == "string" and type(v) == "string" then
+          labels = labels or {}
+          labels[k] = v
+        end
+      end
+    end
+    out[i] = { name = c.name, ip = type(ip) == "string" and ip or nil, ip6 = type(ip6) == "string" and ip6 or nil,
+               labels = labels }
   end
   return out
+end
+
+local function same_labels(a, b)
+  if a == nil or b == nil then return a == b end
+  for k, v in pairs(a) do if b[k] ~= v then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
 end
 
 local function str(v) return type(v) == "string" and v or nil end
@@ -132,7 +149,10 @@ end
 local function same_containers(a, b)
   if #a ~= #b then return false end
   for i = 1, #a do
-    if a[i].name ~= b[i].name or a[i].ip ~= b[i].ip or a[i].ip6 ~= b[i].ip6 then return false end
+    if a[i].name ~= b[i].name or a[i].ip ~= b[i].ip or a[i].ip6 ~= b[i].ip6
+       or not same_labels(a[i].labels, b[i].labels) then
+      return false
+    end
   end
   return true
 end

@@ -242,6 +242,21 @@ function M.collect_daemon(set, st, dev, members)
   M.collect_peers(set, dev.interface, st.peers)
   M.collect_node(set, { name = st.self.name, role = st.self.role, connected = st.registry.connected,
                         members = members })
+  if st.policy then M.collect_policy(set, st.self.name, st.policy) end
+end
+
+--- Network policy (status.policy): the version enforced and the packets
+-- and bytes dropped by it on this node.
+function M.collect_policy(set, name, p)
+  set:family("wgoverlay_policy_dropped_packets_total", "counter",
+    "Packets into this node's containers dropped by the network policy.")
+  set:add("wgoverlay_policy_dropped_packets_total", { name = name }, n(p.dropped_packets))
+  set:family("wgoverlay_policy_dropped_bytes_total", "counter",
+    "Bytes of the packets into this node's containers dropped by the network policy.")
+  set:add("wgoverlay_policy_dropped_bytes_total", { name = name }, n(p.dropped_bytes))
+  set:family("wgoverlay_policy_enforced_version", "gauge",
+    "Version of the network policy this node enforces (0: none).")
+  set:add("wgoverlay_policy_enforced_version", { name = name }, n(p.enforced_version))
 end
 
 -- ---------------------------------------------------------------------

@@ -243,7 +243,14 @@ local candidates = record {
                             req("endpoint", M.endpoint) })),
 }
 
-local container = record({ req("name", M.label), req("ip", M.ipv4), opt("ip6", M.ipv6) })
+-- Container labels (wgoverlay.policy: Kubernetes-style keys and values).
+M.labels = function(v)
+  if json_type(v) ~= "object" then return "expected an object of labels, got " .. json_type(v) end
+  local ok, err = require("wgoverlay.policy").check_labels(v, "labels")
+  if not ok then return "expected valid labels (" .. err .. ")" end
+end
+
+local container = record({ req("name", M.label), req("ip", M.ipv4), opt("ip6", M.ipv6), opt("labels", M.labels) })
 
 -- Addresses of a member record inside its slices, slices inside the
 -- cluster (when known).
@@ -374,7 +381,15 @@ local registry = record({
   return unique(reg, "members", "public_key")
 end)
 
+-- The policy in force (wgoverlay.policy): a version and the document.
+M.policy = record({ req("version", int_in(1, nil, "a positive integer")), req("doc", function(v)
+  if json_type(v) ~= "object" then return "expected an object, got " .. json_type(v) end
+  local ok, err = require("wgoverlay.policy").validate(v)
+  if not ok then return "expected a valid policy (" .. err .. ")" end
+end) })
+
 local leader = record {
+  opt("policy", M.policy),
   req("control_private", M.key),
   req("tokens", map(token_id, token)),
   req("allocator", allocator),
@@ -382,7 +397,7 @@ local leader = record {
 }
 
 local members = record({
-  opt("epoch", M.string), req("version", uint), req("members", list(member)),
+  opt("epoch", M.string), req("version", uint), req("members", list(member)), opt("policy", M.policy),
 }, function(m)
   local msg, path = unique(m, "members", "name")
   if msg then return msg, path end
@@ -392,7 +407,8 @@ end)
 local containers = record {
   req("attached", map(leaf("a network namespace (name or path)", "string", function(v)
     return v ~= "" and #v <= 4096 and not v:find("%z")
-  end), record({ req("name", M.label), req("ip", M.ipv4), opt("ip6", M.ipv6) }, function(c, ctx)
+  end), record({ req("name", M.label), req("ip", M.ipv4), opt("ip6", M.ipv6), opt("labels", M.labels) },
+                function(c, ctx)
     local s = ctx.node and ctx.node.self or {}
     return inside(c, { { "ip", s.slice, "an address of this node's slice" },
                        { "ip6", s.slice6, "an address of this node's slice" } })

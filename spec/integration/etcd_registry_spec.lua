@@ -116,6 +116,44 @@ describe("etcd registry #netns", function()
     assert.are.equal(3, #st.registry.endpoints)
   end))
 
+  it("network policy through etcd: applied on any member, enforced on the others within 5 s", helpers.guard(function()
+    local web = cl:attach("pweb", nodes.b, "pweb", "--label app=web")
+    local db = cl:attach("pdb", nodes.c, "pdb", "--label app=db")
+    db.ns:spawn("socat TCP-LISTEN:5432,fork,reuseaddr EXEC:cat", { name = "pdb5432" })
+    local function talk()
+      local ok, out = web.ns:exec(("echo hi | socat -t 1 -T 2 - TCP:%s:5432,connect-timeout=2"):format(db.ip))
+      return ok and out:find("hi", 1, true) ~= nil
+    end
+    local function apply(node, doc)
+      local path = helpers.tmpdir() .. "/policy-" .. node.name .. ".json"
+      helpers.write_file(path, cjson.encode(doc))
+      return cl:cli(node.ns, ("policy apply --state %s %s"):format(quote(node.dir), quote(path)))
+    end
+    local function enforced(node, v)
+      return wait_until(function()
+        local st = cl:status(node)
+        return st and st.policy.enforced_version == v
+      end, 5, 0.1)
+    end
+    assert.truthy(wait_until(talk, 10, 0.2))
+    -- d stores it; c, where db lives, enforces it
+    local code, out, err = apply(nodes.d, { default = "deny",
+      rules = { { from = { app = "web" }, to = { app = "db" }, ports = { "tcp/5432" } } } })
+    assert.are.equal(0, code, out .. err)
+    assert.truthy(enforced(nodes.c, 1), "c did not enforce policy version 1 within 5 s")
+    assert.truthy(talk())
+    assert.is_false(web.ns:ping(db.ip, 1, 1))
+    assert.truthy(cl:status(nodes.c).policy.dropped_packets > 0)
+    code, out, err = apply(nodes.b, { default = "deny", rules = { { from = {}, to = {}, ports = { "tcp/0" } } } })
+    assert.are_not.equal(0, code)
+    assert.truthy((out .. err):find("rules[1].ports[1]", 1, true), out .. err)
+    -- back to allow for the specs that follow
+    code, out, err = apply(nodes.a, { default = "allow", rules = {} })
+    assert.are.equal(0, code, out .. err)
+    assert.truthy(enforced(nodes.c, 2))
+    assert.truthy(web.ns:ping(db.ip, 1, 2))
+  end))
+
   it("hole-punch coordination without a leader: a punch request in etcd makes its target probe",
     helpers.guard(function()
       -- what a node's NAT agent writes through reg:request_punch

@@ -58,6 +58,22 @@ end
 describe("cni plugin without a daemon", function()
   after_each(function() helpers.cleanup() end)
 
+  it("takes policy labels from the configuration and CNI_ARGS WGO_LABELS (which wins)", function()
+    local cni = require "wgoverlay.cni"
+    assert.same({ app = "web", tier = "front" },
+      cni.labels({ labels = { app = "db", tier = "front" } }, cni.parse_args("WGO_LABELS=app=web;WGO_NAME=x")))
+    assert.same({ app = "web", ["example.com/team"] = "a" }, cni.labels({}, cni.parse_args("WGO_LABELS=app=web,example.com/team=a")))
+    assert.is_nil(cni.labels({}, {}))
+    local ok, e = pcall(cni.labels, { labels = { ["bad key"] = "x" } }, {})
+    assert.is_false(ok)
+    assert.equal(7, e.code)
+    assert.matches("bad key", e.msg)
+    ok, e = pcall(cni.labels, {}, cni.parse_args("WGO_LABELS=novalue"))
+    assert.is_false(ok)
+    assert.equal(4, e.code)
+    assert.matches("WGO_LABELS", e.msg)
+  end)
+
   it("VERSION lists the supported versions", function()
     local rc, out = plugin({ CNI_COMMAND = "VERSION" }, { cniVersion = "1.0.0" })
     assert.equal(0, rc)

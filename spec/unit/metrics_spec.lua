@@ -104,9 +104,13 @@ describe("metrics exposition", function()
     local set = metrics.new()
     metrics.collect_device(set, SAMPLE_STATUS)
     metrics.collect_node(set, { name = "n1", role = "leader", connected = true, members = 3 })
+    metrics.collect_policy(set, "n1", { dropped_packets = 7, dropped_bytes = 420, enforced_version = 2 })
     local text = metrics.render(set)
     local fams, order = parse(text)
     assert.is_true(#order >= 20)
+    assert.is_truthy(text:find('\nwgoverlay_policy_dropped_packets_total{name="n1"} 7\n', 1, true))
+    assert.is_truthy(text:find('\nwgoverlay_policy_dropped_bytes_total{name="n1"} 420\n', 1, true))
+    assert.is_truthy(text:find('\nwgoverlay_policy_enforced_version{name="n1"} 2\n', 1, true))
     for _, name in ipairs(order) do
       local f = fams[name]
       assert.is_truthy(f.type, name)

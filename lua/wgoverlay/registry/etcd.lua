@@ -47,6 +47,7 @@ local token = require "wgoverlay.token"
 local joinproto = require "wgoverlay.joinproto"
 local allocator = require "wgoverlay.allocator"
 local schema = require "wgoverlay.schema"
+local policy = require "wgoverlay.policy"
 
 
 local M = {}
@@ -206,6 +207,8 @@ function Reg:apply_kv(key, value, mod_revision)
   elseif kind == "admissions" then
     local r = value and cjson.decode(value)
     self.admissions[a] = type(r) == "table" and r or nil
+  elseif kind == "policy" and a == nil then
+    return self:apply_policy(value, mod_revision)
   elseif kind == "punch" and value ~= nil and a == self.node.name and b and b ~= self.node.name then
     if self.loaded and self.nodes[b] then self.host.punch(b) end
   end
@@ -216,6 +219,7 @@ function Reg:full_read(cb)
   self.e:range(self.prefix, function(res, err)
     if not res then return cb(nil, err) end
     self.nodes, self.alive, self.tokens, self.token_rev, self.admissions, self.slices = {}, {}, {}, {}, {}, {}
+    self.pol, self.pol_rev = nil, nil
     for _, kv in ipairs(res.kvs) do self:apply_kv(kv.key, kv.value, kv.mod_revision) end
     self.revision = res.revision
     self.last_ok = uv.now()
@@ -464,6 +468,51 @@ function M.put_token(e, prefix, key, o, cb)
       if not res.succeeded then return cb(nil, "token id collision; try again") end
       cb(str)
     end)
+end
+
+-- ---------------------------------------------------------------------
+-- network policy: `<prefix>policy` = {version, doc}, watched like the rest
+-- ---------------------------------------------------------------------
+
+-- Returns true when the policy in force changed.
+function Reg:apply_policy(value, mod_revision)
+  if value == nil then
+    local had = self.pol ~= nil
+    self.pol, self.pol_rev = nil, nil
+    return had
+  end
+  local p = cjson.decode(value)
+  if type(p) == "table" then p = { version = math.tointeger(p.version) or p.version, doc = p.doc } end
+  local ok, err = schema.check("members", { version = 0, members = {}, policy = p })
+  if not ok then
+    self.host.log("etcd: policy ignored (the previous one stays): %s", err)
+    return false
+  end
+  self.pol_rev = mod_revision
+  if self.pol and self.pol.version == p.version then return false end
+  self.pol = { version = p.version, doc = assert(policy.validate(p.doc)) }
+  return true
+end
+
+function Reg:policy() return self.pol end
+
+--- Stores a new policy (any node): a transaction on the key's revision,
+-- so two concurrent applies cannot both take the same version.
+function Reg:set_policy(doc, cb)
+  local clean, verr = policy.validate(doc)
+  if not clean then return cb(nil, verr) end
+  local key = self:key("policy")
+  local version = ((self.pol and self.pol.version) or 0) + 1
+  local enc = cjson.encode({ version = version, doc = clean })
+  self.e:txn({ compare = { etcd.cmp(key, "MOD", "EQUAL", self.pol_rev or 0) }, success = { etcd.put_op(key, enc) } },
+    self.host.guard("etcd policy", function(res, err)
+      if not res then return cb(nil, "etcd unavailable: " .. tostring(err) .. "; the policy in force stays") end
+      if not res.succeeded then return cb(nil, "the policy changed meanwhile (another apply); try again") end
+      if self:apply_policy(enc, res.revision) then self.host.changed() end
+      self.host.log("policy version %d stored (%d rules, default %s)", version, #clean.rules, clean.default)
+      self.host.event("policy_applied", { version = version })
+      cb({ version = version })
+    end))
 end
 
 --- Removes a node everywhere: cb(true) or cb(nil, message).

@@ -19,6 +19,7 @@ local jsonlines = require "wgoverlay.jsonlines"
 local candidates = require "wgoverlay.nat.candidates"
 local schema = require "wgoverlay.schema"
 local leaderkey = require "wgoverlay.leaderkey"
+local policy = require "wgoverlay.policy"
 
 local M = {}
 
@@ -56,6 +57,40 @@ function Leader:members()
 end
 
 function Leader:version() return self.registry.version end
+
+-- ---------------------------------------------------------------------
+-- network policy: one document with a version, in leader.json, sent to
+-- every member session (on hello and on each change)
+-- ---------------------------------------------------------------------
+
+function Leader:policy() return self.lead.policy end
+
+--- Stores a new policy document (validated by the caller and here).
+-- cb(`{version}`) | cb(nil, err).  The policy in force stays on error.
+function Leader:set_policy(doc, cb)
+  local clean, err = policy.validate(doc)
+  if not clean then return cb(nil, err) end
+  local old = self.lead.policy
+  self.lead.policy = { version = ((old and old.version) or 0) + 1, doc = clean }
+  local ok, serr = state.save(self.host.paths.leader, self:export_state())
+  if not ok then
+    self.lead.policy = old
+    return cb(nil, "cannot save the policy (the previous one stays): " .. tostring(serr))
+  end
+  local msg = { type = "policy", policy = self.lead.policy }
+  for _, s in pairs(self.sessions) do if s.version then s.conn:send(msg) end end
+  self.host.log("policy version %d stored (%d rules, default %s)", self.lead.policy.version, #clean.rules,
+                clean.default)
+  self.host.event("policy_applied", { version = self.lead.policy.version })
+  self.host.changed()
+  return cb({ version = self.lead.policy.version })
+end
+
+function Leader:export_state()
+  self.lead.allocator = self.alloc:export()
+  self.lead.registry = self.registry:export()
+  return self.lead
+end
 function Leader:connected() return true end
 
 function Leader:save()
@@ -332,6 +367,7 @@ function Leader:on_member_line(s, line)
     s.version = math.tointeger(msg.version) or 0
     s.epoch = type(msg.epoch) == "string" and msg.epoch or nil
     self:push(s)
+    if self.lead.policy then s.conn:send({ type = "policy", policy = self.lead.policy }) end
   elseif msg.type == "containers" and type(msg.containers) == "table" then
     -- checked as leader.json will be on the next start (names, addresses
     -- inside the member's slice), so a member cannot make it unloadable
@@ -344,6 +380,14 @@ function Leader:on_member_line(s, line)
     self:member_candidates(s.name, msg.candidates)
   elseif msg.type == "public_key" then
     self:member_public_key(s.name, msg.public_key)
+  elseif msg.type == "policy_apply" then
+    -- `policy apply` on a member: its root-only control socket, then its
+    -- session (authenticated by WireGuard); checked here like any other
+    local id = math.tointeger(msg.id)
+    self:set_policy(msg.policy, function(r, err)
+      if r then self.host.log("policy version %d applied from node %s", r.version, s.name) end
+      s.conn:send({ type = "policy_result", id = id, version = r and r.version or nil, error = err })
+    end)
   elseif msg.type == "punch_request" and type(msg.peer) == "string" then
     self:relay_punch(s.name, msg.peer)
   end

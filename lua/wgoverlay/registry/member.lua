@@ -40,7 +40,7 @@ function M.open(host)
     view:apply({ type = "snapshot", version = 0, members = { l } })
   end
   return setmetatable({ kind = "embedded", role = "member", host = host, node = node, view = view,
-                        was_member = view:get(node.name) ~= nil, containers = {} }, Member)
+                        was_member = view:get(node.name) ~= nil, containers = {}, pol = saved.policy }, Member)
 end
 
 function Member:members() return self.view:members() end
@@ -91,6 +91,7 @@ end
 
 function Member:stop()
   self.stopping = true
+  for _, done in pairs(self.policy_wait or {}) do done(nil, "the daemon is stopping") end
   if self.timer and not self.timer:is_closing() then self.timer:close() end
   if self.session then self.session.conn:close() end
 end
@@ -129,8 +130,59 @@ function Member:issue_token(_, cb) return cb(nil, "tokens are issued by the lead
 
 function Member:remove_node(_, cb) return cb(nil, "remove-node runs on the leader") end
 
+-- The policy in force, as the leader last sent it (kept in members.json:
+-- a member that restarts without the leader enforces it at once).
+function Member:policy() return self.pol end
+
+M.POLICY_ANSWER = 5 -- seconds to wait for the leader to store a policy
+
+--- `policy apply` on a member: sent over the session, the leader stores
+-- it (and checks it again) and answers; cb(`{version}`) | cb(nil, err).
+function Member:set_policy(doc, cb)
+  if not self:connected() then
+    return cb(nil, "the leader is not reachable (see `status`): the policy in force stays")
+  end
+  self.policy_seq = (self.policy_seq or 0) + 1
+  local id = self.policy_seq
+  local tm = uv.new_timer()
+  self.policy_wait = self.policy_wait or {}
+  local function done(r, err)
+    if not self.policy_wait[id] then return end
+    self.policy_wait[id] = nil
+    if not tm:is_closing() then tm:close() end
+    cb(r, err)
+  end
+  self.policy_wait[id] = done
+  tm:start(M.POLICY_ANSWER * 1000, 0, self.host.guard("policy answer timeout", function()
+    done(nil, string.format("no answer from the leader within %d s; see `policy show` for what is in force",
+                            M.POLICY_ANSWER))
+  end))
+  self:send({ type = "policy_apply", id = id, policy = doc })
+end
+
+function Member:on_policy_result(msg)
+  local id = math.tointeger(msg.id)
+  local done = id and self.policy_wait and self.policy_wait[id]
+  if not done then return end
+  if type(msg.error) == "string" then return done(nil, msg.error) end
+  done({ version = math.tointeger(msg.version) })
+end
+
+function Member:on_policy(p)
+  if type(p) ~= "table" then return self.host.log("policy from the leader refused: not an object") end
+  p = { version = math.tointeger(p.version) or p.version, doc = p.doc } -- JSON numbers arrive as floats
+  local ok, err = require("wgoverlay.schema").check("members", { version = 0, members = {}, policy = p })
+  if not ok then return self.host.log("policy from the leader refused: %s", err) end
+  if self.pol and self.pol.version == p.version then return end
+  self.pol = { version = p.version, doc = assert(require("wgoverlay.policy").validate(p.doc)) }
+  self:save()
+  self.host.changed()
+end
+
 function Member:save()
-  local ok, err = state.save(self.host.paths.members, self.view:export())
+  local data = self.view:export()
+  data.policy = self.pol
+  local ok, err = state.save(self.host.paths.members, data)
   if not ok then self.host.log("cannot save members: %s", err) end
 end
 
@@ -141,6 +193,8 @@ function Member:on_line(line)
     if type(msg.peer) == "string" then self.host.punch(msg.peer) end
     return
   end
+  if msg.type == "policy" then return self:on_policy(msg.policy) end
+  if msg.type == "policy_result" then return self:on_policy_result(msg) end
   local res = self.view:apply(msg)
   if not res then return end
   if res.need_snapshot then self:send(self.view:hello()) end
