@@ -14,7 +14,10 @@ NS=wgo-benchreg-$$
 TMP=$(mktemp -d /tmp/wgo-benchreg.XXXXXX)
 ETCD_PID=
 cleanup() {
-  [ -n "$ETCD_PID" ] && kill "$ETCD_PID" 2>/dev/null && wait "$ETCD_PID" 2>/dev/null
+  # errexit is off here: etcd's exit status after the kill (143) must not
+  # stop the cleanup before the namespace is deleted
+  set +e
+  if [ -n "$ETCD_PID" ]; then kill "$ETCD_PID" 2>/dev/null; wait "$ETCD_PID" 2>/dev/null; fi
   ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$TMP"

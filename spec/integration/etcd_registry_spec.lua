@@ -195,6 +195,13 @@ describe("etcd registry #netns", function()
       join(E, tok, 10)
       assert.is_true(os.time() - t0 <= 10)
       assert(wait_until(function() return peers_of(nodes.b).e end, 10, 0.25), "b does not see e")
+      -- a's lease (10 s) ran out: listed as down, its record and slice kept
+      assert(wait_until(function()
+        local _, st = peers_of(nodes.b)
+        for _, n in ipairs(st and st.registry.down or {}) do if n == "a" then return true end end
+        return false
+      end, 20, 0.5), "a is not listed as down by b")
+      assert.truthy(peers_of(nodes.b).a, "a's record went with its lease")
       -- remove d from c; b and e lose it (peer and name) within 5 s
       cl:must_cli(nodes.c.ns, ("remove-node --state %s d"):format(quote(nodes.c.dir)))
       local gone = wait_until(function()
