@@ -29,201 +29,64 @@
 local helpers = require "spec.helpers"
 local cjson = require "cjson"
 local state = require "wgoverlay.state"
+local nat_fixture = require "spec.nat_fixture"
 
-local quote = helpers.quote
 local wait_until = helpers.wait_until
+local peer = nat_fixture.peer
 
-local PORT = 51820
+local PORT = nat_fixture.PORT
 local TURN = "203.0.113.10:3478"
 local TURN_USER, TURN_PASS = "wgo", "relay-s3cret"
 -- faster than the defaults (15 and 30 s) so that the spec stays short
 local NAT_SETTINGS = { "dead_after=8", "upgrade_interval=20", "stun_interval=10" }
 
 describe("NAT traversal #netns", function()
-  local hub, S, X, turnd
-  local nodes = {}    -- name -> { name, ns, under, endpoint, dir, proc, ip, ifname, public_key, router }
-  local ifnames = {}
-  local report = {}   -- lines printed at the end
+  local fx, hub, S, X, turnd
+  local nodes
 
-  local function cli(ns, args) return helpers.wgoverlay_cli(ns, args) end
-
-  local function must_cli(ns, args)
-    local code, out, err = cli(ns, args)
-    assert(code == 0, ("wgoverlay %s failed (exit %s):\n%s%s"):format(args, tostring(code), out, err))
-    return out
-  end
-
-  local function status(node)
-    local code, out = cli(node.ns, "status --state " .. quote(node.dir) .. " --json")
-    if code ~= 0 then return nil end
-    return cjson.decode(out)
-  end
-
-  local function peer(st, name)
-    for _, p in ipairs(st and st.peers or {}) do if p.name == name then return p end end
-  end
-
-  local function note(fmt, ...)
-    local line = string.format(fmt, ...)
-    report[#report + 1] = line
-    io.stderr:write("\n  nat: " .. line .. "\n")
-  end
-
-  -- Waits until `a` sees `b` with connection `kind` and vice versa;
-  -- returns the seconds since `t0` and both statuses.
-  local function wait_connection(a, b, kind, t0, timeout)
-    local last = {}
-    local ok = wait_until(function()
-      local sa, sb = status(a), status(b)
-      last = { sa, sb }
-      local pa, pb = peer(sa, b.name), peer(sb, a.name)
-      return pa and pb and pa.connection == kind and pb.connection == kind and pa.nat_phase == "up"
-        and pb.nat_phase == "up"
-    end, timeout or 40, 0.25)
-    local took = helpers.now() - t0
-    if not ok then
-      local function brief(st, name)
-        local p = peer(st, name)
-        return p and ("%s via %s (%s, phase %s)"):format(p.connection, tostring(p.endpoint), p.healthy and "healthy"
-          or "unhealthy", tostring(p.nat_phase)) or "no status"
-      end
-      error(("%s<->%s not %s after %.1f s: %s sees %s; %s sees %s"):format(a.name, b.name, kind, took, a.name,
-        brief(last[1], b.name), b.name, brief(last[2], a.name)), 2)
-    end
-    return took, last[1], last[2]
-  end
-
-  local function wait_ping(from, to, timeout)
-    local ok = wait_until(function() return from.ns:ping(to.ip, 1, 1) end, timeout or 15, 0.1)
-    assert(ok, ("%s cannot ping %s (%s)"):format(from.name, to.name, to.ip))
-  end
-
-  local function counters() return helpers.nft_counters(hub, "bridge", "natcount") end
-
-  local function on_hub(ns, addrs)
-    local hub_end, ns_end = helpers.netns.veth(hub, ns, { b = addrs })
-    hub:must("ip link set " .. hub_end .. " master br0")
-    return ns_end
-  end
-
-  local function new_node(name, under, wan_ip, nat)
-    local node = { name = name, under = under, endpoint = under .. ":" .. PORT,
-                   dir = helpers.tmpdir() .. "/state-" .. name }
-    node.ns = helpers.netns.new("n" .. name)
-    if not wan_ip then
-      on_hub(node.ns, { under .. "/24" })
-    else
-      local r = helpers.netns.new("r" .. name)
-      local wan = on_hub(r, { wan_ip .. "/24" })
-      local lan = under:gsub("%.%d+$", ".1")
-      helpers.netns.veth(r, node.ns, { a = { lan .. "/24" }, b = { under .. "/24" } })
-      node.ns:must("ip route add default via " .. lan)
-      r:must("sysctl -q -w net.ipv4.ip_forward=1")
-      r:must(([[nft -f - <<'EOF'
-table ip nat {
-  chain post {
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "%s" masquerade%s
-  }
-  chain input {
-    type filter hook input priority filter; policy accept;
-    iifname "%s" ct state new drop
-  }
-}
-EOF]]):format(wan, nat == "symmetric" and " random" or "", wan))
-      node.router, node.wan, node.router_wan = r, wan_ip, wan
-    end
-    nodes[name] = node
-    return node
-  end
-
-  local function read_node(node)
-    local n = assert(state.load(node.dir .. "/node.json"))
-    node.ip, node.ifname, node.public_key = n.self.overlay_ip, n.ifname, n.public_key
-    node.over_ip = node.ip -- for helpers.iperf3
-    ifnames[#ifnames + 1] = n.ifname
-    return n
-  end
-
-  local function start(list)
-    local t0 = helpers.now()
-    local env = helpers.lua_env()
-    env.WGO_NAT_DEBUG = os.getenv("WGO_NAT_DEBUG") -- timestamps of the NAT agent's steps in the logs
-    for _, node in ipairs(list) do
-      node.proc = node.ns:spawn("lua5.4 bin/wgoverlay run --state " .. quote(node.dir),
-        { env = env, cwd = helpers.root, name = "run-" .. node.name })
-    end
-    for _, node in ipairs(list) do
-      local ok, err = wait_until(function()
-        if not node.proc:alive() then error("exited: " .. node.proc:log()) end
-        return status(node) ~= nil
-      end, 15, 0.1)
-      assert(ok, ("daemon %s did not come up: %s\n%s"):format(node.name, tostring(err), node.proc:log()))
-    end
-    return t0
-  end
-
-  local token
-
-  local function join(node)
-    must_cli(node.ns, ("join --state %s --token %s --endpoint %s --name %s --timeout 10"):format(
-      quote(node.dir), quote(token), node.endpoint, node.name))
-    read_node(node)
-  end
+  local function status(node) return fx:status(node) end
+  local function note(...) return fx:note(...) end
+  local function wait_connection(...) return fx:wait_connection(...) end
+  local function wait_ping(...) return fx:wait_ping(...) end
+  local function counters() return fx:counters() end
+  local function join(node) return fx:join(node) end
+  local function start(list, env) return fx:start(list, env) end
 
   -- -------------------------------------------------------------------
   -- set-up and teardown
   -- -------------------------------------------------------------------
 
   lazy_setup(function()
-    assert(helpers.is_root, "integration specs need root")
-    for _, tool in ipairs({ "nft", "ping", "iperf3", "turnserver", "conntrack" }) do
+    for _, tool in ipairs({ "iperf3", "turnserver" }) do
       assert(helpers.sh("command -v " .. tool .. " >/dev/null"), tool .. " is not installed")
     end
-    hub = helpers.netns.new("nhub")
-    hub:must("ip link add br0 type bridge && ip link set br0 up")
-    hub:must([[nft -f - <<'EOF'
-table bridge natcount {
-  chain filt {
-    type filter hook forward priority 0; policy accept;
-    ip saddr 203.0.113.21 ip daddr 203.0.113.22 counter comment "r1-to-r2"
-    ip saddr 203.0.113.22 ip daddr 203.0.113.21 counter comment "r2-to-r1"
-    ip saddr 203.0.113.21 ip daddr 203.0.113.10 counter comment "r1-to-turn"
-    ip saddr 203.0.113.22 ip daddr 203.0.113.10 counter comment "r2-to-turn"
-    ip saddr 203.0.113.23 ip daddr 203.0.113.10 counter comment "r3-to-turn"
-    ip saddr 203.0.113.23 ip daddr 203.0.113.24 counter comment "r3-to-r4"
-  }
-}
-EOF]])
-    S = helpers.netns.new("nturn")
-    on_hub(S, { "203.0.113.10/24" })
-    X = helpers.netns.new("nx")
-    on_hub(X, { "203.0.113.66/24" })
-    turnd = helpers.turnserver(S, { listen = { "203.0.113.10" }, relay_ip = "203.0.113.10",
-      users = { TURN_USER .. ":" .. TURN_PASS }, extra = "--min-port 49152 --max-port 49400" })
+    fx = nat_fixture.new({ counters = {
+      'ip saddr 203.0.113.21 ip daddr 203.0.113.22 counter comment "r1-to-r2"',
+      'ip saddr 203.0.113.22 ip daddr 203.0.113.21 counter comment "r2-to-r1"',
+      'ip saddr 203.0.113.21 ip daddr 203.0.113.10 counter comment "r1-to-turn"',
+      'ip saddr 203.0.113.22 ip daddr 203.0.113.10 counter comment "r2-to-turn"',
+      'ip saddr 203.0.113.23 ip daddr 203.0.113.10 counter comment "r3-to-turn"',
+      'ip saddr 203.0.113.23 ip daddr 203.0.113.24 counter comment "r3-to-r4"',
+    } })
+    hub, nodes = fx.hub, fx.nodes
+    S = fx:host("turn", { "203.0.113.10/24" })
+    X = fx:host("x", { "203.0.113.66/24" })
+    turnd = fx:turn(S, "203.0.113.10", TURN_USER, TURN_PASS)
 
-    local L = new_node("leader", "203.0.113.1")
-    new_node("a", "10.1.0.2", "203.0.113.21", "cone")
-    new_node("b", "10.2.0.2", "203.0.113.22", "cone")
-    new_node("c", "10.3.0.2", "203.0.113.23", "symmetric")
-    new_node("d", "10.4.0.2", "203.0.113.24", "symmetric")
-    new_node("p", "203.0.113.30")
+    local L = fx:node("leader", "203.0.113.1")
+    fx:node("a", "10.1.0.2", "203.0.113.21", "cone")
+    fx:node("b", "10.2.0.2", "203.0.113.22", "cone")
+    fx:node("c", "10.3.0.2", "203.0.113.23", "symmetric")
+    fx:node("d", "10.4.0.2", "203.0.113.24", "symmetric")
+    fx:node("p", "203.0.113.30")
     local nat = {}
     for _, kv in ipairs(NAT_SETTINGS) do nat[#nat + 1] = "--nat " .. kv end
-    must_cli(L.ns, ("init --state %s --endpoint %s --name leader --stun %s --stun %s --turn %s --turn-user %s "
-      .. "--turn-password %s %s"):format(quote(L.dir), L.endpoint, TURN, L.endpoint, TURN, TURN_USER, TURN_PASS,
-      table.concat(nat, " ")))
-    read_node(L)
-    token = must_cli(L.ns, "token --state " .. quote(L.dir) .. " --uses 10"):gsub("%s+$", "")
+    fx:init(L, ("--stun %s --stun %s --turn %s --turn-user %s --turn-password %s %s"):format(TURN, L.endpoint,
+      TURN, TURN_USER, TURN_PASS, table.concat(nat, " ")))
     start({ L })
   end)
 
-  teardown(function()
-    local ok, err = pcall(helpers.cleanup)
-    for _, ifn in ipairs(ifnames) do os.remove("/var/run/wireguard/" .. ifn .. ".sock") end
-    if #report > 0 then io.stderr:write("\n  nat: summary\n    " .. table.concat(report, "\n    ") .. "\n") end
-    assert(ok, err)
-  end)
+  teardown(function() fx:teardown() end)
 
   -- -------------------------------------------------------------------
   -- the cases
