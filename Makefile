@@ -17,7 +17,7 @@ WARN    := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
            -Wformat=2 -Wno-unused-parameter -Werror=implicit-function-declaration
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) -I$(LUA_INC) -Icsrc
-LDLIBS  := -lsodium -lmnl -lpthread -lcurl -lmicrohttpd
+LDLIBS  := -lsodium -lmnl -lpthread -lcurl -lmicrohttpd -lnatpmp -lminiupnpc
 
 ifeq ($(origin AEAD),command line)
 $(error AEAD= is gone: every build has both AEADs and picks one at run time (WGO_AEAD=libsodium forces libsodium))

@@ -16,7 +16,8 @@
 -- tell it with `rocks_provided` in its configuration (README has the
 -- lines), or pass --deps-mode=none to `make` (`test` always checks).  libsodium and
 -- libmnl (libsodium-dev, libmnl-dev) are external C dependencies, and so is
--- libmicrohttpd (libmicrohttpd-dev: the --metrics HTTP server).
+-- libmicrohttpd (libmicrohttpd-dev: the --metrics HTTP server), libnatpmp and
+-- libminiupnpc (libnatpmp-dev, libminiupnpc-dev: port mappings on the router).
 rockspec_format = "3.0"
 package = "wgoverlay"
 version = "scm-1"
@@ -54,6 +55,8 @@ external_dependencies = {
   -- (/usr/include/x86_64-linux-gnu), which the compiler searches by itself
   CURL = { library = "curl" },
   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
+  NATPMP = { header = "natpmp.h", library = "natpmp" },
+  MINIUPNPC = { header = "miniupnpc/miniupnpc.h", library = "miniupnpc" },
 }
 
 build = {
@@ -87,11 +90,14 @@ build = {
         "csrc/lua_process.c",
         "csrc/lua_http.c",
         "csrc/lua_metrics.c",
+        "csrc/lua_portmap.c",
       },
       defines = { "_GNU_SOURCE" },
-      incdirs = { "csrc", "$(SODIUM_INCDIR)", "$(MNL_INCDIR)", "$(CURL_INCDIR)", "$(MICROHTTPD_INCDIR)" },
-      libdirs = { "$(SODIUM_LIBDIR)", "$(MNL_LIBDIR)", "$(CURL_LIBDIR)", "$(MICROHTTPD_LIBDIR)" },
-      libraries = { "sodium", "mnl", "pthread", "curl", "microhttpd" },
+      incdirs = { "csrc", "$(SODIUM_INCDIR)", "$(MNL_INCDIR)", "$(CURL_INCDIR)", "$(MICROHTTPD_INCDIR)", "$(NATPMP_INCDIR)",
+                  "$(MINIUPNPC_INCDIR)" },
+      libdirs = { "$(SODIUM_LIBDIR)", "$(MNL_LIBDIR)", "$(CURL_LIBDIR)", "$(MICROHTTPD_LIBDIR)", "$(NATPMP_LIBDIR)",
+                  "$(MINIUPNPC_LIBDIR)" },
+      libraries = { "sodium", "mnl", "pthread", "curl", "microhttpd", "natpmp", "miniupnpc" },
     },
     ["wgoverlay"] = "lua/wgoverlay/init.lua",
     ["wgoverlay.allocator"] = "lua/wgoverlay/allocator.lua",

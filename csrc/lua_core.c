@@ -36,6 +36,7 @@ int luaopen_wgoverlay_core(lua_State *L)
 	wgo_open_process(L);
 	wgo_open_metrics(L);
 	wgo_open_http(L);
+	wgo_open_portmap(L);
 	lua_pushliteral(L, "wgoverlay.core");
 	lua_setfield(L, -2, "_NAME");
 	return 1;

@@ -6,6 +6,7 @@
  *   lua_process.c  signals, daemonize/ready, kill, getpid, list_sockets
  *   lua_http.c     HTTP(S) client on libcurl multi, run by the caller's loop
  *   lua_metrics.c  the HTTP server of --metrics (libmicrohttpd, caller's loop)
+ *   lua_portmap.c  NAT-PMP (libnatpmp) and UPnP IGD (libminiupnpc) mappings
  *   lua_core.c     luaopen_wgoverlay_core, which gathers them
  * The binding reaches the engine only through device.h's functions.
  *
@@ -63,4 +64,5 @@ void wgo_open_netlink(lua_State *L);
 void wgo_open_process(lua_State *L);
 void wgo_open_metrics(lua_State *L);
 void wgo_open_http(lua_State *L);
+void wgo_open_portmap(lua_State *L);
 #endif

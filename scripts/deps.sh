@@ -12,6 +12,7 @@ PACKAGES=(
   systemd util-linux podman containernetworking-plugins runc busybox-static
   libcurl4-openssl-dev etcd-server etcd-client openssl
   libmicrohttpd-dev prometheus
+  libnatpmp-dev libminiupnpc-dev miniupnpd-nftables miniupnpc
 )
 
 missing=()
