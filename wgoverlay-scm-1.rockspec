@@ -125,6 +125,7 @@ build = {
     ["wgoverlay.nat.agent"] = "lua/wgoverlay/nat/agent.lua",
     ["wgoverlay.nat.candidates"] = "lua/wgoverlay/nat/candidates.lua",
     ["wgoverlay.nat.policy"] = "lua/wgoverlay/nat/policy.lua",
+    ["wgoverlay.nat.portmap"] = "lua/wgoverlay/nat/portmap.lua",
     ["wgoverlay.nat.punch"] = "lua/wgoverlay/nat/punch.lua",
     ["wgoverlay.nat.stun"] = "lua/wgoverlay/nat/stun.lua",
     ["wgoverlay.nat.turn"] = "lua/wgoverlay/nat/turn.lua",

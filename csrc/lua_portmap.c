@@ -190,7 +190,8 @@ static int l_upnp_map(lua_State *L)
 	snprintf(lease_s, sizeof(lease_s), "%d", (int)lease);
 	devs = upnpDiscover(timeout, NULL, NULL, UPNP_LOCAL_PORT_ANY, 0, 2, &err);
 	if (!devs)
-		return wgo_fail(L, 0, "UPnP: no Internet Gateway Device answered (%s)", upnp_error(err));
+		return wgo_fail(L, 0, "UPnP: no Internet Gateway Device answered%s%s%s", err ? " (" : "",
+				err ? upnp_error(err) : "", err ? ")" : "");
 	memset(&urls, 0, sizeof(urls));
 	memset(&data, 0, sizeof(data));
 	r = UPNP_GetValidIGD(devs, &urls, &data, lan, (int)sizeof(lan));

@@ -35,5 +35,16 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # tshark asks whether non-root users may capture: answer no, non-interactively
 echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+# miniupnpd is for the port-mapping spec, which runs its own daemons inside
+# test namespaces: the package's service must never start (it would map
+# ports on this machine's real uplink).  start_daemon=false keeps it
+# disabled; a policy-rc.d refuses any service start during this install.
+echo "miniupnpd miniupnpd/start_daemon boolean false" | debconf-set-selections
+policy_rc=/usr/sbin/policy-rc.d
+if [ ! -e "$policy_rc" ]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy_rc"
+  chmod 755 "$policy_rc"
+  trap 'rm -f "$policy_rc"' EXIT
+fi
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"

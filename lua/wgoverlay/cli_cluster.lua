@@ -22,7 +22,8 @@ function M.register(p)
   c:option("--turn", "TURN relay IP:PORT (used when no direct or hole-punched path works).")
   c:option("--turn-user", "TURN username.")
   c:option("--turn-password", "TURN password.")
-  c:option("--nat", "NAT traversal timing KEY=SECONDS (repeatable), e.g. dead_after=15, upgrade_interval=30."):count("*")
+  c:option("--nat", "NAT traversal setting KEY=VALUE (repeatable), e.g. dead_after=15, upgrade_interval=30 "
+    .. "(seconds); portmap=0 turns port mapping (NAT-PMP, UPnP IGD) off."):count("*")
   c:option("--registry", "Keep the cluster in etcd: etcd://HOST:PORT[,etcd://HOST:PORT...] (default: this node "
     .. "is the embedded registry's leader).")
   c:option("--etcd-prefix", "Key prefix of this cluster in etcd.", "/wgoverlay/default/")

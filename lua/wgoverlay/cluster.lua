@@ -77,7 +77,7 @@ function M.nat_settings(o)
     for _, kv in ipairs(nat) do
       local k, v = tostring(kv):match("^([%w_]+)=([%d.]+)$")
       if not k or not tonumber(v) then
-        return nil, string.format("NAT setting \"%s\" invalid: expected KEY=SECONDS", tostring(kv))
+        return nil, string.format("NAT setting \"%s\" invalid: expected KEY=VALUE", tostring(kv))
       end
       t[k] = math.tointeger(tonumber(v)) or tonumber(v)
     end

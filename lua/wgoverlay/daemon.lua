@@ -27,6 +27,7 @@ local registry = require "wgoverlay.registry"
 local cidr = require "wgoverlay.cidr"
 local transport = require "wgoverlay.transport"
 local nat_agent = require "wgoverlay.nat.agent"
+local portmap = require "wgoverlay.nat.portmap"
 local sdnotify = require "wgoverlay.sdnotify"
 local metrics = require "wgoverlay.metrics"
 local policy = require "wgoverlay.policy"
@@ -304,7 +305,7 @@ function Node:nat_status()
   local list = {}
   for i, c in ipairs(n.candidates) do list[i] = { type = c.type, endpoint = c.endpoint } end
   return { nat = n.nat, candidates = setmetatable(list, cjson.array_mt), stun = setmetatable(stun, cjson.array_mt),
-           relay = n.relay or cjson.null, stats = n.stats }
+           relay = n.relay or cjson.null, portmap = n.portmap or cjson.null, stats = n.stats }
 end
 
 function Node:control(req, reply)
@@ -481,7 +482,13 @@ function Node:start_transport()
   self.keepalive = math.tointeger(nat_settings.keepalive) or M.KEEPALIVE
   local turn_conf = node.cluster.turn
   if type(turn_conf) ~= "table" or type(turn_conf.server) ~= "string" then turn_conf = nil end
+  local pm
+  if portmap.wanted(nat_settings, node.self.endpoint) then
+    pm = portmap.new({ port = node.self.listen_port, lease = nat_settings.portmap_lease, clock = now_precise,
+                       exec = portmap.thread_executor(), log = function(fmt, ...) self:log(fmt, ...) end })
+  end
   self.nat, err = nat_agent.new({
+    portmap = pm,
     t = t, public_key = node.public_key, endpoint = node.self.endpoint,
     stun = type(node.cluster.stun) == "table" and node.cluster.stun or {}, turn = turn_conf,
     settings = nat_settings, clock = now_precise,

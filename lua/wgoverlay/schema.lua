@@ -282,6 +282,9 @@ local member = member_record(false)
 local nat_setting = leaf("a NAT setting name", "string", function(v)
   return require("wgoverlay.nat.policy").DEFAULTS[v] ~= nil
 end)
+-- (seconds are positive, a switch such as portmap is 0 or 1: the policy's
+-- options check which is which when the daemon starts)
+local nat_value = leaf("a positive number (0 or 1 for a switch)", "number", function(v) return v >= 0 end)
 
 -- node.json's cluster.registry: an etcd registry (absent: embedded).
 local etcd_registry = record {
@@ -301,7 +304,7 @@ local node = record({
     req("cidr4", M.cidr4), req("cidr6", M.cidr6), opt("zone", M.zone), opt("dns_forward", M.endpoint),
     opt("stun", list(M.endpoint)),
     opt("turn", record { req("server", M.endpoint), req("username", M.string), req("password", M.string) }),
-    opt("nat", map(nat_setting, M.positive)),
+    opt("nat", map(nat_setting, nat_value)),
     opt("leader", member_record(true)), -- embedded registry (checked below)
     opt("registry", etcd_registry), opt("control_public", M.key),
   }),

@@ -15,6 +15,9 @@
 --   an endpoint-independent one) and relayed (a TURN allocation on the
 --   WireGuard socket, reallocated when lost), and publishes them with its
 --   punch key (`opts.publish`);
+-- * asks the router for a port mapping of the WireGuard port when given a
+--   wgoverlay.nat.portmap (`opts.portmap`), and publishes it as a "mapped"
+--   candidate;
 -- * binds a TURN channel to every peer's relayed address, so that a peer
 --   that relays can always reach it;
 -- * runs one wgoverlay.nat.policy per peer and carries out its actions;
@@ -46,7 +49,8 @@ local function noop() end
 --   `turn` (`{ server, username, password }` or nil), `settings` (policy
 --   settings, see wgoverlay.nat.policy), `clock` (epoch seconds, float),
 --   `publish` (function(candidate set)), `request_punch` (function(peer
---   name)), `log` (function(fmt, ...)), `event` (function(kind, fields))
+--   name)), `log` (function(fmt, ...)), `event` (function(kind, fields)),
+--   `portmap` (a wgoverlay.nat.portmap mapper, or nil: no port mapping)
 -- @return agent, or nil and a message
 function M.new(o)
   local settings, err = policy.options(o.settings)
@@ -56,7 +60,7 @@ function M.new(o)
     self_id = assert(core.key_from_base64(o.public_key)),
     endpoint = o.endpoint and endpoint.normalize(o.endpoint),
     stun_servers = {}, turn_conf = o.turn,
-    publish_fn = o.publish or noop, request_punch_fn = o.request_punch or noop,
+    publish_fn = o.publish or noop, request_punch_fn = o.request_punch or noop, portmap = o.portmap,
     log = o.log or noop, event = o.event or noop,
     peers = {},          -- WireGuard public key (base64) -> peer state
     by_name = {},
@@ -181,7 +185,8 @@ end
 
 --- Our candidate set as published: `{ key, nat, list }`.
 function Agent:candidate_set()
-  local list = cand.gather({ host = { self.endpoint }, srflx = self:_srflx(), relay = self.relayed })
+  local list = cand.gather({ host = { self.endpoint }, srflx = self:_srflx(), relay = self.relayed,
+                             mapped = self.mapped_ep })
   return cand.publish(self.punch_key_b64, self.nat, list)
 end
 
@@ -195,7 +200,8 @@ function Agent:_maybe_publish(now)
   if not self.published and now - self.started < M.FIRST_PUBLISH then
     local stun_pending = #self.stun_servers > 0 and not self.stun_done
     local turn_pending = self.turn and self.turn.state == "allocating"
-    if stun_pending or turn_pending then return end
+    local map_pending = self.portmap and self.portmap:first_pending()
+    if stun_pending or turn_pending or map_pending then return end
   end
   local c = self:candidate_set()
   local k = set_key(c)
@@ -258,6 +264,20 @@ function Agent:_stun_round(now)
   end
 end
 
+-- The router's port mapping: requests (on a pool thread), and the
+-- policies told when our mapped candidate appears or goes.
+function Agent:_portmap_tick(now)
+  local pm = self.portmap
+  if not pm then return end
+  pm:tick(now)
+  local ep = pm:mapped(now)
+  if ep ~= self.mapped_ep then
+    self.mapped_ep = ep
+    for _, p in pairs(self.peers) do p.policy:set_local_mapped(ep ~= nil) end
+    self.busy = true
+  end
+end
+
 -- ---------------------------------------------------------------------
 -- peers
 -- ---------------------------------------------------------------------
@@ -284,6 +304,7 @@ function Agent:set_peers(records)
         p = { name = r.name, public_key = pk, id = core.key_from_base64(pk),
               policy = policy.new(self:_policy_opts(now)), initiated = now }
         p.policy:set_local_nat(self.nat)
+        p.policy:set_local_mapped(self.mapped_ep ~= nil)
         self.peers[pk] = p
       end
       p.name = r.name
@@ -307,7 +328,8 @@ function Agent:set_peers(records)
         if key then p.policy:restart(now) end
       end
       p.policy:set_remote({ endpoint = r.endpoint, nat = c and c.nat or "unknown",
-                            punchable = p.has_key and #self:_targets(p) > 0 })
+                            punchable = p.has_key and #self:_targets(p) > 0,
+                            mapped = c and cand.endpoints_of(c.list, "mapped") or {} })
       local relay = c and cand.find(c.list, "relay")
       local relay_ep = relay and relay.endpoint
       if relay_ep ~= p.relay_ep then
@@ -438,6 +460,7 @@ end
 function Agent:tick(health)
   local now = self.clock()
   self:_stun_round(now)
+  self:_portmap_tick(now)
   if self.turn then self.turn:tick(now) end
   if self.turn_conf and self.realloc_at and now >= self.realloc_at then self:_allocate() end
   self:_maybe_publish(now)
@@ -464,8 +487,10 @@ function Agent:tick(health)
         p.last_phase = pol.phase
       end
       if was_up and pol.phase ~= "up" and not pol.upgrading then
-        -- a path died: perhaps our NAT mapping changed; ask STUN now
+        -- a path died: perhaps our NAT mapping changed (or the router
+        -- forgot our port mapping); ask STUN and the router now
         self.next_stun = math.min(self.next_stun, now)
+        if self.portmap then self.portmap:refresh(now) end
       end
       if pol.connection ~= before then
         self.log("peer %s: connection %s (was %s)", p.name, pol.connection, before)
@@ -525,13 +550,15 @@ function Agent:self_status()
   local stats = {}
   for k, v in pairs(self.stats) do stats[k] = v end
   for k, v in pairs(self.prober.stats) do stats["punch_" .. k] = v end
-  return { nat = self.nat, candidates = c.list, stun = self.mapped, relay = relay, stats = stats }
+  return { nat = self.nat, candidates = c.list, stun = self.mapped, relay = relay, stats = stats,
+           portmap = self.portmap and self.portmap:status() or nil }
 end
 
---- Releases the TURN allocation.
+--- Releases the TURN allocation and deletes the port mapping.
 function Agent:stop()
   self.stopping = true
   if self.turn then self.turn:close() end
+  if self.portmap then self.portmap:stop() end
 end
 
 return M

@@ -2,13 +2,17 @@
 -- socket may be reached, ranked as ICE does (RFC 8445 §5.1.2), and the
 -- pairs two nodes check.  Pure: no I/O.
 --
--- A candidate is `{ type = "host"|"srflx"|"prflx"|"relay", endpoint =
+-- A candidate is `{ type = "host"|"mapped"|"srflx"|"prflx"|"relay", endpoint =
 -- "IP:PORT", priority = n, family = 4|6 }`:
 --
 -- * host: the node's own address (its configured endpoint);
 -- * srflx (server-reflexive): the mapping a STUN server saw for the
 --   WireGuard socket (the NAT's public side);
 -- * prflx (peer-reflexive): an address a peer's probe arrived from;
+-- * mapped: a port mapping the node's router made for the WireGuard port
+--   (NAT-PMP or UPnP IGD, wgoverlay.nat.portmap): reachable from anywhere,
+--   even through a symmetric NAT (ranked between prflx and srflx, as a
+--   server-reflexive address that needs no hole);
 -- * relay: the TURN allocation's relayed address.
 --
 -- What a node publishes (membership record field `candidates`):
@@ -22,7 +26,7 @@ local stun = require "wgoverlay.nat.stun"
 local M = {}
 
 --- Type preferences (RFC 8445 §5.1.2.2 recommended values).
-M.TYPE_PREF = { host = 126, prflx = 110, srflx = 100, relay = 0 }
+M.TYPE_PREF = { host = 126, prflx = 110, mapped = 105, srflx = 100, relay = 0 }
 
 --- NAT mapping kinds a node may publish.
 M.NAT_KINDS = { none = true, ["endpoint-independent"] = true, ["endpoint-dependent"] = true, unknown = true }
@@ -40,7 +44,7 @@ function M.priority(ctype, local_pref)
 end
 
 --- A candidate.
--- @string ctype "host", "srflx", "prflx" or "relay"
+-- @string ctype "host", "mapped", "srflx", "prflx" or "relay"
 -- @string endpoint "IP:PORT" or "[IPv6]:PORT"
 -- @tparam[opt] integer local_pref 0..65535 (default 65535)
 -- @return candidate, or nil and a message
@@ -76,7 +80,8 @@ end
 
 --- Builds a node's candidate list.
 -- @tparam table g `host` (list of "IP:PORT"), `srflx` (list of mapped
---   "IP:PORT" from STUN), `relay` ("IP:PORT" relayed address or nil)
+--   "IP:PORT" from STUN), `mapped` ("IP:PORT" of our router's port
+--   mapping or nil), `relay` ("IP:PORT" relayed address or nil)
 -- @return ranked list (invalid addresses are skipped)
 function M.gather(g)
   local list = {}
@@ -86,6 +91,7 @@ function M.gather(g)
   end
   for i, ep in ipairs(g.host or {}) do add("host", ep, 65535 - i + 1) end
   for i, ep in ipairs(g.srflx or {}) do add("srflx", ep, 65535 - i + 1) end
+  add("mapped", g.mapped)
   add("relay", g.relay)
   return M.rank(list)
 end
@@ -153,6 +159,16 @@ function M.find(list, ctype)
   for _, c in ipairs(list or {}) do
     if c.type == ctype then return c end
   end
+end
+
+--- The endpoints of the candidates of a type, as a set ("IP:PORT" ->
+-- true).
+function M.endpoints_of(list, ctype)
+  local out = {}
+  for _, c in ipairs(list or {}) do
+    if c.type == ctype then out[c.endpoint] = true end
+  end
+  return out
 end
 
 --- Pair priority (RFC 8445 §6.1.2.3): G = the controlling side's

@@ -7,14 +7,25 @@
 -- behind NATs the advertised endpoint is only probed, together with the
 -- other candidates, without waiting `direct_timeout`), then **hole-punched**
 -- (coordinated probing of the peer's candidates found an address that
--- answers), then **relayed** (a TURN channel).  A relayed peer is offered
+-- answers; **port-mapped** when that address is one the peer's router
+-- mapped for it, see below), then **relayed** (a TURN channel).  A relayed peer is offered
 -- an upgrade every `upgrade_interval` seconds (a punch round; the relayed
 -- path stays in use while it runs); a direct or hole-punched path that
 -- shows no sign of life for `dead_after` seconds falls back to the relay
 -- (or, without one, starts over).
 --
+-- Port mappings (wgoverlay.nat.portmap): a side whose router mapped its
+-- WireGuard port publishes a "mapped" candidate, reachable from anywhere.
+-- A punch is then tried even between two endpoint-dependent (symmetric)
+-- NATs, where probing alone cannot work, and a path found by it counts as
+-- **port-mapped** when its address is the peer's mapped candidate, or when
+-- both NATs are symmetric (only a mapping lets a packet through one of
+-- them: the peer's reply may come from a fresh port of its NAT, a
+-- peer-reflexive address that exists thanks to our mapping).  A mapping
+-- that appears while the peer is relayed brings the upgrade forward.
+--
 -- `connection` is always exactly one of "direct", "hole-punched",
--- "relayed": the kind of the last path confirmed to work (initially
+-- "port-mapped", "relayed": the kind of the last path confirmed to work (initially
 -- "direct", what a freshly configured peer uses); `changed_at` is when it
 -- last changed.  `phase` says what the machine is doing ("start",
 -- "direct", "punch-wait", "punching", "confirm", "relay-wait", "relay",
@@ -26,7 +37,9 @@
 --   WireGuard handshake, an answered health probe through the tunnel);
 -- * `observe(endpoint, relay_channel)`: the endpoint the engine uses now
 --   (WireGuard roams to the source of the latest authenticated packet);
--- * `set_remote{ endpoint, nat, punchable }`: the peer's record;
+-- * `set_remote{ endpoint, nat, punchable, mapped }`: the peer's record
+--   (`mapped`: set of its mapped candidates' "IP:PORT");
+-- * `set_local_mapped(bool)`: our router mapped our port;
 -- * `set_local_nat(kind)`, `set_relay(server, channel)` (a channel to the
 --   peer's relayed address is bound on our allocation; nil: none);
 -- * `punch_started()`: the coordinated probing began (the leader's go);
@@ -62,13 +75,18 @@ M.DEFAULTS = {
   handshake_retry = 1,    -- while a new path is being tried, a handshake this often (WireGuard waits 5 s)
   keepalive = 25,         -- WireGuard persistent keepalive (keeps NAT mappings and channels warm)
   stun_interval = 30,     -- between STUN rounds (used by wgoverlay.nat.agent: refreshes the mapping)
+  portmap = 1,            -- 1: ask the router for a port mapping (NAT-PMP, UPnP IGD); 0: never
+  portmap_lease = 120,    -- the mapping's lease asked for (renewed at half of it)
 }
 
 --- The connection kinds.
-M.KINDS = { direct = true, ["hole-punched"] = true, relayed = true }
+M.KINDS = { direct = true, ["hole-punched"] = true, ["port-mapped"] = true, relayed = true }
+
+--- Settings that are switches (0 or 1) rather than seconds.
+M.SWITCHES = { portmap = true }
 
 --- Checks and completes an options table (unknown keys and non-positive
--- values are errors).
+-- values are errors; a switch is 0 or 1).
 -- @return options with defaults filled in, or nil and a message
 function M.options(o)
   local out = {}
@@ -76,7 +94,9 @@ function M.options(o)
   for k, v in pairs(o or {}) do
     if k ~= "clock" and k ~= "now" then
       if M.DEFAULTS[k] == nil then return nil, string.format("unknown NAT setting \"%s\"", tostring(k)) end
-      if type(v) ~= "number" or v <= 0 then
+      if M.SWITCHES[k] then
+        if v ~= 0 and v ~= 1 then return nil, string.format("NAT setting %s must be 0 or 1", k) end
+      elseif type(v) ~= "number" or v <= 0 then
         return nil, string.format("NAT setting %s must be a positive number", k)
       end
       out[k] = v
@@ -101,6 +121,7 @@ function M.new(opts)
     connection = "direct", changed_at = now,
     phase = "start", phase_at = now,
     remote_nat = "unknown", local_nat = "unknown", punchable = false,
+    remote_mapped = {}, local_mapped = false,
     queue = {}, attempts = 0,
   }, Peer)
 end
@@ -158,6 +179,28 @@ function Peer:set_remote(r)
   self.advertised = r.endpoint
   self.remote_nat = r.nat or "unknown"
   self.punchable = r.punchable and true or false
+  local had = next(self.remote_mapped) ~= nil
+  self.remote_mapped = r.mapped or {}
+  if not had and next(self.remote_mapped) ~= nil then self:_mapping_appeared() end
+end
+
+--- Whether our router mapped our WireGuard port.
+function Peer:set_local_mapped(on)
+  on = on and true or false
+  if on and not self.local_mapped then self:_mapping_appeared() end
+  self.local_mapped = on
+end
+
+function Peer:_mapped_any() return self.local_mapped or next(self.remote_mapped) ~= nil end
+
+-- A mapping on either side can give a path where there was none: a
+-- relayed (or failed) peer tries the punch at the next tick.
+function Peer:_mapping_appeared()
+  if self.phase == "up" and self.connection == "relayed" then
+    self.upgrade_at = math.min(self.upgrade_at or math.huge, self.phase_at)
+  elseif self.phase == "failed" or self.phase == "relay-wait" then
+    self:_phase("start", self.phase_at)
+  end
 end
 
 function Peer:set_local_nat(kind) self.local_nat = kind or "unknown" end
@@ -176,11 +219,17 @@ local function after(t, since) return t ~= nil and t > since end
 -- The kind a working non-relayed path at `ep` counts as: "direct" when it
 -- is the peer's advertised endpoint or when either side has no NAT (STUN
 -- saw its own address: the NATed side's packets open the way by
--- themselves); else "hole-punched" for an address found by probing
+-- themselves); "port-mapped" at the peer's mapped candidate, or for an
+-- address found by probing between two symmetric NATs of which one mapped
+-- a port; else "hole-punched" for an address found by probing
 -- (`punched`), and for a roamed one the kind it had, if not relayed.
 function Peer:_kind_of(ep, punched)
   if ep ~= nil and ep == self.advertised then return "direct" end
+  if ep ~= nil and self.remote_mapped[ep] then return "port-mapped" end
   if self.local_nat == "none" or self.remote_nat == "none" then return "direct" end
+  if punched and self:_mapped_any() and not candidates.punch_possible(self.local_nat, self.remote_nat) then
+    return "port-mapped"
+  end
   if punched or self.connection == "relayed" then return "hole-punched" end
   return self.connection
 end
@@ -239,7 +288,8 @@ function Peer:_begin_direct(now)
 end
 
 function Peer:_begin_punch(now, upgrade)
-  if not self.punchable or (not upgrade and not candidates.punch_possible(self.local_nat, self.remote_nat)) then
+  local possible = candidates.punch_possible(self.local_nat, self.remote_nat) or self:_mapped_any()
+  if not self.punchable or (not upgrade and not possible) then
     if upgrade then
       self.upgrade_at = now + self.o.upgrade_interval
       return
