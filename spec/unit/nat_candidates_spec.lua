@@ -145,6 +145,19 @@ describe("nat.candidates", function()
     assert.is_nil(membership.check_record({ name = "a", public_key = "k", candidates = 3 }))
   end)
 
+  it("a router's port mapping is a \"mapped\" candidate, ranked below prflx and above srflx", function()
+    assert.is_true(cand.priority("prflx") > cand.priority("mapped"))
+    assert.is_true(cand.priority("mapped") > cand.priority("srflx"))
+    local list = cand.gather({ host = { "10.1.0.2:51820" }, srflx = { "198.51.100.21:40001" },
+                               mapped = "198.51.100.21:51820", relay = "203.0.113.10:49160" })
+    local types = {}
+    for i, c in ipairs(list) do types[i] = c.type end
+    assert.same({ "host", "mapped", "srflx", "relay" }, types)
+    local c = assert(cand.sanitize(cand.publish(nil, "endpoint-dependent", list)))
+    assert.same({ ["198.51.100.21:51820"] = true }, cand.endpoints_of(c.list, "mapped"))
+    assert.same({ "10.1.0.2:51820", "198.51.100.21:51820", "198.51.100.21:40001" }, cand.probe_targets(c.list))
+  end)
+
   it("knows when punching is hopeless", function()
     assert.is_false(cand.punch_possible("endpoint-dependent", "endpoint-dependent"))
     assert.is_true(cand.punch_possible("endpoint-dependent", "endpoint-independent"))
