@@ -63,6 +63,32 @@ local function record(n)
 end
 
 describe("nat.agent", function()
+  it("publishes the router's port mapping as a mapped candidate, shows it, deletes it at stop", function()
+    local portmap = require "wgoverlay.nat.portmap"
+    local clock = { t = 1700000000 }
+    local jobs, ran = {}, {}
+    local pm = portmap.new({ port = 51820, clock = function() return clock.t end,
+                             exec = function(job, cb) jobs[#jobs + 1] = cb end,
+                             run = function(job) ran[#ran + 1] = job return { protocol = job.protocol } end })
+    local A = node("a", "10.1.0.2:51820", clock, { portmap = pm })
+    A.a:tick()
+    assert.equal(1, #jobs)
+    -- the first publication waits (up to FIRST_PUBLISH) for the router
+    assert.same({}, A.published)
+    jobs[1]({ protocol = "natpmp", external_ip = "198.51.100.21", external_port = 51820, lease = 120,
+              gateway = "10.1.0.1" })
+    clock.t = clock.t + 0.25
+    A.a:tick()
+    local c = A.published[#A.published]
+    assert.same({ { type = "host", endpoint = "10.1.0.2:51820" }, { type = "mapped", endpoint = "198.51.100.21:51820" } },
+      c.list)
+    local st = A.a:self_status()
+    assert.equal("natpmp", st.portmap.protocol)
+    assert.equal("198.51.100.21:51820", st.portmap.external)
+    A.a:stop()
+    assert.same({ { op = "unmap", port = 51820, external = 51820, protocol = "natpmp" } }, ran)
+  end)
+
   it("answers STUN Binding requests on the WireGuard port with the source address", function()
     local clock = { t = 1700000000 }
     local A = node("a", "10.1.0.2:51820", clock)
