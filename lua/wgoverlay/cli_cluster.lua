@@ -256,6 +256,15 @@ function M.format_status(st, now)
     for _, c in ipairs(s.nat.candidates or {}) do cands[#cands + 1] = c.type .. " " .. c.endpoint end
     out[#out + 1] = string.format("  nat %s  candidates %s", s.nat.nat or "unknown",
       #cands > 0 and table.concat(cands, ", ") or "-")
+    local pm = s.nat.portmap
+    if type(pm) == "table" then
+      local line = "  port mapping " .. tostring(pm.state)
+      if type(pm.external) == "string" then
+        line = line .. string.format(" %s (%s, lease %s s)", pm.external, tostring(pm.protocol), tostring(pm.lease))
+      end
+      if type(pm.error) == "string" then line = line .. "  last error: " .. pm.error end
+      out[#out + 1] = line
+    end
   end
   local rows = { { "PEER", "OVERLAY", "ENDPOINT", "HANDSHAKE", "HEALTH", "RTT", "CONNECTION", "SINCE" } }
   for _, p in ipairs(st.peers) do

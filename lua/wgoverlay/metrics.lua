@@ -142,7 +142,7 @@ M.DROP_REASONS = {
   { "bad_offload", { "tx_bad_offload" } },
 }
 
-M.CONNECTION_KINDS = { "direct", "hole-punched", "relayed" }
+M.CONNECTION_KINDS = { "direct", "hole-punched", "port-mapped", "relayed" }
 
 local function n(v) return math.tointeger(v) or 0 end
 
@@ -198,7 +198,7 @@ function M.collect_peers(set, ifname, peers)
   set:family("wgoverlay_peer_last_handshake_seconds", "gauge",
     "Time of the last completed handshake with the peer, Unix epoch seconds (0: never).")
   set:family("wgoverlay_peer_connection", "gauge",
-    "How the peer is reached: 1 for the current kind (direct, hole-punched, relayed), 0 for the others.")
+    "How the peer is reached: 1 for the current kind (direct, hole-punched, port-mapped, relayed), 0 for the others.")
   set:family("wgoverlay_peer_healthy", "gauge", "1 while the peer passes health checks, else 0.")
   set:family("wgoverlay_peer_health_rtt_seconds", "gauge", "Round-trip time of the last health probe answered.")
   for _, p in ipairs(peers) do
