@@ -48,8 +48,8 @@ end
 
 --- Checks the NAT traversal settings of `init`.
 -- @tparam table o `stun` (list of "IP:PORT"), `turn` ("IP:PORT"),
---   `turn_user`, `turn_password`, `nat` (list of "KEY=SECONDS" policy
---   settings, see wgoverlay.nat.policy, or a table)
+--   `turn_user`, `turn_password`, `nat` (list of "KEY=VALUE" policy
+--   settings, seconds or a 0/1 switch, see wgoverlay.nat.policy, or a table)
 -- @return `{ stun, turn, nat }` for the cluster table, or nil and a message
 function M.nat_settings(o)
   local out = {}

@@ -41,7 +41,7 @@ local function make_cluster(dir)
   local L, A = dir .. "/leader", dir .. "/a"
   local lport, aport = free_udp_port(), free_udp_port()
   local leader = assert(cluster.init({ state = L, endpoint = "127.0.0.1:" .. lport, name = "leader",
-                                       stun = { "127.0.0.1:" .. lport }, nat = { "dead_after=20" },
+                                       stun = { "127.0.0.1:" .. lport }, nat = { "dead_after=20", "portmap=0" },
                                        dns_forward = "127.0.0.1:53" }))
   local tok = assert(cluster.token_offline({ state = L, ttl = 600, uses = 1 }))
   local lp = cluster.paths(L)
