@@ -260,7 +260,8 @@ function M.format_status(st, now)
     if type(pm) == "table" then
       local line = "  port mapping " .. tostring(pm.state)
       if type(pm.external) == "string" then
-        line = line .. string.format(" %s (%s, lease %s s)", pm.external, tostring(pm.protocol), tostring(pm.lease))
+        local lease = type(pm.lease) == "number" and string.format("%g", pm.lease) or "?"
+        line = line .. string.format(" %s (%s, lease %s s)", pm.external, tostring(pm.protocol), lease)
       end
       if type(pm.error) == "string" then line = line .. "  last error: " .. pm.error end
       out[#out + 1] = line

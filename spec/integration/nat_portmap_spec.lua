@@ -150,6 +150,11 @@ describe("NAT port mapping #netns", function()
       local function mapped(st)
         for _, c in ipairs(st.self.nat.candidates) do if c.type == "mapped" then return c.endpoint end end
       end
+      -- (B's UPnP mapping may come after the connection: A's is enough)
+      assert(helpers.wait_until(function()
+        sa, sb = fx:status(A), fx:status(B)
+        return sa and sb and mapped(sa) ~= nil and mapped(sb) ~= nil
+      end, math.max(1, 10 - (helpers.now() - t0)), 0.1), "both mapped candidates within 10 s")
       assert.equal("203.0.114.21:51820", mapped(sa))
       assert.equal("203.0.114.22:51820", mapped(sb))
       assert.equal("endpoint-dependent", sa.self.nat.nat)
@@ -164,6 +169,10 @@ describe("NAT port mapping #netns", function()
       assert.equal("upnp", pb.protocol)
       assert.equal("203.0.114.22:51820", pb.external)
       assert.matches("^http://10%.2%.0%.1:%d+/", pb.gateway)
+      -- `status` (text) says it too
+      local text = fx:must_cli(A.ns, "status --state " .. quote(A.dir))
+      assert.truthy(text:find("port mapping mapped 203.0.114.21:51820 (natpmp, lease 120 s)", 1, true), text)
+      assert.truthy(text:find("mapped 203.0.114.21:51820", 1, true), text)
       assert.same({ "51820->10.1.0.2:51820" }, redirects(A))
       assert.same({ "51820->10.2.0.2:51820" }, redirects(B))
       -- what the routers themselves say (UPnP's port mapping list)

@@ -37,6 +37,8 @@ local M = {}
 M.STUN_ROUND = 2          -- s a round waits for answers (requests repeated every 0.5 s)
 M.REALLOCATE = 10         -- s before a lost or failed TURN allocation is tried again
 M.FIRST_PUBLISH = 1.5     -- s the first publication waits for STUN and TURN answers
+M.PORTMAP_WAIT = 0.5      -- s it waits for the router (NAT-PMP answers at once; a UPnP
+                          -- discovery takes longer, and its mapping is published when it comes)
 
 local Agent = {}
 Agent.__index = Agent
@@ -200,7 +202,7 @@ function Agent:_maybe_publish(now)
   if not self.published and now - self.started < M.FIRST_PUBLISH then
     local stun_pending = #self.stun_servers > 0 and not self.stun_done
     local turn_pending = self.turn and self.turn.state == "allocating"
-    local map_pending = self.portmap and self.portmap:first_pending()
+    local map_pending = self.portmap and self.portmap:first_pending() and now - self.started < M.PORTMAP_WAIT
     if stun_pending or turn_pending or map_pending then return end
   end
   local c = self:candidate_set()
