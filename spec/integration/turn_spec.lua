@@ -173,7 +173,7 @@ EOF]])
     local a, b, kind = A.drv:call([[
       S.m = stun.matcher({ clock = clock })
       for _, server in ipairs({ ... }) do
-        assert(t:send_datagram(server, assert(S.m:binding_request(server))))
+        assert(t:send_datagram(server, (assert(S.m:binding_request(server)))))
       end
       pump(5, function() return S.m:count() == 0 end)
       local a, b = S.mapped[select(1, ...)], S.mapped[select(2, ...)]
