@@ -209,6 +209,7 @@ function Agent:_refresh_hosts(now)
   self.next_hosts = now + self.settings.stun_interval
   local addrs, err = self.addresses_fn()
   if not addrs then
+    err = err or "no answer"
     if self.hosts_error ~= err then self.log("cannot list the interface addresses: %s", tostring(err)) end
     self.hosts_error = err
     return
@@ -516,8 +517,8 @@ function Agent:tick(health)
   self:_stun_round(now)
   if self.turn then self.turn:tick(now) end
   if self.turn_conf and self.realloc_at and now >= self.realloc_at then self:_allocate() end
-  self:_maybe_publish(now)
   self:_refresh_hosts(now)
+  self:_maybe_publish(now)
   self:_v6_head_start(now)
   local out, results = self.prober:tick(now)
   send_all(self, out)
