@@ -120,6 +120,7 @@ build = {
     ["wgoverlay.nat.candidates"] = "lua/wgoverlay/nat/candidates.lua",
     ["wgoverlay.nat.policy"] = "lua/wgoverlay/nat/policy.lua",
     ["wgoverlay.nat.punch"] = "lua/wgoverlay/nat/punch.lua",
+    ["wgoverlay.nat.signal"] = "lua/wgoverlay/nat/signal.lua",
     ["wgoverlay.nat.stun"] = "lua/wgoverlay/nat/stun.lua",
     ["wgoverlay.nat.turn"] = "lua/wgoverlay/nat/turn.lua",
     ["wgoverlay.registry"] = "lua/wgoverlay/registry/init.lua",

@@ -1219,7 +1219,7 @@ void wg_device_set_mtu_hint(struct wg_device *dev, unsigned mtu)
 	atomic_store(&dev->mtu, mtu);
 }
 
-int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, const uint8_t *buf, size_t len)
+int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, const uint8_t *buf, size_t len, int ttl)
 {
 	struct wg_endpoint ep;
 	int r;
@@ -1232,7 +1232,10 @@ int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, co
 	else
 		return -EAFNOSUPPORT;
 	pthread_rwlock_rdlock(&dev->sock_lock);
-	r = wg_udp_send(dev->udp4, dev->udp6, &ep, buf, len);
+	if (ttl > 0)
+		r = wg_udp_send_ttl(dev->udp4, dev->udp6, &ep, buf, len, ttl);
+	else
+		r = wg_udp_send(dev->udp4, dev->udp6, &ep, buf, len);
 	pthread_rwlock_unlock(&dev->sock_lock);
 	return r;
 }

@@ -173,7 +173,9 @@ int wg_device_enable_control(struct wg_device *dev);
 void wg_device_set_mtu_hint(struct wg_device *dev, unsigned mtu);
 
 /* Sends raw bytes from the WireGuard socket. */
-int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, const uint8_t *buf, size_t len);
+/* ttl: 0 for the socket's default, else the IPv4 TTL / IPv6 hop limit of
+ * this datagram (1-255). */
+int wg_device_send_datagram(struct wg_device *dev, const struct sockaddr *to, const uint8_t *buf, size_t len, int ttl);
 /* Pops one event (caller frees), NULL when empty. */
 struct wg_dev_event *wg_device_pop_event(struct wg_device *dev);
 int wg_device_initiate(struct wg_device *dev, const uint8_t public_key[32]);

@@ -561,6 +561,7 @@ static int l_send_datagram(lua_State *L)
 	size_t elen, len;
 	const char *ep = luaL_checklstring(L, 2, &elen);
 	const char *data = luaL_checklstring(L, 3, &len);
+	lua_Integer ttl = luaL_optinteger(L, 4, 0);
 	struct sockaddr_storage ss;
 	int r;
 
@@ -569,7 +570,9 @@ static int l_send_datagram(lua_State *L)
 	}
 	if (len > 65507)
 		return wgo_fail(L, EMSGSIZE, "datagram longer than 65507 bytes");
-	r = wg_device_send_datagram(dev, (struct sockaddr *)&ss, (const uint8_t *)data, len);
+	if (ttl < 0 || ttl > 255)
+		return wgo_fail(L, EINVAL, "ttl %lld invalid: expected 1-255 (or 0: the default)", (long long)ttl);
+	r = wg_device_send_datagram(dev, (struct sockaddr *)&ss, (const uint8_t *)data, len, (int)ttl);
 	if (r < 0) {
 		return wgo_fail(L, -r, "send to %s failed: %s", ep, strerror(-r));
 	}

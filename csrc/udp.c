@@ -216,6 +216,35 @@ int wg_udp_send(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *b
 	return -errno;
 }
 
+int wg_udp_send_ttl(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t len, int ttl)
+{
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cbuf;
+	struct cmsghdr *c;
+	int fd = fd_for(fd4, fd6, to);
+
+	if (fd < 0)
+		return -EAFNOSUPPORT;
+	if (ttl < 1 || ttl > 255)
+		return -EINVAL;
+	fill_msghdr(&mh, to, NULL, 0, false);
+	memset(&cbuf, 0, sizeof(cbuf));
+	mh.msg_control = cbuf.buf;
+	mh.msg_controllen = sizeof(cbuf.buf);
+	c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = to->addr.sa.sa_family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6;
+	c->cmsg_type = to->addr.sa.sa_family == AF_INET ? IP_TTL : IPV6_HOPLIMIT;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &ttl, sizeof(int));
+	if (sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+		return 0;
+	return -errno;
+}
+
 int wg_udp_send_gso(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t total, size_t segsize)
 {
 	struct iovec iov[2 * 64];

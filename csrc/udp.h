@@ -25,6 +25,9 @@ int wg_udp_send_gso(int fd4, int fd6, const struct wg_endpoint *to, const uint8_
 
 /* One datagram straight away (handshakes, control datagrams). */
 int wg_udp_send(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t len);
+/* Sends one datagram (never relayed, no source pinning) with an IPv4 TTL or
+ * IPv6 hop limit of `ttl` (1-255) for this datagram only. */
+int wg_udp_send_ttl(int fd4, int fd6, const struct wg_endpoint *to, const uint8_t *buf, size_t len, int ttl);
 
 /* A batch of outgoing datagrams flushed with sendmmsg.  Buffers inside
  * [borrow_lo, borrow_hi) stay valid until the flush and are not copied. */

@@ -54,11 +54,25 @@ EOF]]):format(table.concat(rules, "\n")))
   return self
 end
 
---- A namespace on the hub with `addrs` on its end of the veth.
+--- A namespace on the hub with `addrs` on its end of the veth (and a
+-- route to the networks behind the core router, when there is one).
 function F:on_hub(ns, addrs)
   local hub_end, ns_end = helpers.netns.veth(self.hub, ns, { b = addrs })
   self.hub:must("ip link set " .. hub_end .. " master br0")
+  if self.core then ns:must(("ip route add %s via %s"):format(self.core.behind, self.core.ip)) end
   return ns_end
+end
+
+--- A router on the hub at `ip` with links to routers of nodes made with
+-- `{ core = true }` (their WAN addresses in `behind`, e.g.
+-- "198.18.0.0/16", one /24 each): the Internet between two such NATs is
+-- one routed hop, not a bridge, as it always is at least.  Make it before
+-- the namespaces on the hub.
+function F:core_router(ip, behind)
+  local ns = self:host("core", { ip .. "/24" })
+  ns:must("sysctl -q -w net.ipv4.ip_forward=1")
+  self.core = { ns = ns, ip = ip, behind = behind }
+  return ns
 end
 
 --- A bare namespace on the hub (coturn, an attacker, ...).
@@ -93,10 +107,12 @@ EOF]]
 -- @string under the node's underlay address (its LAN address behind a NAT)
 -- @string[opt] wan_ip the router's address on the hub
 -- @string[opt] nat "cone" or "symmetric"
--- @tparam[opt] table o `input_filter` (default true); IPv6 (dual stack,
---   the routers only route it: no NAT): `v6` (the node's global address:
---   on the hub /64 for a public node, else in its LAN /64 whose ::1 is the
---   router) and `wan6` (the router's address on the hub /64)
+-- @tparam[opt] table o `input_filter` (default true), `core` (the router's
+--   WAN link goes to the core router, whose address on it is `wan_ip`'s
+--   /24 with .1); IPv6 (dual stack, the routers only route it: no NAT):
+--   `v6` (the node's global address: on the hub /64 for a public node,
+--   else in its LAN /64 whose ::1 is the router) and `wan6` (the router's
+--   address on the hub /64)
 function F:node(name, under, wan_ip, nat, o)
   o = o or {}
   local node = { name = name, under = under, endpoint = under .. ":" .. M.PORT,
@@ -107,7 +123,14 @@ function F:node(name, under, wan_ip, nat, o)
     if o.v6 then self:_v6_host(node.ns) end
   else
     local r = helpers.netns.new(self.prefix .. "r" .. name)
-    local wan = self:on_hub(r, { wan_ip .. "/24" })
+    local wan
+    if o.core then
+      local gw = wan_ip:gsub("%.%d+$", ".1")
+      wan = select(2, helpers.netns.veth(self.core.ns, r, { a = { gw .. "/24" }, b = { wan_ip .. "/24" } }))
+      r:must("ip route add default via " .. gw)
+    else
+      wan = self:on_hub(r, { wan_ip .. "/24" })
+    end
     local lan = under:gsub("%.%d+$", ".1")
     node.router_lan, node.lan_if = helpers.netns.veth(r, node.ns, { a = { lan .. "/24" }, b = { under .. "/24" } })
     node.ns:must("ip route add default via " .. lan)

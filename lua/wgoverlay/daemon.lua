@@ -27,6 +27,7 @@ local registry = require "wgoverlay.registry"
 local cidr = require "wgoverlay.cidr"
 local transport = require "wgoverlay.transport"
 local nat_agent = require "wgoverlay.nat.agent"
+local nat_signal = require "wgoverlay.nat.signal"
 local sdnotify = require "wgoverlay.sdnotify"
 local metrics = require "wgoverlay.metrics"
 local policy = require "wgoverlay.policy"
@@ -492,10 +493,30 @@ function Node:start_transport()
     listen_port = node.self.listen_port,
     publish = function(c) self.reg:set_candidates(c) end,
     request_punch = function(peer) self.reg:request_punch(peer) end,
+    send_signal = function(ip, bytes)
+      if self.sigsock then self.sigsock:send(bytes, ip, nat_signal.PORT, function() end) end
+    end,
     log = function(fmt, ...) self:log(fmt, ...) end,
     event = function(kind, fields) self:event(kind, fields) end,
   })
   if not self.nat then return nil, "NAT settings: " .. tostring(err) end
+  return true
+end
+
+-- The NAT agent's signal socket (UDP nat_signal.PORT on the overlay
+-- address): punch signalling between members without the registry.
+function Node:start_signals()
+  local u = uv.new_udp()
+  local ok, err = u:bind(self.node.self.overlay_ip, nat_signal.PORT)
+  if not ok then
+    u:close()
+    return nil, ("signal socket %s:%d: %s"):format(self.node.self.overlay_ip, nat_signal.PORT, tostring(err))
+  end
+  self.sigsock = u
+  u:recv_start(self:guard("signal socket", function(rerr, data, addr)
+    if rerr or not data or not addr or self.stopping then return end
+    self.nat:on_signal(addr.ip, data)
+  end))
   return true
 end
 
@@ -592,6 +613,8 @@ function M.run(dir, opts)
     guard = function(where, fn) return self:guard(where, fn) end,
   })
   if not self.hsvc then return fail(err) end
+  ok, err = self:start_signals()
+  if not ok then return fail(err) end
   ok, err = self.reg:start()
   if not ok then return fail(err) end
   self.reg:set_containers(self.containers:records())
@@ -627,6 +650,7 @@ function Node:stop()
   if self.metrics then self.metrics.close() end
   if self.dns then self.dns:stop() end
   if self.hsvc then self.hsvc:stop() end
+  close(self.sigsock)
   if self.reg then self.reg:stop() end
   if self.ctl then self.ctl:close() end
   if self.containers then self.containers:stop() end -- our nftables table

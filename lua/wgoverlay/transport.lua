@@ -529,10 +529,17 @@ function Transport:events()
 end
 
 --- Sends raw bytes from the WireGuard UDP socket.
-function Transport:send_datagram(endpoint, bytes)
+-- @string endpoint "IP:PORT" or "[IPv6]:PORT"
+-- @string bytes
+-- @int[opt] ttl IPv4 TTL / IPv6 hop limit of this datagram (1-255; default:
+--   the system's)
+function Transport:send_datagram(endpoint, bytes, ttl)
   check_type(endpoint, "string", "send_datagram: endpoint")
   check_type(bytes, "string", "send_datagram: bytes")
-  return result(dev(self):send_datagram(endpoint, bytes))
+  if ttl ~= nil and (math.type(ttl) ~= "integer" or ttl < 1 or ttl > 255) then
+    error("send_datagram: ttl must be an integer 1-255", 2)
+  end
+  return result(dev(self):send_datagram(endpoint, bytes, ttl))
 end
 
 --- Registers (or, with `false`, forgets) a TURN server: ChannelData

@@ -12,15 +12,19 @@
 --     ├─ R2 masquerade    203.0.113.22 ── B 10.2.0.2:51820
 --     ├─ R3 masq. random  203.0.113.23 ── C 10.3.0.2:51820
 --     ├─ R4 masq. random  203.0.113.24 ── D 10.4.0.2:51820
+--     ├─ R7 masquerade    203.0.113.27 ── G 10.7.0.2:51820 (its clock an hour ahead)
 --     ├─ P  public node   203.0.113.30:51820
---     └─ X  attacker      203.0.113.66
+--     ├─ X  attacker      203.0.113.66
+--     └─ core router      203.0.113.40 (routes 198.18.0.0/16: the Internet between E and F is one routed hop)
+--          ├─ RE masquerade, no input filter  198.18.1.2 ── E 10.5.0.2:51820
+--          └─ RF masquerade, no input filter  198.18.2.2 ── F 10.6.0.2:51820
 --
--- Like a home router, each NAT drops unsolicited packets addressed to
--- itself (`ct state new drop` on its WAN side in the input hook).  Without
--- that, Linux conntrack records the first unsolicited probe from the other
--- side as a flow to the router itself, and the router's next mapping for
--- the same address pair must take another port: the punch then fails and
--- the pair stays relayed (see README, NAT traversal, limits).
+-- Like a home router, R1-R4 drop unsolicited packets addressed to
+-- themselves (`ct state new drop` on the WAN side in the input hook).  RE
+-- and RF are plain Linux NATs without that rule: there conntrack records
+-- an unsolicited probe from the other side as a flow to the router itself,
+-- and the router's next mapping for the same address pair must take
+-- another port; the low-TTL first probes of a punch avoid it (case a).
 --
 -- The cluster: `init --stun 203.0.113.10:3478 --stun 203.0.113.1:51820
 -- --turn 203.0.113.10:3478 ...`; nodes join with their private endpoints.
@@ -52,6 +56,17 @@ describe("NAT traversal #netns", function()
   local function join(node) return fx:join(node) end
   local function start(list, env) return fx:start(list, env) end
 
+  -- coturn runs (case 5 stops it) and each of `list` holds an allocation
+  local function relay_ready(list)
+    if not turnd:alive() then turnd = fx:turn(S, "203.0.113.10", TURN_USER, TURN_PASS) end
+    for _, n in ipairs(list) do
+      assert(wait_until(function()
+        local s = status(n)
+        return s and type(s.self.nat.relay) == "table" and s.self.nat.relay.state == "allocated"
+      end, 30, 0.25), n.name .. " has no TURN allocation")
+    end
+  end
+
   -- -------------------------------------------------------------------
   -- set-up and teardown
   -- -------------------------------------------------------------------
@@ -69,6 +84,8 @@ describe("NAT traversal #netns", function()
       'ip saddr 203.0.113.23 ip daddr 203.0.113.24 counter comment "r3-to-r4"',
     } })
     hub, nodes = fx.hub, fx.nodes
+    -- plain Linux NATs sit behind a core router (a routed hop between them)
+    fx:core_router("203.0.113.40", "198.18.0.0/16")
     S = fx:host("turn", { "203.0.113.10/24" })
     X = fx:host("x", { "203.0.113.66/24" })
     turnd = fx:turn(S, "203.0.113.10", TURN_USER, TURN_PASS)
@@ -79,6 +96,9 @@ describe("NAT traversal #netns", function()
     fx:node("c", "10.3.0.2", "203.0.113.23", "symmetric")
     fx:node("d", "10.4.0.2", "203.0.113.24", "symmetric")
     fx:node("p", "203.0.113.30")
+    fx:node("g", "10.7.0.2", "203.0.113.27", "cone")
+    fx:node("e", "10.5.0.2", "198.18.1.2", "cone", { input_filter = false, core = true })
+    fx:node("f", "10.6.0.2", "198.18.2.2", "cone", { input_filter = false, core = true })
     local nat = {}
     for _, kv in ipairs(NAT_SETTINGS) do nat[#nat + 1] = "--nat " .. kv end
     fx:init(L, ("--stun %s --stun %s --turn %s --turn-user %s --turn-password %s %s"):format(TURN, L.endpoint,
@@ -206,7 +226,7 @@ describe("NAT traversal #netns", function()
             assert(u:sendto(resp, ip, port))
             for _, kind in ipairs({ punch.PROBE, punch.ACK }) do
               assert(u:sendto(punch.encode({ kind = kind, sender = core.key_from_base64(a_id), receiver = recv,
-                nonce = core.random(12), time = socket.gettime(), echo = core.random(12) }, core.random(32)), ip, port))
+                nonce = core.random(12), echo = core.random(12) }, core.random(32)), ip, port))
             end
             n = n + 3
           end
@@ -319,5 +339,87 @@ EOF]])
     took = wait_connection(P, A, "direct", t0, 60)
     wait_ping(P, A, 10)
     note("case 5b (relay stopped, direct path open again): direct %.1f s later", took)
+  end))
+  it("case a: two plain masquerade NATs with no input filter: hole-punched, and again after conntrack -F",
+    helpers.guard(function()
+    local E, F = nodes.e, nodes.f
+    join(E)
+    join(F)
+    local t0 = start({ E, F })
+    local took, se = wait_connection(E, F, "hole-punched", t0, 10)
+    wait_ping(E, F, 10)
+    note("case a (two plain masquerade NATs, no input filter): hole-punched %.1f s after the daemons started", took)
+    assert.equal("198.18.2.2:51820", peer(se, "f").endpoint)
+    assert.is_true(se.self.nat.stats.punch_low_ttl_sent > 0)
+    relay_ready({ E, F }) -- the relay carries the pair while stale NAT flows expire
+    -- both NATs forget every mapping: traffic comes back (relayed first,
+    -- the stale flows to the NATs themselves must expire) and the pair is
+    -- hole-punched again
+    E.router:must("conntrack -F 2>/dev/null")
+    F.router:must("conntrack -F 2>/dev/null")
+    t0 = helpers.now()
+    local ok = wait_until(function() return E.ns:ping(F.ip, 1, 1) and F.ns:ping(E.ip, 1, 1) end, 30, 0.1)
+    local back = helpers.now() - t0
+    assert(ok, ("no traffic E <-> F %.1f s after conntrack -F"):format(back))
+    local again = wait_connection(E, F, "hole-punched", t0, 75)
+    wait_ping(E, F, 10)
+    note("case a: conntrack -F on both NATs: traffic again after %.1f s, hole-punched again after %.1f s", back, again)
+  end))
+
+  it("case d: one node's clock an hour ahead: still hole-punched (challenge-response, no timestamps)",
+    helpers.guard(function()
+    local A, G, L = nodes.a, nodes.g, nodes.leader
+    local faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+    assert(helpers.sh("test -r " .. faketime), "libfaketime is not installed")
+    -- G runs the plain build: libfaketime cannot follow AddressSanitizer's runtime in LD_PRELOAD
+    local skew = { LD_PRELOAD = faketime, FAKETIME = "+1h", FAKETIME_DONT_FAKE_MONOTONIC = "1",
+                   LUA_CPATH_5_4 = helpers.root .. "/build/?.so;;", WGO_BUILD_DIR = "build", ASAN_OPTIONS = "" }
+    local prefix = {}
+    for k, v in pairs(skew) do prefix[#prefix + 1] = helpers.quote(k .. "=" .. v) end
+    local ok, out = G.ns:exec("env " .. table.concat(prefix, " ") .. " date +%s")
+    assert(ok)
+    local off = tonumber(out:match("%d+")) - os.time()
+    assert.is_true(off > 3500 and off < 3700, "libfaketime did not move the clock: " .. tostring(off))
+    join(G)
+    G.env = skew
+    local t0 = start({ G })
+    local took = wait_connection(A, G, "hole-punched", t0, 40)
+    wait_ping(A, G, 10)
+    wait_ping(G, A, 10)
+    note("case d (G's clock %d s ahead): hole-punched with A %.1f s after G started", off, took)
+    -- G leaves: its WireGuard handshakes carried times an hour ahead, which
+    -- its peers now require to grow (WireGuard's replay protection), so it
+    -- could not come back with the right time before they restart
+    assert(G.proc:stop(10))
+    fx:must_cli(L.ns, "remove-node --state " .. helpers.quote(L.dir) .. " g")
+  end))
+
+  it("case c: leader down, both NATs move to other public ports: a path again, then hole-punched again",
+    helpers.guard(function()
+    local A, B, L = nodes.a, nodes.b, nodes.leader
+    -- the STUN/TURN service is up; the leader is what goes
+    relay_ready({ A, B })
+    wait_connection(A, B, "hole-punched", helpers.now(), 30)
+    assert(L.proc:stop(10))
+    local moves = { [A] = "203.0.113.21:61500", [B] = "203.0.113.22:62500" }
+    for n, to in pairs(moves) do
+      n.router:must(("nft flush chain ip nat post && nft add rule ip nat post oifname %s meta l4proto udp "
+        .. "snat to %s && nft add rule ip nat post oifname %s masquerade"):format(n.router_wan, to, n.router_wan))
+    end
+    A.router:must("conntrack -F 2>/dev/null")
+    B.router:must("conntrack -F 2>/dev/null")
+    local t0 = helpers.now()
+    local ok = wait_until(function() return A.ns:ping(B.ip, 1, 1) and B.ns:ping(A.ip, 1, 1) end, 25, 0.2)
+    local back = helpers.now() - t0
+    local sa = status(A)
+    assert(ok, ("no path A <-> B %.1f s after both NATs moved (leader down): A sees B %s"):format(back,
+      cjson.encode(peer(sa, "b") or {})))
+    note("case c (leader down, both NATs moved): a path again after %.1f s (%s)", back, peer(sa, "b").connection)
+    local again, sa2, sb2 = wait_connection(A, B, "hole-punched", t0, 75)
+    assert.equal("203.0.113.22:62500", peer(sa2, "b").endpoint)
+    assert.equal("203.0.113.21:61500", peer(sb2, "a").endpoint)
+    assert.is_true(sa2.self.nat.stats.signals_taken > 0)
+    note("case c: hole-punched again %.1f s after the move, the leader still down (A took %d signals)", again,
+      sa2.self.nat.stats.signals_taken)
   end))
 end)

@@ -336,6 +336,36 @@ describe("transport #netns", function()
       assert.is_false((A.drv:pcall("return t:send_datagram('192.0.2.2:40000', 42)")))
     end))
 
+    it("send_datagram with a TTL / hop limit sets it on that datagram only", helpers.guard(function()
+      -- B counts what arrives by TTL (nft matches the IP header)
+      B.ns:must([[nft -f - <<'EOF'
+table inet ttlcount {
+  chain in {
+    type filter hook input priority 0; policy accept;
+    udp dport 40002 ip ttl 3 counter comment "v4-ttl3"
+    udp dport 40002 ip ttl 64 counter comment "v4-ttl64"
+    udp dport 40002 ip6 hoplimit 5 counter comment "v6-hop5"
+  }
+}
+EOF]])
+      local ok, err = pcall(function()
+        assert.is_true(A.drv:call("return t:send_datagram('192.0.2.2:40002', 'ttl 3', 3)"))
+        assert.is_true(A.drv:call("return t:send_datagram('192.0.2.2:40002', 'default')"))
+        assert.is_true(A.drv:call("return t:send_datagram('192.0.2.2:40002', 'ttl 3 again', 3)"))
+        assert.is_true(A.drv:call("return t:send_datagram('[fd00:2::2]:40002', 'hop 5', 5)"))
+        helpers.sleep(0.3)
+        local c = helpers.nft_counters(B.ns, "inet", "ttlcount")
+        assert.equal(2, c["v4-ttl3"].packets)
+        assert.equal(1, c["v4-ttl64"].packets)
+        assert.equal(1, c["v6-hop5"].packets)
+        for _, bad in ipairs({ "0", "256", "1.5", "'x'" }) do
+          assert.is_false((A.drv:pcall("return t:send_datagram('192.0.2.2:40002', 'x', " .. bad .. ")")), bad)
+        end
+      end)
+      B.ns:exec("nft delete table inet ttlcount")
+      assert(ok, err)
+    end))
+
     it("configure is idempotent: a second call succeeds and changes nothing", helpers.guard(function()
       assert(helpers.wait_ping(A, B.over4, 10))
       local function snapshot()

@@ -33,6 +33,29 @@ local function run(p, clock, dt, step, nudges)
   return all
 end
 
+-- advance the clock by `dt` with a sign of life every step, collecting
+-- every action
+local function alive_for(p, clock, dt)
+  local all = {}
+  local stop = clock.t + dt
+  while clock.t < stop do
+    clock.t = clock.t + 0.5
+    p:alive(clock.t)
+    for _, a in ipairs(p:tick()) do all[#all + 1] = a end
+  end
+  return all
+end
+
+-- a pair behind two NATs, hole-punched, with a relay channel, alive now
+local function punched_pair(p, clock)
+  p:set_remote({ endpoint = "10.2.0.2:51820", nat = "endpoint-independent", punchable = true })
+  p:set_local_nat("endpoint-independent")
+  p:set_relay("203.0.113.10:3478", 0x4001)
+  p.phase, p.connection = "up", "hole-punched"
+  p:observe("198.51.100.2:51820", nil)
+  p:alive(clock.t)
+end
+
 describe("nat.policy", function()
   it("has sane defaults and checks settings", function()
     local o = assert(policy.options({ dead_after = 8 }))
@@ -225,6 +248,52 @@ describe("nat.policy", function()
     assert.equal(clock.t, p.changed_at)
   end)
 
+  it("after a punched path died, punches again only once punch_quiet passed (the relay carries it)", function()
+    local p, clock = new({ dead_after = 6, upgrade_interval = 10, punch_quiet = 35 })
+    punched_pair(p, clock)
+    clock.t = clock.t + 0.1
+    p:tick()
+    -- the path dies: to the relay, which answers
+    local a = run(p, clock, 7)
+    assert.same({ "use_relay" }, types(a))
+    local died = p.died_at
+    assert.truthy(died)
+    p:observe("203.0.113.10:3478", 0x4001)
+    local function keep_alive(dt) return alive_for(p, clock, dt) end
+    -- upgrade_interval (10 s) is not enough: no punch before died + 35 s
+    assert.same({}, keep_alive(died + 35 - clock.t - 0.5))
+    assert.equal("relayed", p.connection)
+    assert.same({ "request_punch" }, types(keep_alive(1.5)))
+  end)
+
+  it("a path that died because a NAT moved is punched again at once, without punch_quiet", function()
+    local p, clock = new({ dead_after = 6, punch_quiet = 35 })
+    punched_pair(p, clock)
+    clock.t = clock.t + 1
+    p:tick()
+    -- the peer's public address moved (a signal or its record says so)
+    p:addresses_changed()
+    local a = run(p, clock, 6)
+    assert.is_nil(p.died_at)
+    assert.same({ "request_punch" }, types(a))
+    assert.equal("punch-wait", p.phase)
+  end)
+
+  it("tries a relay channel that appears while the relay is failing at once", function()
+    local p, clock = new({ relay_timeout = 10 })
+    p:set_remote({ endpoint = "10.2.0.2:51820", nat = "endpoint-dependent", punchable = false })
+    p:set_local_nat("endpoint-dependent")
+    p:set_relay("203.0.113.10:3478", 0x4001)
+    p:tick()
+    run(p, clock, 12)
+    assert.equal("failed", p.phase)
+    -- the peer's relayed address changed (its allocation moved): a new channel
+    p:set_relay(nil)
+    p:set_relay("203.0.113.10:3478", 0x4002)
+    assert.same({ { type = "use_relay", server = "203.0.113.10:3478", channel = 0x4002 } }, p:tick())
+    assert.equal("relay", p.phase)
+  end)
+
   it("repeats the handshake every second while a new path is tried", function()
     local p, clock = new()
     p:set_remote({ endpoint = "192.0.2.2:51820", punchable = false })
@@ -273,16 +342,7 @@ describe("nat.policy", function()
     clock.t = clock.t + 0.2
     p:tick()
     assert.equal("relayed", p.connection)
-    local function keep_alive(dt)
-      local all = {}
-      local stop = clock.t + dt
-      while clock.t < stop do
-        clock.t = clock.t + 0.5
-        p:alive(clock.t)
-        for _, a in ipairs(p:tick()) do all[#all + 1] = a end
-      end
-      return all
-    end
+    local function keep_alive(dt) return alive_for(p, clock, dt) end
     -- nothing before the interval
     assert.same({}, keep_alive(19))
     assert.same({ "request_punch" }, types(keep_alive(1.5)))

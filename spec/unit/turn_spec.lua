@@ -23,6 +23,7 @@ local function fake_server(opts)
     stale = opts.stale,     -- answer every authenticated request with 438
     algorithms = opts.algorithms, -- PASSWORD-ALGORITHMS value (obMatJos2 nonces)
     refresh_error = nil,    -- error code for Refresh
+    bind_error = nil,       -- error code for ChannelBind
   }
   if srv.algorithms then srv.nonce = "obMatJos2AAAB-rest" end
 
@@ -76,6 +77,7 @@ local function fake_server(opts)
       return respond(req, "success", { { name = "LIFETIME", value = math.min(req.attrs.LIFETIME, srv.max_lifetime) } }, key)
     elseif m == stun.CREATE_PERMISSION or m == stun.CHANNEL_BIND then
       if srv.forbid then return err(req, 403, "Forbidden") end
+      if m == stun.CHANNEL_BIND and srv.bind_error then return err(req, srv.bind_error, "Bad Request") end
       return respond(req, "success", {}, key)
     end
     return err(req, 400, "Bad Request")
@@ -432,14 +434,35 @@ describe("turn client", function()
       assert.is_nil(r.client:tick())
     end)
 
+    it("checks the allocation with a Refresh when a ChannelBind is refused (a restarted server)", function()
+      local r = rig()
+      r.allocate()
+      r.srv.bind_error, r.srv.refresh_error = 400, 437
+      r.client:bind_channel("192.0.2.50:4000")
+      r.pump()
+      assert.equal(stun.REFRESH, r.last_request().method)
+      assert.equal("failed", r.client.state)
+      -- a refusal while the allocation is fine changes nothing
+      local r2 = rig()
+      r2.allocate()
+      r2.srv.bind_error = 400
+      r2.client:bind_channel("192.0.2.50:4000")
+      r2.pump()
+      assert.equal(stun.REFRESH, r2.last_request().method)
+      assert.equal("allocated", r2.client.state)
+    end)
+
     it("marks the allocation failed when Refresh gets 437", function()
       local r = rig()
       r.allocate()
       r.srv.refresh_error = 437
+      local seen
+      r.client.on_event = function(ev) if ev.type == "error" then seen = r.client.state end end
       r.client:refresh()
       r.pump()
       assert.equal("failed", r.client.state)
       assert.matches("437", r.client.error)
+      assert.equal("failed", seen) -- the error event already sees it failed
     end)
   end)
 

@@ -20,11 +20,16 @@
 -- * binds a TURN channel to every peer's relayed address, so that a peer
 --   that relays can always reach it;
 -- * runs one wgoverlay.nat.policy per peer and carries out its actions;
---   punch requests go to the leader (`opts.request_punch`), which starts
---   both sides (`on_punch`).  When both sides have global IPv6 addresses
---   the probes go to the peer's IPv6 host candidates alone for
---   `V6_HEAD_START` s, then to all its candidates: a direct IPv6 path wins
---   over a punched IPv4 one.
+--   punch requests go to the registry (`opts.request_punch`), which starts
+--   both sides (`on_punch`), and, so that no registry is needed, straight
+--   to the peer as a signal (wgoverlay.nat.signal: over the overlay,
+--   directly or through up to `SIGNAL_VIA` members that reach both sides)
+--   carrying our candidates; the peer answers with its own and both probe.
+--   When our candidates change, peers we have no working path to get them
+--   the same way (the registry may be down: they would not learn them).
+--   When both sides have global IPv6 addresses the probes go to the
+--   peer's IPv6 host candidates alone for `V6_HEAD_START` s, then to all
+--   its candidates: a direct IPv6 path wins over a punched IPv4 one.
 -- @module wgoverlay.nat.agent
 local core = require "wgoverlay.core"
 local stun = require "wgoverlay.nat.stun"
@@ -33,6 +38,8 @@ local turn = require "wgoverlay.nat.turn"
 local cand = require "wgoverlay.nat.candidates"
 local policy = require "wgoverlay.nat.policy"
 local punch = require "wgoverlay.nat.punch"
+local signal = require "wgoverlay.nat.signal"
+local cjson = require "cjson"
 
 local M = {}
 
@@ -40,6 +47,9 @@ M.STUN_ROUND = 2          -- s a round waits for answers (requests repeated ever
 M.REALLOCATE = 10         -- s before a lost or failed TURN allocation is tried again
 M.FIRST_PUBLISH = 1.5     -- s the first publication waits for STUN and TURN answers
 M.V6_HEAD_START = 1       -- s a punch probes only IPv6 host candidates (when both sides have some)
+M.SIGNAL_VIA = 3          -- members a signal is also sent through
+M.SIGNAL_GAP = 1          -- s between signals to one peer (answers excepted)
+M.FORWARD_RATE = 50       -- signals forwarded for others per second, at most
 
 local Agent = {}
 Agent.__index = Agent
@@ -52,12 +62,14 @@ local function noop() end
 --   `turn` (`{ server, username, password }` or nil), `settings` (policy
 --   settings, see wgoverlay.nat.policy), `clock` (epoch seconds, float),
 --   `publish` (function(candidate set)), `request_punch` (function(peer
---   name)), `log` (function(fmt, ...)), `event` (function(kind, fields)),
---   `addresses` (function() -> the interface addresses as
---   wgoverlay.core.addr_dump gives them, or nil and a message: the source
---   of IPv6 host candidates; none without it), `address_filter` (`{
---   ifnames, cidrs }` to leave out, see wgoverlay.nat.candidates.v6_hosts),
---   `listen_port` (the WireGuard port; default the endpoint's)
+--   name)), `send_signal` (function(overlay IP, bytes): a datagram to
+--   UDP signal.PORT on that address), `log` (function(fmt, ...)), `event`
+--   (function(kind, fields)), `addresses` (function() -> the interface
+--   addresses as wgoverlay.core.addr_dump gives them, or nil and a
+--   message: the source of IPv6 host candidates; none without it),
+--   `address_filter` (`{ ifnames, cidrs }` to leave out, see
+--   wgoverlay.nat.candidates.v6_hosts), `listen_port` (the WireGuard port;
+--   default the endpoint's)
 -- @return agent, or nil and a message
 function M.new(o)
   local settings, err = policy.options(o.settings)
@@ -68,12 +80,15 @@ function M.new(o)
     endpoint = o.endpoint and endpoint.normalize(o.endpoint),
     stun_servers = {}, turn_conf = o.turn,
     publish_fn = o.publish or noop, request_punch_fn = o.request_punch or noop,
+    send_signal_fn = o.send_signal, book = signal.book(), by_id = {},
+    forwards = { at = 0, n = 0 },
     log = o.log or noop, event = o.event or noop,
     peers = {},          -- WireGuard public key (base64) -> peer state
     by_name = {},
     mapped = {},         -- STUN server -> mapped "IP:PORT" (last round that answered)
     nat = "unknown",
-    stats = { stun_answered = 0, stun_ignored = 0 },
+    stats = { stun_answered = 0, stun_ignored = 0, signals_sent = 0, signals_taken = 0, signals_refused = 0,
+              signals_forwarded = 0 },
     refused_logged = 0,
   }, Agent)
   local listed = {}
@@ -90,7 +105,7 @@ function M.new(o)
   if o.turn then add_server(o.turn.server) end
   self.punch_private, self.punch_public = core.x25519_keypair()
   self.punch_key_b64 = core.key_to_base64(self.punch_public)
-  self.prober = punch.new({ self_id = self.self_id, clock = self.clock })
+  self.prober = punch.new({ self_id = self.self_id, clock = self.clock, low_ttl = settings.punch_ttl })
   self.matcher = stun.matcher({ clock = self.clock })
   local now = self.clock()
   self.started = now
@@ -101,7 +116,7 @@ function M.new(o)
 end
 
 local function send_all(self, out)
-  for _, d in ipairs(out) do self.t:send_datagram(d.to, d.bytes) end
+  for _, d in ipairs(out) do self.t:send_datagram(d.to, d.bytes, d.ttl) end
 end
 
 -- ---------------------------------------------------------------------
@@ -153,7 +168,11 @@ function Agent:_turn_event(ev)
       end
     end
   elseif ev.type == "error" then
-    self.log("TURN: %s", ev.message or "error")
+    if ev.peer then
+      self.log("TURN: %s (peer %s, channel 0x%04X)", ev.message or "error", ev.peer, ev.channel or 0)
+    else
+      self.log("TURN: %s", ev.message or "error")
+    end
     if c.state == "failed" then self:_turn_lost(ev.message or "failed") end
   elseif ev.type == "expired" or ev.type == "closed" then
     if not self.stopping then self:_turn_lost(ev.type) end
@@ -258,6 +277,9 @@ function Agent:_maybe_publish(now)
       self.log("%.3f publish nat=%s %s", now, c.nat, table.concat(l, ", "))
     end
     self.publish_fn(c)
+    for _, p in pairs(self.peers) do
+      if p.policy.phase ~= "up" then self:_signal(p, 0, now) end
+    end
   end
 end
 
@@ -278,8 +300,13 @@ function Agent:_stun_round(now)
       if r.answers[s] then answered[#answered + 1] = r.answers[s] end
     end
     if #answered > 0 then
+      local before = table.concat(self:_srflx(), " ")
       self.mapped = r.answers
       self.nat = cand.nat_kind({ self.endpoint }, answered)
+      if before ~= "" and table.concat(self:_srflx(), " ") ~= before then
+        -- our NAT moved us: no flow left on the way matters any more
+        for _, p in pairs(self.peers) do p.policy:addresses_changed(now) end
+      end
       for _, p in pairs(self.peers) do p.policy:set_local_nat(self.nat) end
     end
     -- The NAT now maps us elsewhere towards the TURN server: the server
@@ -338,32 +365,17 @@ function Agent:set_peers(records)
       end
       p.name = r.name
       self.by_name[r.name] = p
+      self.by_id[p.id] = p
       self.busy = true
-      local c = r.candidates and cand.sanitize(r.candidates) or nil
-      p.cands = c
       p.endpoint = r.endpoint
-      -- the pair key, when the peer's punch key changed
-      local key_b64 = c and c.key
-      if key_b64 ~= p.key_b64 then
-        p.key_b64 = key_b64
-        local key
-        local peer_pub = key_b64 and core.key_from_base64(key_b64)
-        if peer_pub then
-          key = punch.pair_key(self.punch_private, self.punch_public, peer_pub, self.self_id, p.id)
-        end
-        self.prober:set_key(p.id, key)
-        p.has_key = key ~= nil
-        -- a new punch key: the peer (re)started; try again now
-        if key then p.policy:restart(now) end
-      end
-      self:_set_remote(p)
-      local relay = c and cand.find(c.list, "relay")
-      local relay_ep = relay and relay.endpoint
-      if relay_ep ~= p.relay_ep then
-        p.relay_ep = relay_ep
-        p.channel = nil
-        p.policy:set_relay(nil)
-        self:_bind(p)
+      p.overlay_ip = r.overlay_ip
+      -- the record's candidates, when they changed since the record we
+      -- saw last (a signal from the peer may have brought newer ones)
+      local c = r.candidates and cand.sanitize(r.candidates) or nil
+      local sk = c and set_key(c) or ""
+      if sk ~= p.record_key or p.key_b64 == nil then
+        p.record_key = sk
+        self:_apply_candidates(p, c, now)
       end
     end
   end
@@ -371,7 +383,9 @@ function Agent:set_peers(records)
     if not seen[pk] then
       self.peers[pk] = nil
       if self.by_name[p.name] == p then self.by_name[p.name] = nil end
+      if self.by_id[p.id] == p then self.by_id[p.id] = nil end
       self.prober:set_key(p.id, nil)
+      self.book:forget(p.id)
     end
   end
   for name, exp in pairs(self.pending_punch or {}) do
@@ -382,6 +396,130 @@ function Agent:set_peers(records)
       self:on_punch(name)
     end
   end
+end
+
+local function srflx_of(c)
+  local l = {}
+  for _, e in ipairs(c and c.list or {}) do
+    if e.type == "srflx" then l[#l + 1] = e.endpoint end
+  end
+  return table.concat(l, " ")
+end
+
+-- A peer's candidate set (from its record or from its signal).
+function Agent:_apply_candidates(p, c, now)
+  local moved = p.cands ~= nil and c ~= nil and srflx_of(p.cands) ~= "" and srflx_of(c) ~= srflx_of(p.cands)
+  p.cands = c
+  -- the pair key, when the peer's punch key changed
+  local key_b64 = c and c.key
+  if key_b64 ~= p.key_b64 then
+    p.key_b64 = key_b64
+    local key
+    local peer_pub = key_b64 and core.key_from_base64(key_b64)
+    if peer_pub then
+      key = punch.pair_key(self.punch_private, self.punch_public, peer_pub, self.self_id, p.id)
+    end
+    self.prober:set_key(p.id, key)
+    p.has_key = key ~= nil
+    -- a new punch key: the peer (re)started; try again now
+    if key then p.policy:restart(now) end
+  end
+  self:_set_remote(p)
+  if moved then
+    p.policy:addresses_changed(now)
+    -- a punch running with the old addresses probes the new ones too
+    if p.has_key and self.prober:active(p.id) then send_all(self, self.prober:start(p.id, self:_targets(p)) or {}) end
+  end
+  local relay = c and cand.find(c.list, "relay")
+  local relay_ep = relay and relay.endpoint
+  if relay_ep ~= p.relay_ep then
+    p.relay_ep = relay_ep
+    p.channel = nil
+    p.policy:set_relay(nil)
+    self:_bind(p)
+  end
+end
+
+-- ---------------------------------------------------------------------
+-- signals (wgoverlay.nat.signal)
+-- ---------------------------------------------------------------------
+
+-- Whether we have a working path to `q` now (its policy is up and it
+-- answered within dead_after).
+function Agent:_reachable(q, now)
+  local pol = q.policy
+  return pol.phase == "up" and pol.alive_at ~= nil and now - pol.alive_at < self.settings.dead_after
+end
+
+-- Sends our candidates to `p` with `flags`: to its overlay address, and
+-- through up to SIGNAL_VIA members we reach (the most recently alive).
+function Agent:_signal(p, flags, now, answer)
+  if not self.send_signal_fn or not p.overlay_ip then return end
+  local key = self.prober.keys[p.id]
+  if not key then return end
+  -- (a gap per kind: a go to punch is not held back by a plain update)
+  p.signalled_at = p.signalled_at or {}
+  if not answer and p.signalled_at[flags] and now - p.signalled_at[flags] < M.SIGNAL_GAP then return end
+  p.signalled_at[flags] = now
+  local bytes = signal.encode({ sender = self.self_id, receiver = p.id, seq = self.book:next(p.id, key),
+                                flags = flags, body = self:candidate_set() }, key)
+  if not bytes then return end
+  self.send_signal_fn(p.overlay_ip, bytes)
+  local via = {}
+  for _, q in pairs(self.peers) do
+    if q ~= p and q.overlay_ip and self:_reachable(q, now) then via[#via + 1] = q end
+  end
+  table.sort(via, function(x, y) return x.policy.alive_at > y.policy.alive_at end)
+  for i = 1, math.min(#via, M.SIGNAL_VIA) do self.send_signal_fn(via[i].overlay_ip, bytes) end
+  self.stats.signals_sent = self.stats.signals_sent + 1
+end
+
+function Agent:_signal_refused(why, from)
+  self.stats.signals_refused = self.stats.signals_refused + 1
+  if self.refused_logged < 20 then
+    self.refused_logged = self.refused_logged + 1
+    self.log("signal from %s refused: %s", tostring(from), why)
+  end
+end
+
+--- A datagram that arrived on the signal port (from `from_ip`, an overlay
+-- address): ours is taken, one for another member is forwarded once.
+function Agent:on_signal(from_ip, bytes)
+  local msg, err = signal.decode(bytes)
+  if not msg then return self:_signal_refused(err, from_ip) end
+  local now = self.clock()
+  if msg.receiver ~= self.self_id then
+    local to = self.by_id[msg.receiver]
+    if msg.hops < 1 or not to or not to.overlay_ip or not self.send_signal_fn then
+      return self:_signal_refused("not for us, not forwarded", from_ip)
+    end
+    local f = self.forwards
+    if now - f.at >= 1 then f.at, f.n = now, 0 end
+    if f.n >= M.FORWARD_RATE then return self:_signal_refused("forwarding rate exceeded", from_ip) end
+    f.n = f.n + 1
+    self.stats.signals_forwarded = self.stats.signals_forwarded + 1
+    return self.send_signal_fn(to.overlay_ip, signal.forwarded(bytes))
+  end
+  local p = self.by_id[msg.sender]
+  local key = p and self.prober.keys[p.id]
+  if not key then return self:_signal_refused("unknown sender", from_ip) end
+  local ok, why = self.book:accept(msg, p.id, key)
+  if not ok then
+    -- the same signal through several members: only the first counts
+    if why ~= "replayed or out of order" then self:_signal_refused(why, from_ip) end
+    return
+  end
+  local okj, body = pcall(cjson.decode, msg.body)
+  local c = okj and type(body) == "table" and cand.sanitize(body) or nil
+  if not c or c.key ~= p.key_b64 then return self:_signal_refused("bad candidate set", from_ip) end
+  self.stats.signals_taken = self.stats.signals_taken + 1
+  if set_key(c) ~= set_key(p.cands or { list = {} }) then
+    self.log("signal from %s: new candidates", p.name)
+    self:_apply_candidates(p, c, now)
+  end
+  self.busy = true
+  if msg.flags & signal.ANSWER ~= 0 then self:_signal(p, msg.flags & signal.PUNCH, now, true) end
+  if msg.flags & signal.PUNCH ~= 0 then self:on_punch(p.name) end
 end
 
 function Agent:_policy_opts(now)
@@ -543,9 +681,13 @@ function Agent:tick(health)
         p.last_phase = pol.phase
       end
       if was_up and pol.phase ~= "up" and not pol.upgrading then
-        -- a path died: perhaps our NAT mapping or addresses changed; ask now
+        -- a path died: perhaps our NAT mapping or addresses changed; ask
+        -- STUN and read the addresses now, and
+        -- swap candidates with the peer over any other path (its NAT may
+        -- have moved, and the registry may not be there to tell us)
         self.next_stun = math.min(self.next_stun, now)
         self.next_hosts = math.min(self.next_hosts, now)
+        self:_signal(p, signal.ANSWER, now)
       end
       if pol.connection ~= before then
         self.log("peer %s: connection %s (was %s)", p.name, pol.connection, before)
@@ -596,6 +738,7 @@ function Agent:_act(p, a, sp, now)
     self:_initiate(p, now)
   elseif a.type == "request_punch" then
     self.request_punch_fn(p.name)
+    self:_signal(p, signal.PUNCH | signal.ANSWER, now)
   end
 end
 

@@ -72,6 +72,8 @@ M.DEFAULTS = {
   handshake_retry = 1,    -- while a new path is being tried, a handshake this often (WireGuard waits 5 s)
   keepalive = 25,         -- WireGuard persistent keepalive (keeps NAT mappings and channels warm)
   stun_interval = 30,     -- between STUN rounds (used by wgoverlay.nat.agent: refreshes the mapping)
+  punch_ttl = 2,          -- TTL of a punch's first probes (wgoverlay.nat.punch): our NAT must be this many hops away at most
+  punch_quiet = 35,       -- after a direct path died, no punch for this long (stale NAT flows expire: Linux UDP 30 s)
 }
 
 --- The connection kinds.
@@ -88,6 +90,10 @@ function M.options(o)
       if M.DEFAULTS[k] == nil then return nil, string.format("unknown NAT setting \"%s\"", tostring(k)) end
       if type(v) ~= "number" or v <= 0 then
         return nil, string.format("NAT setting %s must be a positive number", k)
+      end
+      if k == "punch_ttl" then
+        if v ~= math.floor(v) or v > 255 then return nil, "NAT setting punch_ttl must be an integer 1-255" end
+        v = math.tointeger(v)
       end
       out[k] = v
     end
@@ -195,10 +201,14 @@ end
 
 function Peer:set_local_nat(kind) self.local_nat = kind or "unknown" end
 
---- A bound relay channel to the peer (nil: no relay).
+--- A bound relay channel to the peer (nil: no relay).  A channel that
+-- appears while the relayed path is being tried (or has failed) is tried
+-- at once: the old one led to an allocation that is gone.
 function Peer:set_relay(server, channel)
+  local had = self.relay ~= nil
   if server and channel then
     self.relay = { server = server, channel = channel }
+    if not had and (self.phase == "relay" or self.phase == "failed") then self.relay_renewed = true end
   else
     self.relay = nil
   end
@@ -254,6 +264,22 @@ function Peer:_punch_first()
   return NATTED[self.local_nat] and NATTED[self.remote_nat] or false
 end
 
+--- Our or the peer's public (server-reflexive) address changed: its NAT
+-- moved it.  Flows left on the way by packets to the old addresses no
+-- longer matter (no `punch_quiet`), and a peer we have no working path to
+-- is tried again at once (a relayed one gets its upgrade attempt now).
+function Peer:addresses_changed(now)
+  now = now or self.clock()
+  self.died_at = nil
+  self.moved_at = now
+  local p = self.phase
+  if p == "up" then
+    if self.connection == "relayed" and self.upgrade_at then self.upgrade_at = now end
+  elseif p == "relay" or p == "relay-wait" or p == "failed" or p == "direct" then
+    self:_phase("start", now)
+  end
+end
+
 --- Starts over now (the peer came back: it published a new punch key)
 -- unless the path works.
 function Peer:restart(now)
@@ -276,6 +302,17 @@ function Peer:_begin_direct(now)
 end
 
 function Peer:_begin_punch(now, upgrade)
+  -- A direct path died a moment ago: full-TTL packets we (and the peer)
+  -- kept sending to the old addresses may have left flows to the NAT
+  -- itself on a plain Linux NAT, which would spoil a punch now; the relay
+  -- carries the traffic until they expired.
+  if self.died_at and now - self.died_at < self.o.punch_quiet then
+    if upgrade then
+      self.upgrade_at = self.died_at + self.o.punch_quiet
+      return
+    end
+    return self:_begin_relay(now)
+  end
   if not self.punchable
       or (not upgrade and not self.v6 and not candidates.punch_possible(self.local_nat, self.remote_nat)) then
     if upgrade then
@@ -352,14 +389,22 @@ function Peer:tick(now)
 
   if p == "start" then
     if after(self.alive_at, now - o.dead_after) then
-      self:_established("direct", now)
+      -- (a fresh peer is "direct"; a restarted one keeps what it had)
+      local ob = self.observed
+      self:_established(self:_kind_of(ob and ob.endpoint), now)
     else
       self:_begin_direct(now)
     end
   elseif p == "up" then
     local last = math.max(self.alive_at or -math.huge, self.phase_at)
     if now - last >= o.dead_after then
-      if self.connection ~= "relayed" and self.relay then
+      -- a NAT moved since the last sign of life: that is why the path
+      -- died; the new addresses are tried at once (no punch_quiet)
+      local moved = self.moved_at ~= nil and self.moved_at > (self.alive_at or -math.huge)
+      if self.connection ~= "relayed" and not moved then self.died_at = now end
+      if moved then
+        self:_begin_direct(now)
+      elseif self.connection ~= "relayed" and self.relay then
         self:_begin_relay(now)
       else
         self:_begin_direct(now)
@@ -386,6 +431,9 @@ function Peer:tick(now)
         self:_begin_punch(now, true)
       end
     end
+  elseif p == "relay" and self.relay_renewed then
+    self.relay_renewed = false
+    self:_begin_relay(now)
   elseif p == "direct" or p == "relay" or p == "confirm" then
     local kind = p == "confirm" and self.pending or PHASE_KIND[p]
     if after(self.alive_at, self.phase_at) and self:_consistent(kind, p == "confirm" and self.pending_endpoint) then
@@ -436,7 +484,10 @@ function Peer:tick(now)
       self:_phase("failed", now)
     end
   elseif p == "failed" then
-    if after(self.alive_at, self.phase_at) then
+    if self.relay_renewed then
+      self.relay_renewed = false
+      self:_begin_relay(now)
+    elseif after(self.alive_at, self.phase_at) then
       local ob = self.observed
       self:_established(ob and ob.relay and "relayed" or self:_kind_of(ob and ob.endpoint, true), now)
     elseif since >= o.retry_interval then

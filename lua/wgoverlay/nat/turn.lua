@@ -407,11 +407,13 @@ function Client:_refresh(lifetime)
     on_error = function(code, reason)
       self.refresh_tx = nil
       if lifetime == 0 then return self:_closed() end -- 437: it is gone anyway
-      self:_fail("Refresh", code, reason)
       if code == 437 then
+        -- failed before the event, so that its handler sees the allocation gone
         self.state = "failed"
         self:_drop_allocation()
+        self:_fail("Refresh", code, reason)
       else
+        self:_fail("Refresh", code, reason)
         self.refresh_at = self.clock() + math.min(30, math.max(1, (self.expires - self.clock()) / 4))
       end
     end,
@@ -525,6 +527,12 @@ function Client:_send_channel_bind(peer)
       c.tx = nil
       c.refresh_at = self.clock() + 5
       self:_fail("ChannelBind", code, reason, { peer = peer, channel = c.channel })
+      -- A server that restarted has forgotten the allocation and answers
+      -- 437 or, coturn, 400: a Refresh tells (437 there drops it, and the
+      -- caller allocates anew).
+      if (code == 437 or code == 400) and self.state == "allocated" and not self.refresh_tx then
+        self:_refresh(self.requested_lifetime)
+      end
     end,
     on_timeout = function()
       c.tx = nil
