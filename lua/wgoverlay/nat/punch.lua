@@ -19,26 +19,52 @@
 -- where `id` are the two WireGuard public keys (raw 32 bytes) sorted
 -- bytewise and `pub` the punch public keys in the same order.
 --
--- ## Messages (117 bytes, never a WireGuard type 1-4, STUN, TURN
+-- ## Messages (109 bytes, never a WireGuard type 1-4, STUN, TURN
 -- ChannelData or a join datagram)
 --
---    "WGN1" | kind (1 = probe, 2 = ack) | sender id (32) | receiver id (32)
---    | nonce (12) | time (uint64 big-endian, milliseconds since the epoch)
---    | echo (12: the probe's nonce in an ack, zeros in a probe)
+--    "WGN2" | kind (1 = probe, 2 = ack) | sender id (32) | receiver id (32)
+--    | nonce (12) | echo (12: the probe's nonce in an ack, zeros in a probe)
 --    | MAC (16) = BLAKE2s(key = K, outlen 16, all the bytes before it)
 --
+-- ## Freshness without clocks (challenge-response)
+--
+-- Nothing in a message is a time: the two clocks may disagree by any
+-- amount.  Freshness comes from the nonces: an ack counts only if it
+-- echoes a nonce *we* chose at random for a probe of a running session
+-- (and each such nonce counts once), so an ack recorded earlier can never
+-- confirm anything now.  A probe, on the other hand, is only ever answered
+-- (with an ack of the same size, to its source) and never moves anything
+-- by itself, so a replayed probe gains an attacker nothing but that ack;
+-- a cache of the (sender, nonce) pairs seen in the last `replay_memory`
+-- seconds (at most `replay_max` entries) answers each only once.
+--
 -- A message is accepted only if it is addressed to us, its sender is a
--- peer we hold a key for, the MAC verifies (constant-time compare), its
--- time is within `window` seconds of ours and its (sender, nonce) was not
--- seen before (a replay cache covering the window).  An ack is accepted
--- only if it echoes a nonce we sent in a running session, and only from
--- the address that probe went to: a replayed or reflected ack from
--- anywhere else confirms nothing.  A valid probe is answered with an ack to
+-- peer we hold a key for, the MAC verifies (constant-time compare) and its
+-- (sender, nonce) was not seen recently.  An ack is accepted only if it
+-- echoes a nonce we sent in a running session, and only from the address
+-- that probe went to: a replayed or reflected ack from anywhere else
+-- confirms nothing.  A valid probe is answered with an ack to
 -- its source; during a session it also triggers our own probe to that
 -- source (a peer-reflexive candidate), which must itself be acked before
 -- it counts.  A forged or replayed probe therefore never moves a peer's
 -- endpoint: only an ack made with the pair key, to a nonce we just sent to
 -- that very address, does.
+--
+-- ## Low-TTL first probes (plain Linux NATs)
+--
+-- A Linux box doing `masquerade` without an input filter records an
+-- unsolicited probe from the peer as a flow to itself; the mapping it
+-- makes next for its own node towards the same address must then take
+-- another port, and the punch fails.  So the first probes of a session
+-- (for `low_ttl_time` seconds) go out with a TTL / hop limit of
+-- `low_ttl`: enough to open our own NAT's mapping towards the peer, too
+-- little to reach the peer's NAT.  By the time full probes are sent the
+-- peer's side has opened its mapping towards us the same way, and each
+-- side's probes arrive as answers to a mapping that exists.
+-- A target added to a running session (new candidates, the rest after an
+-- IPv6 head start) gets its own `low_ttl_time` from when it was added.
+-- Probes to a peer-reflexive address (the peer's probe already came
+-- through) and acks always go with the full TTL.
 -- @module wgoverlay.nat.punch
 local core = require "wgoverlay.core"
 local stun = require "wgoverlay.nat.stun"
@@ -46,15 +72,18 @@ local endpoint = require "wgoverlay.endpoint"
 
 local M = {}
 
-M.MAGIC = "WGN1"
+M.MAGIC = "WGN2"
 M.PROBE, M.ACK = 1, 2
-M.SIZE = 117
+M.SIZE = 109
 local SIGNED = M.SIZE - 16
 local ZERO12 = string.rep("\0", 12)
 local KDF_KEY = "wgo-punch-v1"
 
---- Defaults (seconds).
-M.WINDOW = 30
+--- Defaults (seconds, and a TTL).
+M.REPLAY_MEMORY = 120
+M.REPLAY_MAX = 4096
+M.LOW_TTL = 2
+M.LOW_TTL_TIME = 1
 M.INTERVAL = 0.25
 M.TIMEOUT = 6
 M.MAX_TARGETS = 8
@@ -91,7 +120,7 @@ end
 
 --- Encodes a message.
 -- @tparam table m `kind` (PROBE or ACK), `sender`, `receiver` (raw 32),
---   `nonce` (12 bytes), `time` (seconds, float), `echo` (12 bytes, acks)
+--   `nonce` (12 bytes), `echo` (12 bytes, acks)
 -- @string key the pair key
 -- @return bytes
 function M.encode(m, key)
@@ -100,21 +129,19 @@ function M.encode(m, key)
   assert(#m.nonce == 12, "punch.encode: nonce must be 12 bytes")
   local echo = m.echo or ZERO12
   assert(#echo == 12, "punch.encode: echo must be 12 bytes")
-  local ms = math.floor(m.time * 1000)
-  local body = M.MAGIC .. string.char(m.kind) .. m.sender .. m.receiver .. m.nonce .. string.pack(">I8", ms) .. echo
+  local body = M.MAGIC .. string.char(m.kind) .. m.sender .. m.receiver .. m.nonce .. echo
   return body .. core.blake2s(body, key, 16)
 end
 
 --- Decodes a message without checking it.
--- @return `{ kind, sender, receiver, nonce, time, echo, mac, signed }`, or
---   nil and a message
+-- @return `{ kind, sender, receiver, nonce, echo, mac, signed }`, or nil
+--   and a message
 function M.decode(bytes)
   if not M.is_punch(bytes) then return nil, "not a punch message" end
   local kind = bytes:byte(5)
   if kind ~= M.PROBE and kind ~= M.ACK then return nil, "unknown punch message kind" end
-  local ms = string.unpack(">I8", bytes, 82)
   return { kind = kind, sender = bytes:sub(6, 37), receiver = bytes:sub(38, 69), nonce = bytes:sub(70, 81),
-           time = ms / 1000, echo = bytes:sub(90, 101), mac = bytes:sub(102, 117), signed = bytes:sub(1, SIGNED) }
+           echo = bytes:sub(82, 93), mac = bytes:sub(94, 109), signed = bytes:sub(1, SIGNED) }
 end
 
 --- Checks a decoded message's MAC with `key`.
@@ -132,9 +159,11 @@ Prober.__index = Prober
 --- Creates a prober.
 -- @tparam table opts `self_id` (our WireGuard public key, raw 32,
 --   required), `clock` (seconds, required), `random` (function(n) -> n
---   bytes; default core.random), `window` (accepted clock difference,
---   default 30 s), `interval` (between probe rounds, default 0.25 s),
---   `timeout` (session length, default 6 s), `max_targets` (default 8)
+--   bytes; default core.random), `interval` (between probe rounds,
+--   default 0.25 s), `timeout` (session length, default 6 s),
+--   `max_targets` (default 8), `low_ttl` (TTL of the first probes, default
+--   2; false: none), `low_ttl_time` (how long they are sent, default 1 s),
+--   `replay_memory` (s, default 120), `replay_max` (default 4096)
 function M.new(opts)
   assert(type(opts) == "table" and type(opts.self_id) == "string" and #opts.self_id == 32,
     "punch.new: self_id (32 bytes) required")
@@ -143,14 +172,18 @@ function M.new(opts)
     self_id = opts.self_id,
     clock = opts.clock,
     random = opts.random or core.random,
-    window = opts.window or M.WINDOW,
     interval = opts.interval or M.INTERVAL,
+    low_ttl = opts.low_ttl == nil and M.LOW_TTL or opts.low_ttl,
+    low_ttl_time = opts.low_ttl_time or M.LOW_TTL_TIME,
+    replay_memory = opts.replay_memory or M.REPLAY_MEMORY,
+    replay_max = opts.replay_max or M.REPLAY_MAX,
+    nseen = 0,
     timeout = opts.timeout or M.TIMEOUT,
     max_targets = opts.max_targets or M.MAX_TARGETS,
     keys = {},       -- peer id -> pair key
     sessions = {},   -- peer id -> session
     seen = {},       -- sender .. nonce -> expiry
-    stats = { probes = 0, acks = 0, probes_sent = 0, rejected = 0, replayed = 0, confirmed = 0 },
+    stats = { probes = 0, acks = 0, probes_sent = 0, low_ttl_sent = 0, rejected = 0, replayed = 0, confirmed = 0 },
   }, Prober)
 end
 
@@ -160,39 +193,46 @@ function Prober:set_key(peer_id, key)
   if not key then self.sessions[peer_id] = nil end
 end
 
-local function add_target(s, ep, max)
+local function add_target(s, ep, max, now)
   local n = endpoint.normalize(ep)
   if not n or s.targets[n] then return false end
   if #s.order >= max then return false end
   s.targets[n] = true
+  s.added[n] = now
   s.order[#s.order + 1] = n
   return n
 end
 
-function Prober:_probe(s, to, now, out)
+-- `full`: never with the low TTL (a peer-reflexive address).
+function Prober:_probe(s, to, now, out, full)
   local nonce = self.random(12)
   s.sent[nonce] = to
   self.stats.probes_sent = self.stats.probes_sent + 1
-  out[#out + 1] = { to = to, bytes = M.encode({ kind = M.PROBE, sender = self.self_id, receiver = s.peer,
-                                                nonce = nonce, time = now }, self.keys[s.peer]) }
+  local ttl
+  if not full and self.low_ttl and not s.reflexive[to] and now - s.added[to] < self.low_ttl_time then
+    ttl = self.low_ttl
+    self.stats.low_ttl_sent = self.stats.low_ttl_sent + 1
+  end
+  out[#out + 1] = { to = to, ttl = ttl, bytes = M.encode({ kind = M.PROBE, sender = self.self_id, receiver = s.peer,
+                                                           nonce = nonce }, self.keys[s.peer]) }
 end
 
 --- Starts (or extends) a session with a peer: every `interval` a probe
 -- goes to each target until one acks or `timeout` passes.
 -- @string peer_id
 -- @tparam table targets list of "IP:PORT"
--- @return list of datagrams to send now (`{ to, bytes }`), or nil and a
---   message (no key for that peer)
+-- @return list of datagrams to send now (`{ to, bytes, ttl }`: ttl nil for
+--   the default), or nil and a message (no key for that peer)
 function Prober:start(peer_id, targets, now)
   if not self.keys[peer_id] then return nil, "no punch key for that peer" end
   now = now or self.clock()
   local s = self.sessions[peer_id]
   if not s then
-    s = { peer = peer_id, targets = {}, order = {}, sent = {}, started = now }
+    s = { peer = peer_id, targets = {}, added = {}, order = {}, sent = {}, reflexive = {}, started = now }
     self.sessions[peer_id] = s
   end
   s.deadline = now + self.timeout
-  for _, ep in ipairs(targets) do add_target(s, ep, self.max_targets) end
+  for _, ep in ipairs(targets) do add_target(s, ep, self.max_targets, now) end
   local out = {}
   for _, to in ipairs(s.order) do self:_probe(s, to, now, out) end
   s.next_at = now + self.interval
@@ -224,21 +264,23 @@ function Prober:input(from, bytes, now)
   local key = self.keys[msg.sender]
   if not key then return self:_reject("unknown sender") end
   if not M.verify_mac(msg, key) then return self:_reject("bad MAC") end
-  if math.abs(msg.time - now) > self.window then return self:_reject("time outside the window") end
   local tag = msg.sender .. msg.nonce
   if self.seen[tag] then
     self.stats.replayed = self.stats.replayed + 1
     return self:_reject("replayed")
   end
-  self.seen[tag] = now + 2 * self.window
+  if self.nseen >= self.replay_max then self:_expire_seen(now, true) end
+  self.seen[tag] = now + self.replay_memory
+  self.nseen = self.nseen + 1
   local out, results = {}, {}
   local s = self.sessions[msg.sender]
   if msg.kind == M.PROBE then
     self.stats.probes = self.stats.probes + 1
     out[1] = { to = src, bytes = M.encode({ kind = M.ACK, sender = self.self_id, receiver = msg.sender,
-                                            nonce = self.random(12), time = now, echo = msg.nonce }, key) }
-    if s and add_target(s, src, self.max_targets + 4) then
-      self:_probe(s, src, now, out) -- triggered check of a peer-reflexive address
+                                            nonce = self.random(12), echo = msg.nonce }, key) }
+    if s and add_target(s, src, self.max_targets + 4, now) then
+      s.reflexive[src] = true
+      self:_probe(s, src, now, out, true) -- triggered check of a peer-reflexive address
     end
     return out, results
   end
@@ -246,6 +288,7 @@ function Prober:input(from, bytes, now)
   local to = s and s.sent[msg.echo]
   if not to then return self:_reject("ack to no probe of a running session") end
   if to ~= src then return self:_reject("ack from another address than the probe went to") end
+  s.sent[msg.echo] = nil
   self.stats.acks = self.stats.acks + 1
   self.stats.confirmed = self.stats.confirmed + 1
   self.sessions[msg.sender] = nil
@@ -271,10 +314,25 @@ function Prober:tick(now)
       next_at = math.min(next_at or math.huge, s.next_at, s.deadline)
     end
   end
-  for tag, exp in pairs(self.seen) do
-    if now >= exp then self.seen[tag] = nil end
-  end
+  self:_expire_seen(now)
   return out, results, next_at
+end
+
+-- Forgets the replay cache's expired entries (`full`: the cache is full,
+-- so the oldest half goes as well).
+function Prober:_expire_seen(now, full)
+  local cut = now
+  if full then
+    local exps = {}
+    for _, exp in pairs(self.seen) do exps[#exps + 1] = exp end
+    table.sort(exps)
+    cut = math.max(now, exps[#exps // 2] or now)
+  end
+  local n = 0
+  for tag, exp in pairs(self.seen) do
+    if exp <= cut then self.seen[tag] = nil else n = n + 1 end
+  end
+  self.nseen = n
 end
 
 return M
