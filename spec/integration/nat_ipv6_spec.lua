@@ -112,6 +112,37 @@ describe("NAT traversal over IPv6 #netns", function()
     assert.equal("203.0.113.1:51820", peer(sa, "leader").endpoint)
   end))
 
+  it("behind stateful IPv6 firewalls (unsolicited inbound dropped): the punch opens them, direct over IPv6",
+    helpers.guard(function()
+    local A, B = nodes.a, nodes.b
+    -- like a home router (RFC 6092): only answers come in from the WAN
+    for _, n in ipairs({ A, B }) do
+      n.router:must(([[nft -f - <<'EOF'
+table ip6 v6fw {
+  chain inbound {
+    type filter hook forward priority filter; policy accept;
+    iifname "%s" ct state established,related accept
+    iifname "%s" drop
+  }
+}
+EOF]]):format(n.router_wan, n.router_wan))
+    end
+    A.proc:stop(5)
+    B.proc:stop(5)
+    A.router:must("conntrack -F 2>/dev/null; conntrack -f ipv6 -F 2>/dev/null; true")
+    B.router:must("conntrack -F 2>/dev/null; conntrack -f ipv6 -F 2>/dev/null; true")
+    -- the firewalls work: B cannot reach A's address unasked
+    assert.is_false(B.ns:ping("2001:db8:1::2", 1, 1))
+    local t0 = fx:start({ A, B })
+    local took, sa = fx:wait_connection(A, B, "direct", t0, BOUND)
+    fx:wait_ping(A, B, 10)
+    fx:note("(e) behind symmetric IPv4 NATs and stateful IPv6 firewalls: direct over IPv6 %.1f s after the daemons "
+      .. "started", took)
+    assert.equal("[2001:db8:2::2]:51820", peer(sa, "b").endpoint)
+    -- and still no way in unasked from elsewhere
+    assert.is_false(nodes.leader.ns:ping("2001:db8:1::2", 1, 1))
+  end))
+
   it("a lost IPv6 address is withdrawn from the candidates", helpers.guard(function()
     local A = nodes.a
     A.ns:must("ip -6 addr add 2001:db8:1::99/64 dev " .. A.lan_if .. " nodad")
