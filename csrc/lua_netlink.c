@@ -106,6 +106,68 @@ static int l_addr_list(lua_State *L)
 	return 1;
 }
 
+static const struct {
+	uint32_t bit;
+	const char *name;
+} addr_flag_names[] = {
+	{ IFA_F_TENTATIVE, "tentative" }, { IFA_F_DEPRECATED, "deprecated" }, { IFA_F_DADFAILED, "dadfailed" },
+	{ IFA_F_TEMPORARY, "temporary" }, { IFA_F_OPTIMISTIC, "optimistic" }, { IFA_F_PERMANENT, "permanent" },
+};
+
+static void addr_dump_cb(void *arg, const struct wg_nl_addr_info *a)
+{
+	lua_State *L = arg;
+	char ip[INET6_ADDRSTRLEN], ifname[IF_NAMESIZE];
+
+	inet_ntop(a->family, a->addr, ip, sizeof(ip));
+	lua_createtable(L, 0, 7);
+	lua_pushstring(L, ip);
+	lua_setfield(L, -2, "ip");
+	lua_pushinteger(L, a->prefixlen);
+	lua_setfield(L, -2, "prefixlen");
+	lua_pushinteger(L, a->family == AF_INET ? 4 : 6);
+	lua_setfield(L, -2, "family");
+	lua_pushinteger(L, a->ifindex);
+	lua_setfield(L, -2, "ifindex");
+	if (if_indextoname((unsigned)a->ifindex, ifname)) {
+		lua_pushstring(L, ifname);
+		lua_setfield(L, -2, "ifname");
+	}
+	lua_pushstring(L, a->scope == RT_SCOPE_UNIVERSE ? "global"
+			  : a->scope == RT_SCOPE_SITE   ? "site"
+			  : a->scope == RT_SCOPE_LINK   ? "link"
+			  : a->scope == RT_SCOPE_HOST   ? "host"
+							: "other");
+	lua_setfield(L, -2, "scope");
+	lua_newtable(L);
+	for (size_t i = 0; i < sizeof(addr_flag_names) / sizeof(addr_flag_names[0]); i++) {
+		if (a->flags & addr_flag_names[i].bit) {
+			lua_pushboolean(L, 1);
+			lua_setfield(L, -2, addr_flag_names[i].name);
+		}
+	}
+	lua_setfield(L, -2, "flags");
+	lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+}
+
+/* core.addr_dump([family 4|6]) -> list of { ip, prefixlen, family, ifindex,
+ * ifname, scope = "global"|"site"|"link"|"host"|"other", flags = { tentative,
+ * deprecated, dadfailed, temporary, optimistic, permanent } } for every link
+ * of the calling thread's namespace; or nil, message, errno. */
+static int l_addr_dump(lua_State *L)
+{
+	lua_Integer fam = luaL_optinteger(L, 1, 0);
+	int family = fam == 4 ? AF_INET : fam == 6 ? AF_INET6 : AF_UNSPEC, r;
+
+	if (fam != 0 && fam != 4 && fam != 6)
+		return luaL_argerror(L, 1, "family must be 4 or 6");
+	lua_newtable(L);
+	r = wg_nl_addr_dump_all(family, addr_dump_cb, L);
+	if (r < 0)
+		return nl_result(L, r, "listing addresses", "of all links");
+	return 1;
+}
+
 /* core.link(ifname, { mtu = n, up = bool }) */
 static int l_link(lua_State *L)
 {
@@ -287,9 +349,9 @@ static int l_route_via(lua_State *L)
  * the calling thread's namespace, as netlink.c does. */
 
 struct nl_answer {
-	uint16_t type;  /* RTM_NEWLINK or RTM_NEWROUTE */
-	int ifindex;    /* link index / RTA_OIF */
-	unsigned mtu;   /* IFLA_MTU / RTAX_MTU of the route (0: none) */
+	uint16_t type; /* RTM_NEWLINK or RTM_NEWROUTE */
+	int ifindex;   /* link index / RTA_OIF */
+	unsigned mtu;  /* IFLA_MTU / RTAX_MTU of the route (0: none) */
 	char ifname[IFNAMSIZ];
 	uint8_t mac[32];
 	size_t mac_len;
@@ -504,19 +566,13 @@ static int l_route_get(lua_State *L)
 }
 
 static const luaL_Reg netlink_funcs[] = {
-	{ "link_info", l_link_info },
-	{ "route_get", l_route_get },
-	{ "addr", l_addr },
-	{ "addr_list", l_addr_list },
-	{ "route", l_route },
-	{ "link", l_link },
-	{ "link_delete", l_link_delete },
-	{ "ifindex", l_ifindex_of },
-	{ "with_netns", l_with_netns },
-	{ "veth", l_veth },
-	{ "sysctl", l_sysctl },
-	{ "route_via", l_route_via },
-	{ NULL, NULL },
+	{ "link_info", l_link_info }, { "route_get", l_route_get },
+	{ "addr", l_addr },           { "addr_list", l_addr_list },
+	{ "addr_dump", l_addr_dump }, { "route", l_route },
+	{ "link", l_link },           { "link_delete", l_link_delete },
+	{ "ifindex", l_ifindex_of },  { "with_netns", l_with_netns },
+	{ "veth", l_veth },           { "sysctl", l_sysctl },
+	{ "route_via", l_route_via }, { NULL, NULL },
 };
 
 void wgo_open_netlink(lua_State *L)

@@ -510,17 +510,11 @@ int wg_nl_addr_del(int ifindex, int family, const uint8_t *addr, uint8_t prefixl
 	return nl_talk(nlh, NULL, NULL);
 }
 
-struct nl_addr_ent {
-	uint8_t family;
-	uint8_t prefixlen;
-	uint8_t addr[16];
-};
-
 struct nl_addr_set {
-	struct nl_addr_ent *v;
+	struct wg_nl_addr_info *v;
 	size_t n, cap;
-	uint32_t ifindex;
-	int family; /* family of the dump in progress */
+	uint32_t ifindex; /* 0: every link */
+	int family;       /* family of the dump in progress */
 };
 
 static int nl_addr_attr_cb(const struct nlattr *attr, void *data)
@@ -529,6 +523,8 @@ static int nl_addr_attr_cb(const struct nlattr *attr, void *data)
 	uint16_t type = mnl_attr_get_type(attr);
 
 	if (type == IFA_LOCAL || type == IFA_ADDRESS)
+		tb[type] = attr;
+	else if (type == IFA_FLAGS && mnl_attr_validate(attr, MNL_TYPE_U32) >= 0)
 		tb[type] = attr;
 	return MNL_CB_OK;
 }
@@ -545,7 +541,7 @@ static int nl_addr_dump_cb(const struct nlmsghdr *nlh, struct nl_ctx *ctx)
 		return MNL_CB_OK;
 	/* The kernel filters by link when it supports strict dumps; the
 	 * family filter is needed anyway, see wg_nl_addr_list(). */
-	if (ifa->ifa_index != set->ifindex)
+	if (set->ifindex && ifa->ifa_index != set->ifindex)
 		return MNL_CB_OK;
 	if (ifa->ifa_family != set->family)
 		return MNL_CB_OK;
@@ -560,7 +556,7 @@ static int nl_addr_dump_cb(const struct nlmsghdr *nlh, struct nl_ctx *ctx)
 
 	if (set->n == set->cap) {
 		size_t cap = set->cap ? set->cap * 2 : 16;
-		struct nl_addr_ent *v;
+		struct wg_nl_addr_info *v;
 
 		if (set->n >= NL_ADDR_LIST_MAX) {
 			ctx->err = -E2BIG;
@@ -574,9 +570,13 @@ static int nl_addr_dump_cb(const struct nlmsghdr *nlh, struct nl_ctx *ctx)
 		set->v = v;
 		set->cap = cap;
 	}
+	memset(&set->v[set->n], 0, sizeof(set->v[set->n]));
 	set->v[set->n].family = ifa->ifa_family;
 	set->v[set->n].prefixlen = ifa->ifa_prefixlen;
-	memset(set->v[set->n].addr, 0, sizeof(set->v[set->n].addr));
+	set->v[set->n].scope = ifa->ifa_scope;
+	set->v[set->n].ifindex = (int)ifa->ifa_index;
+	/* IFA_FLAGS carries all 32 bits; ifa_flags only the low 8. */
+	set->v[set->n].flags = tb[IFA_FLAGS] ? mnl_attr_get_u32(tb[IFA_FLAGS]) : ifa->ifa_flags;
 	memcpy(set->v[set->n].addr, mnl_attr_get_payload(a), alen);
 	set->n++;
 	return MNL_CB_OK;
@@ -606,17 +606,11 @@ static int nl_addr_dump(struct nl_addr_set *set, int family)
 	return ret;
 }
 
-int wg_nl_addr_list(int ifindex, int family, wg_nl_addr_cb cb, void *arg)
+/* Collects the addresses of one link (@ifindex > 0) or of all (0) into
+ * @set; see wg_nl_addr_list() for the per-family dumps. */
+static int nl_addr_collect(struct nl_addr_set *set, int family)
 {
-	struct nl_addr_set set = { .ifindex = (uint32_t)ifindex };
 	int ret = 0;
-
-	if (ifindex <= 0)
-		return -ENODEV;
-	if (family != AF_UNSPEC && nl_addr_len(family) < 0)
-		return -EAFNOSUPPORT;
-	if (!cb)
-		return -EINVAL;
 
 	/* One dump per family rather than an AF_UNSPEC dump: per-family
 	 * dumps honour the ifindex filter and report -ENODEV.  A kernel
@@ -624,15 +618,48 @@ int wg_nl_addr_list(int ifindex, int family, wg_nl_addr_cb cb, void *arg)
 	 * callback drops entries of the wrong family) or -EAFNOSUPPORT,
 	 * which means "no IPv6 addresses" when both were asked for. */
 	if (family != AF_INET6)
-		ret = nl_addr_dump(&set, AF_INET);
+		ret = nl_addr_dump(set, AF_INET);
 	if (!ret && family != AF_INET) {
-		ret = nl_addr_dump(&set, AF_INET6);
+		ret = nl_addr_dump(set, AF_INET6);
 		if (ret == -EAFNOSUPPORT && family == AF_UNSPEC)
 			ret = 0;
 	}
+	return ret;
+}
+
+int wg_nl_addr_list(int ifindex, int family, wg_nl_addr_cb cb, void *arg)
+{
+	struct nl_addr_set set = { .ifindex = (uint32_t)ifindex };
+	int ret;
+
+	if (ifindex <= 0)
+		return -ENODEV;
+	if (family != AF_UNSPEC && nl_addr_len(family) < 0)
+		return -EAFNOSUPPORT;
+	if (!cb)
+		return -EINVAL;
+	ret = nl_addr_collect(&set, family);
 	if (!ret) {
 		for (size_t i = 0; i < set.n; i++)
 			cb(arg, set.v[i].family, set.v[i].addr, set.v[i].prefixlen);
+	}
+	free(set.v);
+	return ret;
+}
+
+int wg_nl_addr_dump_all(int family, wg_nl_addr_info_cb cb, void *arg)
+{
+	struct nl_addr_set set = { .ifindex = 0 };
+	int ret;
+
+	if (family != AF_UNSPEC && nl_addr_len(family) < 0)
+		return -EAFNOSUPPORT;
+	if (!cb)
+		return -EINVAL;
+	ret = nl_addr_collect(&set, family);
+	if (!ret) {
+		for (size_t i = 0; i < set.n; i++)
+			cb(arg, &set.v[i]);
 	}
 	free(set.v);
 	return ret;

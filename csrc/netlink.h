@@ -69,6 +69,24 @@ typedef void (*wg_nl_addr_cb)(void *arg, int family, const uint8_t *addr, uint8_
  * called.  Link-local IPv6 addresses the kernel added are included. */
 int wg_nl_addr_list(int ifindex, int family, wg_nl_addr_cb cb, void *arg);
 
+/* One address of wg_nl_addr_dump_all(). */
+struct wg_nl_addr_info {
+	int family;       /* AF_INET or AF_INET6 */
+	int ifindex;      /* link carrying it */
+	uint8_t addr[16]; /* 4 or 16 bytes used */
+	uint8_t prefixlen;
+	uint8_t scope;  /* RT_SCOPE_* (0: universe/global) */
+	uint32_t flags; /* IFA_F_* (tentative, deprecated, dadfailed, ...) */
+};
+
+typedef void (*wg_nl_addr_info_cb)(void *arg, const struct wg_nl_addr_info *a);
+
+/* Call @cb once for each address of every link, with its link, scope and
+ * flags: a consistent snapshot, as wg_nl_addr_list() makes.  @family is
+ * AF_INET, AF_INET6 or AF_UNSPEC (both).  Returns 0 or a negative errno;
+ * on error @cb is never called. */
+int wg_nl_addr_dump_all(int family, wg_nl_addr_info_cb cb, void *arg);
+
 /* Route @dst/@prefixlen out of the link: scope link, no gateway, protocol
  * WG_NL_RTPROT, in routing table @table (0 = main).  Host bits of @dst are
  * masked off; @dst may be NULL only for prefixlen 0 (default route).

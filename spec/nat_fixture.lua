@@ -109,14 +109,18 @@ EOF]]
 -- @string[opt] nat "cone" or "symmetric"
 -- @tparam[opt] table o `input_filter` (default true), `core` (the router's
 --   WAN link goes to the core router, whose address on it is `wan_ip`'s
---   /24 with .1)
+--   /24 with .1); IPv6 (dual stack, the routers only route it: no NAT):
+--   `v6` (the node's global address: on the hub /64 for a public node,
+--   else in its LAN /64 whose ::1 is the router) and `wan6` (the router's
+--   address on the hub /64)
 function F:node(name, under, wan_ip, nat, o)
   o = o or {}
   local node = { name = name, under = under, endpoint = under .. ":" .. M.PORT,
-                 dir = helpers.tmpdir() .. "/state-" .. name }
+                 dir = helpers.tmpdir() .. "/state-" .. name, v6 = o.v6 }
   node.ns = helpers.netns.new(self.prefix .. name)
   if not wan_ip then
-    self:on_hub(node.ns, { under .. "/24" })
+    self:on_hub(node.ns, { under .. "/24", o.v6 and (o.v6 .. "/64") or nil })
+    if o.v6 then self:_v6_host(node.ns) end
   else
     local r = helpers.netns.new(self.prefix .. "r" .. name)
     local wan
@@ -128,15 +132,37 @@ function F:node(name, under, wan_ip, nat, o)
       wan = self:on_hub(r, { wan_ip .. "/24" })
     end
     local lan = under:gsub("%.%d+$", ".1")
-    node.router_lan = helpers.netns.veth(r, node.ns, { a = { lan .. "/24" }, b = { under .. "/24" } })
+    node.router_lan, node.lan_if = helpers.netns.veth(r, node.ns, { a = { lan .. "/24" }, b = { under .. "/24" } })
     node.ns:must("ip route add default via " .. lan)
     r:must("sysctl -q -w net.ipv4.ip_forward=1")
     local filter = o.input_filter == false and "" or ('    iifname "%s" ct state new drop'):format(wan)
     r:must(NAT_RULES:format(wan, nat == "symmetric" and " random" or "", filter))
     node.router, node.wan, node.router_wan, node.lan_gw = r, wan_ip, wan, lan
+    if o.v6 then
+      local lan6 = o.v6:gsub("::%x+$", "::1")
+      r:addr(wan, o.wan6 .. "/64")
+      r:addr(node.router_lan, lan6 .. "/64")
+      r:must("sysctl -q -w net.ipv6.conf.all.forwarding=1")
+      node.ns:addr(node.lan_if, o.v6 .. "/64")
+      node.ns:must("ip -6 route add default via " .. lan6)
+      self:_v6_host(r, { prefix = o.v6:gsub("::%x+$", "::/64"), via = o.wan6 })
+    end
   end
   self.nodes[name] = node
   return node
+end
+
+-- A namespace on the hub's IPv6 network: it learns the routes to every
+-- LAN behind a router, and every such namespace the route to `lan`.
+function F:_v6_host(ns, lan)
+  self.v6_ns = self.v6_ns or {}
+  self.v6_lans = self.v6_lans or {}
+  for _, l in ipairs(self.v6_lans) do ns:must(("ip -6 route add %s via %s"):format(l.prefix, l.via)) end
+  if lan then
+    for _, other in ipairs(self.v6_ns) do other:must(("ip -6 route add %s via %s"):format(lan.prefix, lan.via)) end
+    self.v6_lans[#self.v6_lans + 1] = lan
+  end
+  self.v6_ns[#self.v6_ns + 1] = ns
 end
 
 function F:cli(ns, args) return helpers.wgoverlay_cli(ns, args) end

@@ -493,6 +493,11 @@ function Node:start_transport()
     t = t, public_key = node.public_key, endpoint = node.self.endpoint,
     stun = type(node.cluster.stun) == "table" and node.cluster.stun or {}, turn = turn_conf,
     settings = nat_settings, clock = now_precise,
+    -- IPv6 host candidates: this namespace's global addresses, never the
+    -- overlay's own (its interface, the cluster's networks)
+    addresses = function() return core.addr_dump(6) end,
+    address_filter = { ifnames = { node.ifname }, cidrs = { node.cluster.cidr4, node.cluster.cidr6 } },
+    listen_port = node.self.listen_port,
     publish = function(c) self.reg:set_candidates(c) end,
     request_punch = function(peer) self.reg:request_punch(peer) end,
     send_signal = function(ip, bytes)

@@ -252,6 +252,81 @@ describe("nat.agent", function()
     assert.same({}, A.t:take()) -- not even an answer to the forger
   end)
 
+  it("advertises global IPv6 addresses, follows their changes, and probes a peer's IPv6 first", function()
+    local clock = { t = 1700000000 }
+    local addrs = {
+      a = { { ip = "2001:db8:1::2", family = 6, scope = "global", ifname = "eth0", flags = {} },
+            { ip = "fe80::1", family = 6, scope = "link", ifname = "eth0", flags = {} } },
+      b = { { ip = "2001:db8:2::2", family = 6, scope = "global", ifname = "eth0", flags = {} } },
+    }
+    local function o(name)
+      return { addresses = function()
+        if addrs[name] == false then return nil, "listing addresses: permission denied" end
+        return addrs[name]
+      end, listen_port = 51820, settings = { stun_interval = 10 } }
+    end
+    local A = node("a", "10.1.0.2:51820", clock, o("a"))
+    local B = node("b", "10.2.0.2:51820", clock, o("b"))
+    for _, n in ipairs({ A, B }) do
+      clock.t = clock.t + 2
+      n.a:tick({})
+    end
+    local function endpoints(n)
+      local out = {}
+      for _, c in ipairs(n.published[#n.published].list) do out[#out + 1] = c.type .. " " .. c.endpoint end
+      table.sort(out)
+      return out
+    end
+    assert.same({ "host 10.1.0.2:51820", "host [2001:db8:1::2]:51820" }, endpoints(A))
+    A.t.peers[B.public_key] = { endpoint = B.endpoint }
+    A.a:set_peers({ record(B) })
+    B.a:set_peers({ record(A) })
+    A.t:take()
+    -- the punch: B's IPv6 host candidate alone, then every candidate
+    assert.is_true(A.a:on_punch("b"))
+    local to = {}
+    for _, d in ipairs(A.t:take()) do to[d.to] = true end
+    assert.same({ ["[2001:db8:2::2]:51820"] = true }, to)
+    clock.t = clock.t + agent.V6_HEAD_START + 0.01
+    A.a:tick({})
+    to = {}
+    for _, d in ipairs(A.t:take()) do to[d.to] = true end
+    assert.is_true(to["10.2.0.2:51820"])
+    assert.is_true(to["[2001:db8:2::2]:51820"])
+    -- an address comes, another goes: read again within stun_interval
+    addrs.a = { { ip = "2001:db8:1::9", family = 6, scope = "global", ifname = "eth0", flags = {} },
+                { ip = "2001:db8:1::2", family = 6, scope = "global", ifname = "eth0", flags = { deprecated = true } } }
+    clock.t = clock.t + 10
+    A.a:tick({})
+    assert.same({ "host 10.1.0.2:51820", "host [2001:db8:1::9]:51820" }, endpoints(A))
+    -- a node without IPv6 does not wait for IPv6 answers
+    addrs.a = {}
+    clock.t = clock.t + 10
+    A.a:tick({})
+    assert.same({ "host 10.1.0.2:51820" }, endpoints(A))
+    A.a:tick({})
+    clock.t = clock.t + 10
+    A.a:tick({})
+    A.t:take()
+    assert.is_true(A.a:on_punch("b"))
+    to = {}
+    for _, d in ipairs(A.t:take()) do to[d.to] = true end
+    assert.is_true(to["10.2.0.2:51820"])
+    -- a failing address listing is logged once, the last candidates kept
+    addrs.a = false
+    local function count_logs()
+      local n = 0
+      for _, l in ipairs(A.logs) do if l:find("cannot list the interface addresses", 1, true) then n = n + 1 end end
+      return n
+    end
+    clock.t = clock.t + 10
+    A.a:tick({})
+    clock.t = clock.t + 10
+    A.a:tick({})
+    assert.equal(1, count_logs())
+    assert.same({ "host 10.1.0.2:51820" }, endpoints(A))
+  end)
+
   it("refuses bad settings", function()
     local _, pub = core.generate_keys()
     local a, err = agent.new({ t = fake_transport(), public_key = pub, clock = os.time, settings = { bogus = 1 } })

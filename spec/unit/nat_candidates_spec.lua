@@ -158,6 +158,71 @@ describe("nat.candidates", function()
     assert.same({ "10.1.0.2:51820", "198.51.100.21:51820", "198.51.100.21:40001" }, cand.probe_targets(c.list))
   end)
 
+  it("picks the global IPv6 addresses a node advertises as host candidates", function()
+    local function a(ip, o)
+      o = o or {}
+      return { ip = ip, family = o.family or 6, scope = o.scope or "global", ifname = o.ifname or "eth0",
+               flags = o.flags or { permanent = true } }
+    end
+    local addrs = {
+      a("2001:db8:1::2"),
+      a("2001:db8:1:0:0:0:0:2"),                             -- the same, spelt otherwise
+      a("2001:db8:1::7", { flags = { temporary = true } }),   -- privacy: after the stable ones
+      a("2001:db8:1::3", { flags = { tentative = true } }),   -- DAD not done
+      a("2001:db8:1::4", { flags = { deprecated = true } }),
+      a("2001:db8:1::5", { flags = { dadfailed = true } }),
+      a("fe80::1", { scope = "link" }),
+      a("fd00::1"),                                           -- ULA
+      a("::1", { scope = "host", ifname = "lo" }),
+      a("2001:0:53aa:64c:0:0:0:1"),                           -- Teredo
+      a("2002:cb00:7101::1"),                                 -- 6to4
+      a("2001:db8:9::1", { ifname = "wgo0" }),                -- the overlay interface
+      a("2001:db8:aa::5"),                                    -- in an overlay network
+      a("203.0.113.5", { family = 4 }),
+      a("3fff::1", { scope = "site" }),
+      "junk", { ip = 5, family = 6, scope = "global" }, { ip = "2001:db8:1::8", family = 6, scope = "global",
+                                                           flags = "x" },
+    }
+    assert.same({ "2001:db8:1::2", "2001:db8:1::8", "2001:db8:1::7" },
+      cand.v6_hosts(addrs, { ifnames = { "wgo0" }, cidrs = { "2001:db8:aa::/48", "10.200.0.0/16" } }))
+    assert.same({}, cand.v6_hosts({}))
+    assert.same({}, cand.v6_hosts(nil))
+    local many = {}
+    for i = 1, 10 do many[i] = a("2001:db8:2::" .. i) end
+    assert.equal(cand.MAX_V6_HOSTS, #cand.v6_hosts(many))
+  end)
+
+  it("sanitize drops IPv6 candidates no other host can reach, keeps global and ULA ones", function()
+    local c = assert(cand.sanitize({ nat = "endpoint-dependent", list = {
+      { type = "host", endpoint = "10.1.0.2:51820" },
+      { type = "host", endpoint = "[2001:db8:1::2]:51820" },
+      { type = "host", endpoint = "[fd00:1::2]:51820" },
+      { type = "host", endpoint = "[fe80::1]:51820" },
+      { type = "host", endpoint = "[fe80::1%eth0]:51820" },
+      { type = "host", endpoint = "[::1]:51820" },
+      { type = "host", endpoint = "[ff02::1]:51820" },
+      { type = "srflx", endpoint = "[::ffff:203.0.113.5]:51820" },
+    } }))
+    local got = {}
+    for _, e in ipairs(c.list) do got[#got + 1] = e.endpoint end
+    table.sort(got)
+    assert.same({ "10.1.0.2:51820", "[2001:db8:1::2]:51820", "[fd00:1::2]:51820" }, got)
+    assert.is_true(cand.reachable(assert(cand.new("host", "[2001:db8::1]:1"))))
+    assert.is_false(cand.reachable(assert(cand.new("host", "[::]:1"))))
+  end)
+
+  it("takes the NAT kind from STUN answers of the advertised endpoint's family", function()
+    -- an IPv6 server sees the global address: nothing about the IPv4 NAT
+    assert.equal("unknown", cand.nat_kind({ "10.1.0.2:51820", "[2001:db8:1::2]:51820" },
+      { "[2001:db8:1::2]:51820" }))
+    assert.equal("endpoint-dependent", cand.nat_kind({ "10.1.0.2:51820", "[2001:db8:1::2]:51820" },
+      { "203.0.113.21:40001", "[2001:db8:1::2]:51820", "203.0.113.21:40002" }))
+    assert.equal("endpoint-independent", cand.nat_kind({ "10.1.0.2:51820" },
+      { "203.0.113.21:51820", "[2001:db8:1::2]:51820" }))
+    -- an IPv6 node: its IPv6 answers count
+    assert.equal("none", cand.nat_kind({ "[2001:db8:1::2]:51820" }, { "[2001:db8:1::2]:51820", "203.0.113.9:1" }))
+  end)
+
   it("knows when punching is hopeless", function()
     assert.is_false(cand.punch_possible("endpoint-dependent", "endpoint-dependent"))
     assert.is_true(cand.punch_possible("endpoint-dependent", "endpoint-independent"))

@@ -522,6 +522,117 @@ describe("nat.policy", function()
     assert.is_nil(policy.options({ portmap_lease = 0 }))
   end)
 
+  describe("IPv6", function()
+    local V6 = "[2001:db8:2::2]:51820"
+    local function dual(p)
+      p:set_remote({ endpoint = "10.2.0.2:51820", nat = "endpoint-dependent", punchable = true,
+                     hosts = { "10.2.0.2:51820", V6 }, v6 = true })
+      p:set_local_nat("endpoint-dependent")
+      p:set_relay("203.0.113.10:3478", 0x4001)
+    end
+
+    it("punches between two symmetric IPv4 NATs when both have IPv6; a peer's own address is direct", function()
+      local p, clock = new()
+      dual(p)
+      assert.same({ "set_endpoint" }, types(p:tick()))
+      clock.t = clock.t + 0.25
+      assert.same({ "request_punch" }, types(p:tick())) -- not the relay
+      p:punch_started()
+      p:punch_result(V6)
+      assert.same({ { type = "set_endpoint", endpoint = V6, connection = "direct" } }, p:tick())
+      -- an answer while the engine still uses the old address confirms nothing
+      clock.t = clock.t + 0.3
+      p:observe("10.2.0.2:51820", nil)
+      p:alive(clock.t)
+      p:tick()
+      assert.equal("confirm", p.phase)
+      clock.t = clock.t + 0.3
+      p:observe(V6, nil)
+      p:alive(clock.t)
+      p:tick()
+      assert.equal("up", p.phase)
+      assert.equal("direct", p.connection)
+      -- and no upgrades of a direct IPv6 path
+      for _ = 1, 100 do
+        clock.t = clock.t + 1
+        p:alive(clock.t)
+        assert.same({}, p:tick())
+      end
+    end)
+
+    it("without IPv6 on both sides, two symmetric NATs still go to the relay", function()
+      local p, clock = new()
+      dual(p)
+      p:set_remote({ endpoint = "10.2.0.2:51820", nat = "endpoint-dependent", punchable = true,
+                     hosts = { "10.2.0.2:51820", V6 }, v6 = false })
+      p:tick()
+      clock.t = clock.t + 0.25
+      assert.same({ "use_relay" }, types(p:tick()))
+    end)
+
+    it("upgrades a hole-punched IPv4 path to IPv6, and goes back to it when IPv6 does not answer", function()
+      local p, clock = new({ upgrade_interval = 20 })
+      dual(p)
+      p:set_local_nat("endpoint-independent")
+      local punched = "203.0.113.22:51820"
+      p.phase = "confirm"
+      p.pending = "hole-punched"
+      p:observe(punched, nil)
+      p:alive(clock.t + 0.1)
+      clock.t = clock.t + 0.2
+      p:tick()
+      assert.equal("up", p.phase)
+      assert.equal("hole-punched", p.connection)
+      local function keep_alive(dt)
+        local all = {}
+        local stop = clock.t + dt
+        while clock.t < stop do
+          clock.t = clock.t + 0.5
+          p:alive(clock.t)
+          for _, a in ipairs(p:tick()) do
+            if a.type ~= "handshake" then all[#all + 1] = a end
+          end
+        end
+        return all
+      end
+      assert.same({}, keep_alive(19))
+      assert.same({ "request_punch" }, types(keep_alive(1.5)))
+      -- the IPv6 address answers the probe but WireGuard does not follow
+      p:punch_started()
+      p:punch_result(V6)
+      assert.same({ { type = "set_endpoint", endpoint = V6, connection = "direct" } }, p:tick())
+      p:observe(V6, nil)
+      local back = run(p, clock, policy.DEFAULTS.confirm_timeout) -- no answer over IPv6
+      assert.same({ { type = "set_endpoint", endpoint = punched, connection = "hole-punched" } }, back)
+      assert.equal("up", p.phase)
+      assert.equal("hole-punched", p.connection)
+      p:observe(punched, nil)
+      -- the next attempt works
+      assert.same({ "request_punch" }, types(keep_alive(20.5)))
+      p:punch_started()
+      p:punch_result(V6)
+      p:tick()
+      clock.t = clock.t + 0.3
+      p:observe(V6, nil)
+      p:alive(clock.t)
+      p:tick()
+      assert.equal("direct", p.connection)
+      assert.equal("up", p.phase)
+    end)
+
+    it("a hole-punched peer the other side moved to its IPv6 address counts as direct", function()
+      local p, clock = new()
+      dual(p)
+      p.phase, p.connection = "up", "hole-punched"
+      p:alive(clock.t)
+      p:observe(V6, nil, clock.t)
+      clock.t = clock.t + 1.5
+      p:alive(clock.t)
+      p:tick()
+      assert.equal("direct", p.connection)
+    end)
+  end)
+
   it("reports a summary", function()
     local p = new()
     local s = p:summary()

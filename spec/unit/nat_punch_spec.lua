@@ -239,6 +239,14 @@ describe("nat.punch", function()
     local later = A.p:tick()
     assert.equal(1, #later)
     assert.is_nil(later[1].ttl)
+    -- a target added to the running session has its own low-TTL time
+    local ttls = {}
+    for _, d in ipairs(assert(A.p:start(B.id, { "198.51.100.2:50000", "198.51.100.9:50000" }))) do ttls[d.to] = d.ttl end
+    assert.same({ ["198.51.100.9:50000"] = punch.LOW_TTL }, ttls)
+    clock.t = clock.t + punch.LOW_TTL_TIME
+    ttls = {}
+    for _, d in ipairs(A.p:tick()) do ttls[d.to] = d.ttl or "full" end
+    assert.same({ ["198.51.100.2:50000"] = "full", ["198.51.100.9:50000"] = "full" }, ttls)
     -- a probe from B's per-destination mapping: the check of it goes out at full TTL at once
     local out_b = assert(B.p:start(A.id, { "198.51.100.1:40000" }))
     local o = A.p:input("198.51.100.2:61111", out_b[1].bytes)

@@ -27,6 +27,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <linux/if_addr.h>
+#include <linux/rtnetlink.h>
+
 #define BAD_IFINDEX 999999
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -297,6 +300,40 @@ static void count_cb(void *arg, int family, const uint8_t *addr, uint8_t prefixl
 	never_called++;
 }
 
+/* What wg_nl_addr_dump_all() said about one address. */
+struct info_seen {
+	int family;
+	uint8_t addr[16];
+	int hits, ifindex, scope, total;
+	uint32_t flags;
+};
+
+static void info_cb(void *arg, const struct wg_nl_addr_info *a)
+{
+	struct info_seen *s = arg;
+
+	if (!s)
+		return;
+	s->total++;
+	if (a->family == s->family && !memcmp(a->addr, s->addr, a->family == AF_INET ? 4 : 16)) {
+		s->hits++;
+		s->ifindex = a->ifindex;
+		s->scope = a->scope;
+		s->flags = a->flags;
+	}
+}
+
+static int info_count(int family, const char *txt, struct info_seen *out)
+{
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	out->family = strchr(txt, ':') ? AF_INET6 : AF_INET;
+	inet_pton(out->family, txt, out->addr);
+	ret = wg_nl_addr_dump_all(family, info_cb, out);
+	return ret < 0 ? ret : out->hits;
+}
+
 static void test_errors(void)
 {
 	uint8_t a4[4], a6[16];
@@ -346,6 +383,8 @@ static void test_errors(void)
 	CHECK_EQ(wg_nl_route_add(1, AF_UNSPEC, a4, 24, 0), -EAFNOSUPPORT);
 	CHECK_EQ(wg_nl_addr_list(1, AF_PACKET, count_cb, NULL), -EAFNOSUPPORT);
 	CHECK_EQ(wg_nl_addr_list(1, AF_INET, NULL, NULL), -EINVAL);
+	CHECK_EQ(wg_nl_addr_dump_all(AF_PACKET, info_cb, NULL), -EAFNOSUPPORT);
+	CHECK_EQ(wg_nl_addr_dump_all(AF_INET, NULL, NULL), -EINVAL);
 	CHECK_EQ(wg_nl_veth_create("", "wgo-e1", -1), -EINVAL);
 	CHECK_EQ(wg_nl_veth_create("wgo-e0", "0123456789abcdef", -1), -EINVAL);
 	CHECK_EQ(wg_nl_ifindex("wgo-e0"), -ENODEV);
@@ -418,6 +457,27 @@ static void test_local_veth(void)
 	CHECK_EQ(addr_count(i0, AF_UNSPEC, "fd77::1", 64, NULL), 1);
 	CHECK_EQ(addr_count(i0, AF_INET, "10.77.0.1", 24, &s), 1);
 	CHECK_EQ(s.v6, 0);
+
+	/* every link's addresses, with link, scope and flags */
+	{
+		struct info_seen in;
+		uint8_t o6[16];
+
+		CHECK_EQ(info_count(AF_UNSPEC, "fd77::1", &in), 1);
+		CHECK_EQ(in.ifindex, i0);
+		CHECK_EQ(in.scope, RT_SCOPE_UNIVERSE);
+		CHECK(in.flags & IFA_F_PERMANENT);
+		CHECK_EQ(info_count(AF_INET, "10.77.0.2", &in), 1);
+		CHECK_EQ(in.ifindex, i0);
+		ip6(o6, "fd77::2"); /* on another link */
+		CHECK_EQ(wg_nl_addr_add(i1, AF_INET6, o6, 64), 0);
+		CHECK_EQ(info_count(AF_INET6, "fd77::2", &in), 1);
+		CHECK_EQ(in.ifindex, i1);
+		CHECK_EQ(wg_nl_addr_del(i1, AF_INET6, o6, 64), 0);
+		CHECK_EQ(info_count(AF_INET6, "fd77::2", &in), 0);
+		CHECK_EQ(info_count(AF_INET6, "10.77.0.2", &in), 0);
+		CHECK(in.total >= 2); /* fd77::1, fe80:: */
+	}
 	CHECK_EQ(addr_count(i0, AF_INET6, "fd77::1", 64, &s), 1);
 	CHECK_EQ(s.v4, 0);
 	CHECK_EQ(addr_count(i1, AF_UNSPEC, "10.77.0.1", 24, &s), 0);

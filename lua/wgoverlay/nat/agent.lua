@@ -9,7 +9,9 @@
 --
 -- * answers STUN Binding requests on the WireGuard port (so any public
 --   node serves the others as a STUN server);
--- * gathers candidates: host (the node's endpoint), server-reflexive (STUN
+-- * gathers candidates: host (the node's endpoint, and its global IPv6
+--   addresses with the WireGuard port, read again every `stun_interval`
+--   s and when a path dies), server-reflexive (STUN
 --   Binding to each configured server from the WireGuard socket, every
 --   `stun_interval` s (a policy setting); two servers tell an endpoint-dependent mapping from
 --   an endpoint-independent one) and relayed (a TURN allocation on the
@@ -28,6 +30,9 @@
 --   carrying our candidates; the peer answers with its own and both probe.
 --   When our candidates change, peers we have no working path to get them
 --   the same way (the registry may be down: they would not learn them).
+--   When both sides have global IPv6 addresses the probes go to the
+--   peer's IPv6 host candidates alone for `V6_HEAD_START` s, then to all
+--   its candidates: a direct IPv6 path wins over a punched IPv4 one.
 -- @module wgoverlay.nat.agent
 local core = require "wgoverlay.core"
 local stun = require "wgoverlay.nat.stun"
@@ -46,6 +51,7 @@ M.REALLOCATE = 10         -- s before a lost or failed TURN allocation is tried 
 M.FIRST_PUBLISH = 1.5     -- s the first publication waits for STUN and TURN answers
 M.PORTMAP_WAIT = 0.5      -- s it waits for the router (NAT-PMP answers at once; a UPnP
                           -- discovery takes longer, and its mapping is published when it comes)
+M.V6_HEAD_START = 1       -- s a punch probes only IPv6 host candidates (when both sides have some)
 M.SIGNAL_VIA = 3          -- members a signal is also sent through
 M.SIGNAL_GAP = 1          -- s between signals to one peer (answers excepted)
 M.FORWARD_RATE = 50       -- signals forwarded for others per second, at most
@@ -64,7 +70,12 @@ local function noop() end
 --   name)), `send_signal` (function(overlay IP, bytes): a datagram to
 --   UDP signal.PORT on that address), `log` (function(fmt, ...)), `event`
 --   (function(kind, fields)), `portmap` (a wgoverlay.nat.portmap mapper,
---   or nil: no port mapping)
+--   or nil: no port mapping), `addresses` (function() -> the interface
+--   addresses as wgoverlay.core.addr_dump gives them, or nil and a
+--   message: the source of IPv6 host candidates; none without it),
+--   `address_filter` (`{ ifnames, cidrs }` to leave out, see
+--   wgoverlay.nat.candidates.v6_hosts), `listen_port` (the WireGuard port;
+--   default the endpoint's)
 -- @return agent, or nil and a message
 function M.new(o)
   local settings, err = policy.options(o.settings)
@@ -105,6 +116,7 @@ function M.new(o)
   local now = self.clock()
   self.started = now
   self.next_stun = now
+  self:_init_v6(o, now)
   if self.turn_conf then self:_allocate() end
   return self
 end
@@ -204,9 +216,47 @@ function Agent:_srflx()
   return list
 end
 
+-- IPv6 host candidates: the addresses come from `o.addresses`.
+function Agent:_init_v6(o, now)
+  self.addresses_fn = o.addresses
+  self.address_filter = o.address_filter
+  local ep = self.endpoint and endpoint.parse(self.endpoint)
+  self.port = math.tointeger(o.listen_port) or (ep and ep.port)
+  self.v6_hosts = {}
+  self.next_hosts = now
+  self:_refresh_hosts(now)
+end
+
+--- Reads the interface addresses again (every `stun_interval` s, and at
+-- once when a path died): the global IPv6 ones are host candidates.
+function Agent:_refresh_hosts(now)
+  if not (self.addresses_fn and self.port) or now < self.next_hosts then return end
+  self.next_hosts = now + self.settings.stun_interval
+  local addrs, err = self.addresses_fn()
+  if not addrs then
+    err = err or "no answer"
+    if self.hosts_error ~= err then self.log("cannot list the interface addresses: %s", tostring(err)) end
+    self.hosts_error = err
+    return
+  end
+  self.hosts_error = nil
+  local list = {}
+  for _, ip in ipairs(cand.v6_hosts(addrs, self.address_filter)) do
+    local ep = endpoint.format(ip, self.port)
+    if ep ~= self.endpoint then list[#list + 1] = ep end
+  end
+  if table.concat(list, " ") ~= table.concat(self.v6_hosts, " ") then
+    self.log("IPv6 host candidates: %s", #list > 0 and table.concat(list, " ") or "none")
+    self.v6_hosts = list
+    for _, p in pairs(self.peers) do self:_set_remote(p) end
+  end
+end
+
 --- Our candidate set as published: `{ key, nat, list }`.
 function Agent:candidate_set()
-  local list = cand.gather({ host = { self.endpoint }, srflx = self:_srflx(), relay = self.relayed,
+  local host = { self.endpoint }
+  for _, ep in ipairs(self.v6_hosts) do host[#host + 1] = ep end
+  local list = cand.gather({ host = host, srflx = self:_srflx(), relay = self.relayed,
                              mapped = self.mapped_ep })
   return cand.publish(self.punch_key_b64, self.nat, list)
 end
@@ -397,9 +447,7 @@ function Agent:_apply_candidates(p, c, now)
     -- a new punch key: the peer (re)started; try again now
     if key then p.policy:restart(now) end
   end
-  p.policy:set_remote({ endpoint = p.endpoint, nat = c and c.nat or "unknown",
-                        punchable = p.has_key and #self:_targets(p) > 0,
-                        mapped = c and cand.endpoints_of(c.list, "mapped") or {} })
+  self:_set_remote(p)
   if moved then
     p.policy:addresses_changed(now)
     -- a punch running with the old addresses probes the new ones too
@@ -507,6 +555,28 @@ function Agent:_targets(p)
   return cand.probe_targets(p.cands and p.cands.list or {}, { p.endpoint })
 end
 
+-- The peer's IPv6 host candidates, when we have global IPv6 addresses too
+-- (a direct IPv6 path may exist); else an empty list.
+function Agent:_v6_targets(p)
+  local out = {}
+  if #self.v6_hosts == 0 then return out end
+  for _, c in ipairs(p.cands and p.cands.list or {}) do
+    if c.type == "host" and c.family == 6 then out[#out + 1] = c.endpoint end
+  end
+  return out
+end
+
+function Agent:_set_remote(p)
+  local c = p.cands
+  local hosts = {}
+  for _, e in ipairs(c and c.list or {}) do
+    if e.type == "host" then hosts[#hosts + 1] = e.endpoint end
+  end
+  p.policy:set_remote({ endpoint = p.endpoint, nat = c and c.nat or "unknown", hosts = hosts,
+                        v6 = #self:_v6_targets(p) > 0, punchable = p.has_key and #self:_targets(p) > 0,
+                        mapped = c and cand.endpoints_of(c.list, "mapped") or {} })
+end
+
 M.PUNCH_PENDING = 5       -- s a go for a peer whose punch key we lack yet is kept
 
 --- The leader's go for a coordinated punch with `name`.  When the peer
@@ -522,6 +592,13 @@ function Agent:on_punch(name)
   end
   if self.pending_punch then self.pending_punch[name] = nil end
   local targets = self:_targets(p)
+  -- IPv6 host candidates alone first; the rest after V6_HEAD_START
+  local v6 = self:_v6_targets(p)
+  p.v6_rest = nil
+  if #v6 > 0 then
+    p.v6_rest = { targets = targets, at = self.clock() + M.V6_HEAD_START }
+    targets = v6
+  end
   local out = self.prober:start(p.id, targets)
   if not out then return false end
   self.log("punch with %s: probing %s", name, table.concat(targets, " "))
@@ -603,7 +680,9 @@ function Agent:tick(health)
   self:_portmap_tick(now)
   if self.turn then self.turn:tick(now) end
   if self.turn_conf and self.realloc_at and now >= self.realloc_at then self:_allocate() end
+  self:_refresh_hosts(now)
   self:_maybe_publish(now)
+  self:_v6_head_start(now)
   local out, results = self.prober:tick(now)
   send_all(self, out)
   self:_punch_results(results)
@@ -627,11 +706,13 @@ function Agent:tick(health)
         p.last_phase = pol.phase
       end
       if was_up and pol.phase ~= "up" and not pol.upgrading then
-        -- a path died: perhaps our NAT mapping changed (or the router
-        -- forgot our port mapping); ask STUN and the router now, and
-        -- swap candidates with the peer over any other path (its NAT may
-        -- have moved, and the registry may not be there to tell us)
+        -- a path died: perhaps our NAT mapping or addresses changed (or
+        -- the router forgot our port mapping); ask STUN and the router
+        -- and read the addresses now, and swap candidates with the peer
+        -- over any other path (its NAT may have moved, and the registry
+        -- may not be there to tell us)
         self.next_stun = math.min(self.next_stun, now)
+        self.next_hosts = math.min(self.next_hosts, now)
         if self.portmap then self.portmap:refresh(now) end
         self:_signal(p, signal.ANSWER, now)
       end
@@ -643,6 +724,20 @@ function Agent:tick(health)
     end
   end
   self.busy = busy
+end
+
+-- A punch's IPv6 head start is over: the session probes every candidate.
+function Agent:_v6_head_start(now)
+  for _, p in pairs(self.peers) do
+    local r = p.v6_rest
+    if r and now >= r.at then
+      p.v6_rest = nil
+      if self.prober:active(p.id) then
+        self.log("punch with %s: no IPv6 answer yet, probing %s too", p.name, table.concat(r.targets, " "))
+        send_all(self, self.prober:start(p.id, r.targets, now) or {})
+      end
+    end
+  end
 end
 
 -- Starts a handshake, at most one a second per peer: WireGuard refuses a

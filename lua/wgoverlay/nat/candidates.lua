@@ -5,7 +5,8 @@
 -- A candidate is `{ type = "host"|"mapped"|"srflx"|"prflx"|"relay", endpoint =
 -- "IP:PORT", priority = n, family = 4|6 }`:
 --
--- * host: the node's own address (its configured endpoint);
+-- * host: the node's own address (its configured endpoint, and its global
+--   IPv6 addresses with the WireGuard port: see `v6_hosts`);
 -- * srflx (server-reflexive): the mapping a STUN server saw for the
 --   WireGuard socket (the NAT's public side);
 -- * prflx (peer-reflexive): an address a peer's probe arrived from;
@@ -22,6 +23,7 @@
 -- @module wgoverlay.nat.candidates
 local endpoint = require "wgoverlay.endpoint"
 local stun = require "wgoverlay.nat.stun"
+local cidr = require "wgoverlay.cidr"
 
 local M = {}
 
@@ -33,6 +35,85 @@ M.NAT_KINDS = { none = true, ["endpoint-independent"] = true, ["endpoint-depende
 
 --- Most candidates accepted from a record (the rest are ignored).
 M.MAX_CANDIDATES = 8
+
+--- Most global IPv6 addresses a node advertises as host candidates.
+M.MAX_V6_HOSTS = 4
+
+local function prefixes(list)
+  local out = {}
+  for i, t in ipairs(list) do out[i] = assert(cidr.parse(t)) end
+  return out
+end
+
+-- Global unicast (RFC 4291 §2.4), and within it the tunnelled kinds whose
+-- address is not the host's own on the path (Teredo sits behind an IPv4
+-- NAT; 6to4 goes through relays, RFC 7526).
+local V6_GLOBAL = prefixes({ "2000::/3" })
+local V6_TUNNELLED = prefixes({ "2001::/32", "2002::/16" })
+-- Never reachable from another host: unspecified, loopback, link-local,
+-- multicast, IPv4-mapped.
+local V6_UNUSABLE = prefixes({ "::/128", "::1/128", "fe80::/10", "ff00::/8", "::ffff:0:0/96" })
+
+local function within(list, c)
+  for _, p in ipairs(list) do
+    if cidr.contains(p, c) then return true end
+  end
+  return false
+end
+
+--- The IPv6 addresses a node advertises as host candidates, from the
+-- interface addresses (wgoverlay.core.addr_dump): global unicast
+-- (2000::/3, neither Teredo nor 6to4) of global scope, usable now (not
+-- tentative, deprecated or failed duplicate address detection), on no
+-- excluded interface (the overlay's own) and in no excluded prefix (the
+-- cluster's overlay networks).  Link-local and ULA (fc00::/7) addresses
+-- are left out: a peer elsewhere cannot reach them.  Stable addresses come
+-- before temporary (privacy) ones, then by text; at most MAX_V6_HOSTS.
+-- @tparam table addrs list of `{ ip, family, scope, ifname, flags = {...} }`
+-- @tparam[opt] table opts `ifnames` (list of interface names to skip),
+--   `cidrs` (list of prefixes to skip)
+-- @return list of address texts (canonical)
+function M.v6_hosts(addrs, opts)
+  opts = opts or {}
+  local skip_if = {}
+  for _, n in ipairs(opts.ifnames or {}) do skip_if[n] = true end
+  local skip = {}
+  for _, t in ipairs(opts.cidrs or {}) do
+    local c = cidr.parse(t)
+    if c then skip[#skip + 1] = c end
+  end
+  local found, seen = {}, {}
+  for _, a in ipairs(addrs or {}) do
+    local c = type(a) == "table" and a.family == 6 and cidr.parse(a.ip or "")
+    local f = c and type(a.flags) == "table" and a.flags or {}
+    if c and c.family == 6 and a.scope == "global" and not skip_if[a.ifname or ""]
+        and within(V6_GLOBAL, c) and not within(V6_TUNNELLED, c) and not within(skip, c)
+        and not (f.tentative or f.deprecated or f.dadfailed) then
+      local ip = cidr.address(c)
+      if not seen[ip] then
+        seen[ip] = true
+        found[#found + 1] = { ip = ip, temporary = f.temporary and 1 or 0 }
+      end
+    end
+  end
+  table.sort(found, function(x, y)
+    if x.temporary ~= y.temporary then return x.temporary < y.temporary end
+    return x.ip < y.ip
+  end)
+  local out = {}
+  for i = 1, math.min(#found, M.MAX_V6_HOSTS) do out[i] = found[i].ip end
+  return out
+end
+
+--- Whether a peer's IPv6 candidate can be reached at all: not zoned,
+-- unspecified, loopback, link-local, multicast or IPv4-mapped.  (IPv4
+-- candidates are taken as they are.)
+function M.reachable(c)
+  if c.family ~= 6 then return true end
+  local e = endpoint.parse(c.endpoint)
+  if not e or e.zone then return false end
+  return not within(V6_UNUSABLE, assert(cidr.parse(e.ip)))
+end
 
 --- Priority of a candidate: 2^24 * type preference + 2^8 * local
 -- preference + (256 - component); component is always 1 (one socket).
@@ -97,13 +178,25 @@ function M.gather(g)
 end
 
 --- The NAT mapping kind from the host endpoints and what STUN servers
--- reported for the same socket.
+-- reported for the same socket.  Only answers of the family of the first
+-- host endpoint (the advertised one) count: the kind describes the NAT in
+-- front of the address peers reach the node at, and an IPv6 server seeing
+-- a global IPv6 address says nothing about an IPv4 NAT.
 -- @tparam table host list of "IP:PORT" the node itself holds
 -- @tparam table mapped list of "IP:PORT" (one per server that answered)
--- @return "unknown" (no answers), "none" (a server saw a host address),
---   "endpoint-independent" or "endpoint-dependent" (two servers saw
---   different mappings)
+-- @return "unknown" (no answers of that family), "none" (a server saw a
+--   host address), "endpoint-independent" or "endpoint-dependent" (two
+--   servers saw different mappings)
 function M.nat_kind(host, mapped)
+  local first = host[1] and endpoint.parse(host[1])
+  if first then
+    local same = {}
+    for _, m in ipairs(mapped) do
+      local e = endpoint.parse(m)
+      if e and e.family == first.family then same[#same + 1] = m end
+    end
+    mapped = same
+  end
   if #mapped == 0 then return "unknown" end
   local own = {}
   for _, h in ipairs(host) do
@@ -123,7 +216,9 @@ end
 -- leader-relayed, so well-formed but not trusted beyond that).  Unknown
 -- fields are dropped, candidates beyond MAX_CANDIDATES ignored, and
 -- priorities recomputed from the type (a peer cannot rank its relay above
--- its host candidates for us).
+-- its host candidates for us).  IPv6 candidates no other host can reach
+-- (link-local, zoned, loopback, multicast, IPv4-mapped: see `reachable`)
+-- are dropped.
 -- @return `{ key, nat, list }`, or nil and a message
 function M.sanitize(c)
   if type(c) ~= "table" then return nil, "candidates must be a table" end
@@ -141,7 +236,7 @@ function M.sanitize(c)
     if type(e) ~= "table" then return nil, "candidates: entry " .. i .. " must be a table" end
     local cand, err = M.new(e.type, e.endpoint)
     if not cand then return nil, "candidates: entry " .. i .. ": " .. err end
-    out[#out + 1] = cand
+    if M.reachable(cand) then out[#out + 1] = cand end
   end
   return { key = key, nat = nat, list = M.rank(out) }
 end

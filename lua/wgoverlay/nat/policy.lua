@@ -24,6 +24,14 @@
 -- peer-reflexive address that exists thanks to our mapping).  A mapping
 -- that appears while the peer is relayed brings the upgrade forward.
 --
+-- IPv6: a peer's host candidates are addresses the peer itself holds, so
+-- a path confirmed at one of them is "direct" whatever the IPv4 NATs.
+-- When both sides have a global IPv6 address (`set_remote{ v6 = true }`)
+-- a punch is tried even between two symmetric IPv4 NATs (its probes go to
+-- the IPv6 host candidates first, see wgoverlay.nat.agent), and a
+-- hole-punched or relayed path over IPv4 is offered an upgrade every
+-- `upgrade_interval` seconds, which a confirmed IPv6 host address wins.
+--
 -- `connection` is always exactly one of "direct", "hole-punched",
 -- "port-mapped", "relayed": the kind of the last path confirmed to work (initially
 -- "direct", what a freshly configured peer uses); `changed_at` is when it
@@ -37,8 +45,10 @@
 --   WireGuard handshake, an answered health probe through the tunnel);
 -- * `observe(endpoint, relay_channel)`: the endpoint the engine uses now
 --   (WireGuard roams to the source of the latest authenticated packet);
--- * `set_remote{ endpoint, nat, punchable, mapped }`: the peer's record
---   (`mapped`: set of its mapped candidates' "IP:PORT");
+-- * `set_remote{ endpoint, nat, punchable, mapped, hosts, v6 }`: the peer's
+--   record (`mapped`: set of its mapped candidates' "IP:PORT"; `hosts`:
+--   its host candidate endpoints; `v6`: both sides have a global IPv6
+--   address, so a direct IPv6 path may exist);
 -- * `set_local_mapped(bool)`: our router mapped our port;
 -- * `set_local_nat(kind)`, `set_relay(server, channel)` (a channel to the
 --   peer's relayed address is bound on our allocation; nil: none);
@@ -126,7 +136,7 @@ function M.new(opts)
     o = o, clock = clock,
     connection = "direct", changed_at = now,
     phase = "start", phase_at = now,
-    remote_nat = "unknown", local_nat = "unknown", punchable = false,
+    remote_nat = "unknown", local_nat = "unknown", punchable = false, hosts = {}, v6 = false,
     remote_mapped = {}, local_mapped = false,
     queue = {}, attempts = 0,
   }, Peer)
@@ -180,11 +190,16 @@ function Peer:observe(endpoint, relay_channel, now)
 end
 
 --- The peer's record: `endpoint` (advertised), `nat` (its mapping kind),
--- `punchable` (it published candidates and a punch key).
+-- `punchable` (it published candidates and a punch key), `hosts` (list
+-- of its host candidate endpoints: addresses it holds itself), `v6` (both
+-- sides have a global IPv6 address).
 function Peer:set_remote(r)
   self.advertised = r.endpoint
   self.remote_nat = r.nat or "unknown"
   self.punchable = r.punchable and true or false
+  self.hosts = {}
+  for _, ep in ipairs(r.hosts or {}) do self.hosts[ep] = true end
+  self.v6 = r.v6 and true or false
   local had = next(self.remote_mapped) ~= nil
   self.remote_mapped = r.mapped or {}
   if not had and next(self.remote_mapped) ~= nil then self:_mapping_appeared() end
@@ -207,6 +222,25 @@ function Peer:_mapping_appeared()
   elseif self.phase == "failed" or self.phase == "relay-wait" then
     self:_phase("start", self.phase_at)
   end
+end
+
+local function is_v6(ep) return type(ep) == "string" and ep:sub(1, 1) == "[" end
+
+-- Whether `ep` is an IPv6 address the peer holds, better than the path in
+-- use (a relayed one, or one over IPv4 that is not the peer's own).
+function Peer:_v6_better(ep)
+  if not (self.v6 and is_v6(ep) and self.hosts[ep]) then return false end
+  local o = self.observed
+  return self.connection == "relayed" or not o or o.relay or not is_v6(o.endpoint)
+end
+
+-- Whether the path in use is worth an upgrade attempt: a relayed one, or
+-- (both sides having IPv6) a hole-punched or port-mapped one over IPv4.
+function Peer:_wants_upgrade()
+  if self.connection == "relayed" then return true end
+  local o = self.observed
+  return self.v6 and (self.connection == "hole-punched" or self.connection == "port-mapped")
+    and not (o and is_v6(o.endpoint))
 end
 
 function Peer:set_local_nat(kind) self.local_nat = kind or "unknown" end
@@ -234,7 +268,7 @@ local function after(t, since) return t ~= nil and t > since end
 -- a port; else "hole-punched" for an address found by probing
 -- (`punched`), and for a roamed one the kind it had, if not relayed.
 function Peer:_kind_of(ep, punched)
-  if ep ~= nil and ep == self.advertised then return "direct" end
+  if ep ~= nil and (ep == self.advertised or self.hosts[ep]) then return "direct" end
   if ep ~= nil and self.remote_mapped[ep] then return "port-mapped" end
   if self.local_nat == "none" or self.remote_nat == "none" then return "direct" end
   if punched and self:_mapped_any() and not candidates.punch_possible(self.local_nat, self.remote_nat) then
@@ -254,15 +288,19 @@ function Peer:_established(kind, now)
   self:_set_connection(kind, now)
   self:_phase("up", now)
   self.upgrading, self.before, self.pending = false, nil, nil
+  self.before_endpoint, self.pending_endpoint = nil, nil
   self.attempts = 0
-  self.upgrade_at = kind == "relayed" and now + self.o.upgrade_interval or nil
+  self.upgrade_at = self:_wants_upgrade() and now + self.o.upgrade_interval or nil
 end
 
 -- Whether the observed path agrees with the intended kind (a relayed path
--- is expected to come from the relay, any other from elsewhere).
-function Peer:_consistent(kind)
+-- is expected to come from the relay, any other from elsewhere) and, for
+-- an IPv6 address being confirmed, is that address (an answer that came
+-- over the old IPv4 path confirms nothing about it).
+function Peer:_consistent(kind, ep)
   local o = self.observed
   if not o then return true end
+  if is_v6(ep) and not o.relay and o.endpoint ~= ep then return false end
   return o.relay == (kind == "relayed")
 end
 
@@ -325,7 +363,7 @@ function Peer:_begin_punch(now, upgrade)
     end
     return self:_begin_relay(now)
   end
-  local possible = candidates.punch_possible(self.local_nat, self.remote_nat) or self:_mapped_any()
+  local possible = candidates.punch_possible(self.local_nat, self.remote_nat) or self:_mapped_any() or self.v6
   if not self.punchable or (not upgrade and not possible) then
     if upgrade then
       self.upgrade_at = now + self.o.upgrade_interval
@@ -372,11 +410,19 @@ function Peer:punch_result(endpoint, now)
     return
   end
   local alive = after(self.alive_at, now - self.o.dead_after)
-  if p == "up" and self.connection ~= "relayed" and alive then return end -- a working direct path stays
+  -- a working direct path stays, unless this is a better (IPv6) one
+  if p == "up" and self.connection ~= "relayed" and alive and not self:_v6_better(endpoint) then return end
   if p == "confirm" then return end
   self.before = ((p == "up" or self.upgrading) and self.connection == "relayed") and "relayed" or nil
+  local ob = self.observed
+  if (p == "up" or self.upgrading) and (self.connection == "hole-punched" or self.connection == "port-mapped") and ob and not ob.relay then
+    self.before_endpoint = ob.endpoint -- an upgrade that fails goes back to it
+  else
+    self.before_endpoint = nil
+  end
   self.upgrading = false
   self.pending = self:_kind_of(endpoint, true)
+  self.pending_endpoint = endpoint
   self:_push({ type = "set_endpoint", endpoint = endpoint, connection = self.pending })
   self:_phase("confirm", now)
 end
@@ -422,9 +468,16 @@ function Peer:tick(now)
         elseif not ob.relay and self.connection == "relayed" then
           self:_set_connection(self:_kind_of(ob.endpoint, true), now)
           self.upgrade_at = nil
+        elseif not ob.relay and (self.connection == "hole-punched" or self.connection == "port-mapped") and self.hosts[ob.endpoint] then
+          -- the peer moved us to one of its own addresses (its upgrade)
+          self:_set_connection("direct", now)
         end
       end
-      if self.connection == "relayed" and self.upgrade_at and now >= self.upgrade_at then
+      if not self:_wants_upgrade() then
+        self.upgrade_at = nil
+      elseif not self.upgrade_at then
+        self.upgrade_at = now + o.upgrade_interval
+      elseif now >= self.upgrade_at then
         self:_begin_punch(now, true)
       end
     end
@@ -433,7 +486,7 @@ function Peer:tick(now)
     self:_begin_relay(now)
   elseif p == "direct" or p == "relay" or p == "confirm" then
     local kind = p == "confirm" and self.pending or PHASE_KIND[p]
-    if after(self.alive_at, self.phase_at) and self:_consistent(kind) then
+    if after(self.alive_at, self.phase_at) and self:_consistent(kind, p == "confirm" and self.pending_endpoint) then
       self:_established(kind, now)
     elseif since >= o.handshake_retry and now - (self.nudged or 0) >= o.handshake_retry
         and since < (p == "direct" and o.direct_timeout or p == "relay" and o.relay_timeout or o.confirm_timeout) then
@@ -452,6 +505,12 @@ function Peer:tick(now)
         self:_phase("up", now)
         self.upgrade_at = now + o.upgrade_interval
         self.before, self.pending = nil, nil
+      elseif self.before_endpoint then
+        -- the IPv6 upgrade did not work: back to the punched IPv4 path
+        self:_push({ type = "set_endpoint", endpoint = self.before_endpoint, connection = self.connection })
+        self:_phase("up", now)
+        self.upgrade_at = now + o.upgrade_interval
+        self.before_endpoint, self.pending = nil, nil
       else
         self.pending = nil
         self:_begin_relay(now)

@@ -61,6 +61,8 @@
 -- little to reach the peer's NAT.  By the time full probes are sent the
 -- peer's side has opened its mapping towards us the same way, and each
 -- side's probes arrive as answers to a mapping that exists.
+-- A target added to a running session (new candidates, the rest after an
+-- IPv6 head start) gets its own `low_ttl_time` from when it was added.
 -- Probes to a peer-reflexive address (the peer's probe already came
 -- through) and acks always go with the full TTL.
 -- @module wgoverlay.nat.punch
@@ -191,11 +193,12 @@ function Prober:set_key(peer_id, key)
   if not key then self.sessions[peer_id] = nil end
 end
 
-local function add_target(s, ep, max)
+local function add_target(s, ep, max, now)
   local n = endpoint.normalize(ep)
   if not n or s.targets[n] then return false end
   if #s.order >= max then return false end
   s.targets[n] = true
+  s.added[n] = now
   s.order[#s.order + 1] = n
   return n
 end
@@ -206,7 +209,7 @@ function Prober:_probe(s, to, now, out, full)
   s.sent[nonce] = to
   self.stats.probes_sent = self.stats.probes_sent + 1
   local ttl
-  if not full and self.low_ttl and not s.reflexive[to] and now - s.started < self.low_ttl_time then
+  if not full and self.low_ttl and not s.reflexive[to] and now - s.added[to] < self.low_ttl_time then
     ttl = self.low_ttl
     self.stats.low_ttl_sent = self.stats.low_ttl_sent + 1
   end
@@ -225,11 +228,11 @@ function Prober:start(peer_id, targets, now)
   now = now or self.clock()
   local s = self.sessions[peer_id]
   if not s then
-    s = { peer = peer_id, targets = {}, order = {}, sent = {}, reflexive = {}, started = now }
+    s = { peer = peer_id, targets = {}, added = {}, order = {}, sent = {}, reflexive = {}, started = now }
     self.sessions[peer_id] = s
   end
   s.deadline = now + self.timeout
-  for _, ep in ipairs(targets) do add_target(s, ep, self.max_targets) end
+  for _, ep in ipairs(targets) do add_target(s, ep, self.max_targets, now) end
   local out = {}
   for _, to in ipairs(s.order) do self:_probe(s, to, now, out) end
   s.next_at = now + self.interval
@@ -275,7 +278,7 @@ function Prober:input(from, bytes, now)
     self.stats.probes = self.stats.probes + 1
     out[1] = { to = src, bytes = M.encode({ kind = M.ACK, sender = self.self_id, receiver = msg.sender,
                                             nonce = self.random(12), echo = msg.nonce }, key) }
-    if s and add_target(s, src, self.max_targets + 4) then
+    if s and add_target(s, src, self.max_targets + 4, now) then
       s.reflexive[src] = true
       self:_probe(s, src, now, out, true) -- triggered check of a peer-reflexive address
     end
