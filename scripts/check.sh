@@ -85,7 +85,8 @@ run_busted() {
   env "$@" >"$out" 2>&1
   rc=$?
   cat "$out"
-  line=$(grep -E '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' "$out" | tail -1)
+  # (not anchored: a child process may write onto the same line first)
+  line=$(grep -oE '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' "$out" | tail -1)
   if [ -z "$line" ]; then
     if grep -q 'No test files found' "$out"; then
       echo "check: $label: no spec files"
