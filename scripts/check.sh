@@ -10,6 +10,8 @@
 # Environment: CHECK_SANITIZE=1, CHECK_FUZZ_SECONDS (default 20; 0 skips
 # fuzzing), CHECK_VALGRIND (default 1; 0 skips valgrind), WGO_TEST_IMPL
 # (see spec/helpers.lua).
+# Busted runs print each spec file's wall time after their summary
+# (spec/timed_output.lua).
 # Called by `make check` after `make all`.
 set -uo pipefail
 
@@ -128,7 +130,7 @@ busted_parts() { # label-suffix env...
   local sfx=$1; shift
   section "busted unit specs$sfx"
   if have_specs spec/unit; then
-    run_busted "unit$sfx" "$@" "${BUSTED[@]}" -o plainTerminal --run=unit
+    run_busted "unit$sfx" "$@" "${BUSTED[@]}" -o spec/timed_output.lua --run=unit
   else
     echo "check: no unit specs"
   fi
@@ -138,7 +140,7 @@ busted_parts() { # label-suffix env...
   elif ! is_root; then
     skip "integration specs need root"
   else
-    run_busted "integration$sfx" "$@" "${BUSTED[@]}" -o plainTerminal --run=integration
+    run_busted "integration$sfx" "$@" "${BUSTED[@]}" -o spec/timed_output.lua --run=integration
     check_leftovers "integration$sfx"
   fi
 }
@@ -176,7 +178,7 @@ if [ $AVX512 = 0 ]; then
 elif ! is_root; then
   skip "WGO_AEAD=libsodium integration specs need root"
 else
-  run_busted "integration-libsodium" WGO_BUILD_DIR=build WGO_AEAD=libsodium "${BUSTED[@]}" -o plainTerminal \
+  run_busted "integration-libsodium" WGO_BUILD_DIR=build WGO_AEAD=libsodium "${BUSTED[@]}" -o spec/timed_output.lua \
     spec/integration/interop_spec.lua spec/integration/rekey_spec.lua
   check_leftovers "integration-libsodium"
 fi
