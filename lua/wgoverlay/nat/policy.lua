@@ -321,6 +321,7 @@ end
 function Peer:addresses_changed(now)
   now = now or self.clock()
   self.died_at = nil
+  self.punch_failed_at = nil
   self.moved_at = now
   local p = self.phase
   if p == "up" then
@@ -356,9 +357,13 @@ function Peer:_begin_punch(now, upgrade)
   -- kept sending to the old addresses may have left flows to the NAT
   -- itself on a plain Linux NAT, which would spoil a punch now; the relay
   -- carries the traffic until they expired.
-  if self.died_at and now - self.died_at < self.o.punch_quiet then
+  -- The same after a punch that failed: its full-TTL probes may have
+  -- left such flows (refreshed by every attempt, they would never expire
+  -- if attempts came closer than the NAT's UDP timeout).
+  local quiet_since = math.max(self.died_at or -math.huge, self.punch_failed_at or -math.huge)
+  if now - quiet_since < self.o.punch_quiet then
     if upgrade then
-      self.upgrade_at = self.died_at + self.o.punch_quiet
+      self.upgrade_at = quiet_since + self.o.punch_quiet
       return
     end
     return self:_begin_relay(now)
@@ -386,6 +391,7 @@ function Peer:_begin_relay(now)
 end
 
 function Peer:_punch_failed(now)
+  self.punch_failed_at = now
   if self.upgrading then
     self.upgrading = false
     self:_phase("up", now)
